@@ -1,0 +1,48 @@
+"""The strict pydantic base shared by the configuration, hardware profiles and message contracts."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
+
+#: Device, commune and root identifiers: lower-case letters, digits and hyphens (DESIGN.md §4).
+Slug = Annotated[str, StringConstraints(pattern=r"^[a-z0-9-]+$", min_length=1, max_length=64)]
+
+
+class EdgeModel(BaseModel):
+    """Strict base: unknown keys are errors, so a typo in a config is never silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def key_path(loc: tuple[int | str, ...]) -> str:
+    """Render a pydantic error location as a key path: ``panel.buttons[2].pin``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def problems(exc: ValidationError, prefix: tuple[int | str, ...] = ()) -> list[tuple[str, str]]:
+    """Turn a ValidationError into ``(key_path, message)`` pairs a technician can act on."""
+    found: list[tuple[str, str]] = []
+    for err in exc.errors(include_url=False):
+        # Tagged unions and "after" validators add their own names to loc; keep the user's keys.
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        msg = msg.removeprefix("Value error, ")
+        found.append((key_path(prefix + loc), msg))
+    return found
+
+
+def dump_json_safe(model: BaseModel) -> dict[str, Any]:
+    """The model as plain JSON-compatible data (paths as strings)."""
+    return model.model_dump(mode="json")
