@@ -1,0 +1,344 @@
+"""Device configuration: one TOML file, validated by strict pydantic models.
+
+Every value may be overridden by an environment variable ``EDGE_<SECTION>__<KEY>`` (for example
+``EDGE_MQTT__BROKER=mqtts://server.local:8883``). Secrets are never written in the TOML: fields that
+hold them are *file* paths (``password_file``), which may be relative to systemd's
+``$CREDENTIALS_DIRECTORY`` so ``LoadCredential=`` works.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from edge.exceptions import ConfigError
+from edge.model import EdgeModel, Slug, problems
+
+DEFAULT_CONFIG_PATH = Path("/etc/commune-edge/edge.toml")
+DEFAULT_STATE_DIR = Path("/var/lib/commune-edge")
+ENV_PREFIX = "EDGE_"
+
+Role = Literal["counter", "loudspeaker"]
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    """A parsed ``mqtt://host:port`` or ``mqtts://host:port`` URL."""
+
+    host: str
+    port: int
+    tls: bool
+
+    @classmethod
+    def parse(cls, url: str) -> BrokerAddress:
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts"):
+            raise ValueError(f"broker URL must start with mqtt:// or mqtts://, got {url!r}")
+        if not parts.hostname:
+            raise ValueError(f"broker URL has no host: {url!r}")
+        if parts.path not in ("", "/") or parts.query or parts.username or parts.password:
+            raise ValueError(f"broker URL takes only scheme, host and port (no path or user): {url!r}")
+        try:
+            port = parts.port
+        except ValueError as exc:
+            raise ValueError(f"broker URL has a bad port: {url!r}") from exc
+        tls = parts.scheme == "mqtts"
+        return cls(parts.hostname, port or (8883 if tls else 1883), tls)
+
+    def __str__(self) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+def resolve_secret_path(path: Path) -> Path:
+    """A secret file path; relative paths are looked up in systemd's credentials directory first."""
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not path.is_absolute() and creds and (Path(creds) / path).exists():
+        return Path(creds) / path
+    return path
+
+
+class DeviceConfig(EdgeModel):
+    id: Slug = Field(description="This device's id, unique in the commune, e.g. 'counter-01'.")
+    commune: Slug = Field(description="The commune's slug, e.g. 'gia-ray'.")
+    roles: list[Role] = Field(
+        min_length=1, description="What this device does: 'counter' (rating panel) and/or 'loudspeaker'."
+    )
+
+
+class TlsConfig(EdgeModel):
+    ca_file: Path | None = Field(
+        default=None, description="CA certificate (PEM) that signed the broker; required with mqtts://."
+    )
+    cert_file: Path | None = Field(
+        default=None, description="This device's client certificate (PEM); its CN is the device id."
+    )
+    key_file: Path | None = Field(
+        default=None,
+        description="Private key for cert_file (PEM). May be relative to $CREDENTIALS_DIRECTORY.",
+    )
+
+    @model_validator(mode="after")
+    def _cert_and_key_together(self) -> TlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file must be given together")
+        return self
+
+
+class MqttConfig(EdgeModel):
+    broker: str = Field(description="Broker URL: mqtt://HOST:PORT, or mqtts://HOST:PORT for TLS.")
+    root: Slug = Field(default="vn", description="First level of every topic.")
+    client_id: str | None = Field(default=None, description="MQTT client id; defaults to the device id.")
+    keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keepalive in seconds.")
+    session_expiry_s: int = Field(
+        default=3600,
+        ge=0,
+        description="How long the broker keeps this device's session (and queued commands) while it is away.",
+    )
+    username: str | None = Field(default=None, description="MQTT user name, when the broker uses passwords.")
+    password_file: Path | None = Field(
+        default=None, description="File holding the MQTT password (never the password itself)."
+    )
+    max_incoming_bytes: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        description="Incoming messages larger than this are rejected and counted, never parsed.",
+    )
+    tls: TlsConfig = Field(default_factory=TlsConfig, description="TLS files for mqtts:// brokers.")
+
+    @field_validator("broker")
+    @classmethod
+    def _broker_url(cls, value: str) -> str:
+        BrokerAddress.parse(value)
+        return value
+
+    @model_validator(mode="after")
+    def _tls_needs_ca(self) -> MqttConfig:
+        if self.address.tls and self.tls.ca_file is None:
+            raise ValueError("mqtts:// needs tls.ca_file")
+        return self
+
+    @property
+    def address(self) -> BrokerAddress:
+        return BrokerAddress.parse(self.broker)
+
+
+class StoreConfig(EdgeModel):
+    state_dir: Path = Field(
+        default=DEFAULT_STATE_DIR, description="Directory for events.db and media; created if missing."
+    )
+    max_bytes: int = Field(
+        default=512 * 1024 * 1024,
+        ge=256 * 1024,
+        description="Byte cap on events.db plus its WAL. Past it, bulk then normal events are evicted; "
+        "critical events never are.",
+    )
+    keep_acked_s: int = Field(
+        default=86400,
+        ge=0,
+        description="How long events the server has acknowledged stay listed in `edge events`.",
+    )
+
+
+class SyncConfig(EdgeModel):
+    batch_max_events: int = Field(default=500, ge=1, le=10000, description="Most events in one message.")
+    batch_max_bytes: int = Field(
+        default=128 * 1024, ge=1024, description="Most payload bytes in one message (one event may exceed it)."
+    )
+    max_inflight: int = Field(
+        default=16, ge=1, le=1000, description="Messages sent and not yet acknowledged by the collector."
+    )
+    ack_timeout_s: float = Field(
+        default=20.0, gt=0, description="Events not acknowledged by the collector within this are sent again."
+    )
+    reconnect_min_s: float = Field(default=0.5, gt=0, description="First reconnect delay.")
+    reconnect_max_s: float = Field(default=60.0, gt=0, description="Cap of the exponential reconnect delay.")
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> SyncConfig:
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("reconnect_max_s must be at least reconnect_min_s")
+        return self
+
+
+class HealthConfig(EdgeModel):
+    interval_s: float = Field(default=300.0, ge=1.0, description="Seconds between health events.")
+
+
+class EdgeConfig(EdgeModel):
+    """The whole device configuration (``/etc/commune-edge/edge.toml``)."""
+
+    device: DeviceConfig = Field(description="Who this device is.")
+    mqtt: MqttConfig = Field(description="How to reach the commune broker.")
+    store: StoreConfig = Field(default_factory=StoreConfig, description="The local event store.")
+    sync: SyncConfig = Field(default_factory=SyncConfig, description="How events are sent to the server.")
+    health: HealthConfig = Field(default_factory=HealthConfig, description="Periodic health reports.")
+
+    @property
+    def client_id(self) -> str:
+        return self.mqtt.client_id or self.device.id
+
+    @property
+    def db_path(self) -> Path:
+        return self.store.state_dir / "events.db"
+
+
+# -- loading ---------------------------------------------------------------------------------
+
+
+def _env_value(raw: str) -> Any:
+    """Environment values are strings; JSON lists, tables, numbers and booleans are decoded."""
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """``EDGE_<SECTION>__<KEY>[__<SUBKEY>...]`` variables as a nested dict (keys lower-cased)."""
+    tree: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
+        if not all(path):
+            continue
+        node = tree
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                break
+            node = child
+        else:
+            node[path[-1]] = _env_value(raw)
+    return tree
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The config file to use: ``--config``, else ``$EDGE_CONFIG``, else the system default."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("EDGE_CONFIG")
+    return Path(env) if env else DEFAULT_CONFIG_PATH
+
+
+def parse_config(data: Mapping[str, Any], source: str = "") -> EdgeConfig:
+    """Validate already-loaded data; raise ConfigError listing every problem with its key path."""
+    try:
+        return EdgeConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(problems(exc), source) from None
+
+
+def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> EdgeConfig:
+    """Read the TOML file, apply ``EDGE_*`` overrides and validate."""
+    file = config_path(path)
+    try:
+        data = tomllib.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError([("(file)", f"{file} does not exist; `edge init` writes a starter")], str(file)) from None
+    except OSError as exc:
+        raise ConfigError([("(file)", f"cannot read {file}: {exc.strerror}")], str(file)) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([("(file)", f"not valid TOML: {exc}")], str(file)) from None
+    data = _merge(data, env_overrides(os.environ if environ is None else environ))
+    return parse_config(data, str(file))
+
+
+# -- rendering (edge init, edge config show) ----------------------------------------------------
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, Path):
+        value = str(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{ " + ", ".join(f"{json.dumps(str(k))} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")
+
+
+def render_toml(values: Mapping[str, Any], model: type[EdgeModel] = EdgeConfig, comments: bool = True) -> str:
+    """Write config data as TOML, each key preceded by its field description as a comment.
+
+    Keys whose value is None are written commented out, so a technician sees every option.
+    """
+    lines: list[str] = []
+
+    def section(name: str, data: Mapping[str, Any], cls: type[EdgeModel]) -> None:
+        sub_tables: list[tuple[str, Mapping[str, Any], type[EdgeModel]]] = []
+        if lines:
+            lines.append("")
+        lines.append(f"[{name}]")
+        for key, field in cls.model_fields.items():
+            value = data.get(key)
+            annotation = field.annotation
+            if isinstance(annotation, type) and issubclass(annotation, EdgeModel):
+                sub_tables.append((f"{name}.{key}", value or {}, annotation))
+                continue
+            if comments and field.description:
+                lines.append(f"# {field.description}")
+            if value is None:
+                lines.append(f"# {key} = ")
+            else:
+                lines.append(f"{key} = {_toml_value(value)}")
+        for sub_name, sub_data, sub_cls in sub_tables:
+            section(sub_name, sub_data, sub_cls)
+
+    for key, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, EdgeModel) and key in values:
+            section(key, values[key], annotation)
+    return "\n".join(lines) + "\n"
+
+
+def starter_config(
+    role: Role,
+    device: str | None = None,
+    commune: str | None = None,
+    broker: str | None = None,
+    state_dir: str | None = None,
+) -> str:
+    """A commented starter config for ``edge init``; it validates as written."""
+    data: dict[str, Any] = {
+        "device": {"id": device or f"{role}-01", "commune": commune or "my-commune", "roles": [role]},
+        "mqtt": MqttConfig(broker=broker or "mqtt://127.0.0.1:1883").model_dump(),
+        "store": StoreConfig(state_dir=Path(state_dir) if state_dir else DEFAULT_STATE_DIR).model_dump(),
+        "sync": SyncConfig().model_dump(),
+        "health": HealthConfig().model_dump(),
+    }
+    if data["mqtt"]["broker"].startswith("mqtts://"):
+        data["mqtt"]["tls"] = {
+            "ca_file": "/etc/commune-edge/ca.pem",
+            "cert_file": "/etc/commune-edge/device.pem",
+            "key_file": "device.key",
+        }
+    header = (
+        f"# commune-edge configuration for a {role} device.\n"
+        "# Check it with `edge config validate`; any value can be overridden by an environment\n"
+        "# variable EDGE_<SECTION>__<KEY>, e.g. EDGE_MQTT__BROKER=mqtts://server:8883.\n\n"
+    )
+    return header + render_toml(data)

@@ -1,0 +1,778 @@
+"""The device's event outbox: SQLite in WAL mode, durable first, then acknowledged.
+
+Every event is committed here before anything else happens with it: before the citizen sees the
+thank-you light, before a command is acknowledged, before it is published. An event leaves the
+outbox's pending set only when the collector's ``evtack`` covers it.
+
+All writes of one process go through a single writer thread (one connection), which groups the
+requests waiting at that moment into one transaction ("group commit"). That keeps SQLite's write
+lock uncontended inside the process, so a critical append is never stuck behind SQLite's busy
+back-off. Other processes (``edge emit`` while ``edge run`` runs) are ordinary SQLite writers;
+after a commit they poke the daemon through a datagram socket in the state directory so it does
+not have to poll.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import secrets
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from queue import Empty, SimpleQueue
+from typing import Any, Literal, TypeVar
+
+from edge.clock import ClockMonitor, now_iso
+from edge.exceptions import StoreCorrupt, StoreError, StoreFull
+from edge.ids import new_id
+
+log = logging.getLogger(__name__)
+
+Priority = Literal["critical", "normal", "bulk"]
+PRIORITIES: tuple[Priority, ...] = ("critical", "normal", "bulk")
+_PRIORITY_CODE: dict[str, int] = {"critical": 0, "normal": 1, "bulk": 2}
+
+#: The priority an event type gets when the caller does not say (DESIGN.md §3: ratings, proof of
+#: play, tamper and security are never evicted).
+DEFAULT_PRIORITY: dict[str, Priority] = {
+    "rating": "critical",
+    "broadcast": "critical",
+    "tamper": "critical",
+    "security": "critical",
+    "evidence": "critical",
+    "ack": "critical",
+    "cfg_reported": "critical",
+    "panel": "normal",
+    "presence": "normal",
+    "test": "normal",
+    "health": "bulk",
+}
+
+WAKE_SOCKET = "wake.sock"
+_GROUP_MAX = 512
+_TYPE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_.-")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,  -- AUTOINCREMENT: a seq is never reused
+    id           TEXT    NOT NULL,
+    type         TEXT    NOT NULL,
+    priority     INTEGER NOT NULL,                   -- 0 critical, 1 normal, 2 bulk
+    ts           TEXT    NOT NULL,
+    clock_synced INTEGER NOT NULL,
+    data         TEXT    NOT NULL,                   -- JSON text, sent as is
+    acked_at     REAL                                -- NULL while pending
+);
+CREATE INDEX IF NOT EXISTS events_pending ON events (seq) WHERE acked_at IS NULL;
+CREATE INDEX IF NOT EXISTS events_evictable ON events (priority, seq) WHERE acked_at IS NULL;
+CREATE INDEX IF NOT EXISTS events_acked ON events (acked_at) WHERE acked_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS dedupe (
+    key     TEXT PRIMARY KEY,
+    id      TEXT NOT NULL,
+    seq     INTEGER NOT NULL,
+    expires REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS counters (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+"""
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Committed:
+    """An event that is on disk. ``duplicate`` is true when its dedupe key had been seen before
+    and the earlier event is returned instead of a new one."""
+
+    id: str
+    seq: int
+    duplicate: bool = False
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    seq: int
+    id: str
+    type: str
+    priority: Priority
+    ts: str
+    clock_synced: bool
+    data_json: str
+    acked_at: float | None = None
+
+    @property
+    def data(self) -> Any:
+        return json.loads(self.data_json)
+
+    def wire_json(self) -> str:
+        """The event as it appears in a batch. ``data`` is already JSON and is embedded as is;
+        id, type, priority and ts are checked at append so they need no escaping."""
+        return (
+            f'{{"id":"{self.id}","seq":{self.seq},"type":"{self.type}","priority":"{self.priority}",'
+            f'"ts":"{self.ts}","clock_synced":{"true" if self.clock_synced else "false"},'
+            f'"data":{self.data_json}}}'
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "seq": self.seq,
+            "type": self.type,
+            "priority": self.priority,
+            "ts": self.ts,
+            "clock_synced": self.clock_synced,
+            "data": self.data,
+            "state": "pending" if self.acked_at is None else "acked",
+        }
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    epoch: str
+    depth: int
+    depth_by_priority: dict[str, int]
+    oldest_pending_ts: str | None
+    last_seq: int
+    db_bytes: int
+    max_bytes: int
+    evictions: dict[str, int]
+    counters: dict[str, int]
+
+    @property
+    def oldest_pending_age_s(self) -> float | None:
+        if self.oldest_pending_ts is None:
+            return None
+        then = datetime.fromisoformat(self.oldest_pending_ts)
+        return max(0.0, (datetime.now(then.tzinfo) - then).total_seconds())
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    type: str
+    data: Mapping[str, Any]
+    priority: Priority | None = None
+    dedupe_key: str | None = None
+    dedupe_ttl_s: float = 7 * 86400
+
+
+@dataclass
+class _Op:
+    fn: Callable[[sqlite3.Connection], Any]
+    durable: bool
+    future: Future[Any]
+    appends: bool
+    txn: bool = True
+
+
+def _check_type(event_type: str) -> None:
+    if not event_type or len(event_type) > 64 or not set(event_type) <= _TYPE_CHARS:
+        raise ValueError(f"event type must be lower-case letters, digits, '_', '.', '-': {event_type!r}")
+
+
+def _ranges(seqs: Iterable[int]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for s in sorted(seqs):
+        if out and s == out[-1][1] + 1:
+            out[-1] = (out[-1][0], s)
+        else:
+            out.append((s, s))
+    return out
+
+
+def _translate(exc: sqlite3.Error) -> StoreError:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code == sqlite3.SQLITE_FULL:
+        return StoreFull(f"disk full, event not stored: {exc}")
+    if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+        return StoreCorrupt(f"event store is corrupt: {exc}")
+    return StoreError(f"event store error: {exc}")
+
+
+class Outbox:
+    """The durable event queue of one device. Thread-safe; use as a context manager."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        max_bytes: int = 512 * 1024 * 1024,
+        keep_acked_s: float = 86400,
+        clock: ClockMonitor | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.max_bytes = max_bytes
+        self.keep_acked_s = keep_acked_s
+        self.clock = clock or ClockMonitor()
+        self.quarantined: Path | None = None
+        self._listeners: list[Callable[[int], None]] = []
+        self._queue: SimpleQueue[_Op | None] = SimpleQueue()
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._closed = False
+        self._over_cap_warned = False
+        self._appended_bytes = 0
+        self._size_checked_at = 0.0
+        self._wake_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._wake_sock.setblocking(False)
+        self._owns_wake_socket = False
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._writer_conn = self._open_checked()
+        except StoreCorrupt as exc:
+            self.quarantined = self._quarantine()
+            log.error("event store %s was corrupt (%s); moved aside to %s", self.path, exc, self.quarantined)
+            self._writer_conn = self._open_checked()
+        self.epoch: str = self._init_meta()
+        self._thread = threading.Thread(target=self._writer_loop, name="outbox-writer", daemon=True)
+        self._thread.start()
+        if self.quarantined is not None:
+            self.bump("quarantines")
+            self.append(
+                "security",
+                {"kind": "store_quarantined", "path": str(self.quarantined), "new_epoch": self.epoch},
+                "critical",
+            )
+
+    # -- opening, integrity and quarantine ------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=15.0)
+        conn.execute("PRAGMA busy_timeout = 15000")
+        return conn
+
+    def _open_checked(self) -> sqlite3.Connection:
+        conn = self._connect()
+        try:
+            # auto_vacuum must be chosen before the first table exists; it lets evictions give
+            # space back to the file system, so the byte cap measures what is really used.
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode != "wal":
+                raise StoreCorrupt(f"cannot switch {self.path} to WAL (mode {mode})")
+            conn.execute("PRAGMA synchronous = FULL")
+            # Keep the WAL small next to the cap: it counts against it and is reused, not shrunk,
+            # between checkpoints.
+            wal_pages = max(32, min(1000, self.max_bytes // 4096 // 10))
+            conn.execute(f"PRAGMA wal_autocheckpoint = {wal_pages}")
+            conn.execute(f"PRAGMA journal_size_limit = {wal_pages * 4096 * 2}")
+            check = conn.execute("PRAGMA quick_check").fetchall()
+            if check != [("ok",)]:
+                raise StoreCorrupt("; ".join(str(r[0]) for r in check[:3]))
+            conn.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            code = getattr(exc, "sqlite_errorcode", None)
+            if code == sqlite3.SQLITE_FULL:
+                raise StoreFull(f"disk full while opening {self.path}") from exc
+            if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_CANTOPEN):
+                raise _translate(exc) from exc
+            raise StoreCorrupt(str(exc)) from exc
+        except StoreCorrupt:
+            conn.close()
+            raise
+        self._sync_mode = "FULL"
+        return conn
+
+    def _quarantine(self) -> Path:
+        """Rename the corrupt database (and its WAL and shared-memory files) aside; never delete."""
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{secrets.token_hex(3)}")
+        for suffix in ("-wal", "-shm", ""):
+            src = Path(str(self.path) + suffix)
+            if src.exists():
+                os.replace(src, Path(str(target) + suffix))
+        return target
+
+    def _init_meta(self) -> str:
+        conn = self._writer_conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+            if row is None:
+                epoch = secrets.token_hex(8)
+                conn.execute("INSERT INTO meta (key, value) VALUES ('epoch', ?)", (epoch,))
+                conn.execute("INSERT INTO meta (key, value) VALUES ('created', ?)", (now_iso(),))
+            else:
+                epoch = row[0]
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return str(epoch)
+
+    # -- the writer thread ----------------------------------------------------------------------
+
+    def _submit(
+        self,
+        fn: Callable[[sqlite3.Connection], T],
+        *,
+        durable: bool = True,
+        appends: bool = False,
+        txn: bool = True,
+    ) -> T:
+        if self._closed:
+            raise StoreError("event store is closed")
+        fut: Future[T] = Future()
+        self._queue.put(_Op(fn, durable, fut, appends, txn))
+        return fut.result()
+
+    def _writer_loop(self) -> None:
+        conn = self._writer_conn
+        carry: _Op | None = None
+        while True:
+            first = carry if carry is not None else self._queue.get()
+            carry = None
+            if first is None:
+                break
+            if not first.txn:
+                self._run_alone(conn, first)
+                continue
+            group = [first]
+            stop = False
+            while len(group) < _GROUP_MAX:
+                try:
+                    nxt = self._queue.get_nowait()
+                except Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                if not nxt.txn:
+                    carry = nxt
+                    break
+                group.append(nxt)
+            self._run_group(conn, group)
+            if stop:
+                break
+        conn.close()
+
+    def _run_alone(self, conn: sqlite3.Connection, op: _Op) -> None:
+        """Maintenance (eviction, checkpoints) that manages its own transactions."""
+        try:
+            op.future.set_result(op.fn(conn))
+        except Exception as exc:
+            op.future.set_exception(_translate(exc) if isinstance(exc, sqlite3.Error) else exc)
+
+    def _set_sync(self, conn: sqlite3.Connection, durable: bool) -> None:
+        # Bulk-only groups may skip the fsync (WAL + NORMAL survives a process crash, and a
+        # power cut loses at most recent bulk events); anything else is committed with FULL.
+        mode = "FULL" if durable else "NORMAL"
+        if mode != self._sync_mode:
+            conn.execute(f"PRAGMA synchronous = {mode}")
+            self._sync_mode = mode
+
+    def _run_group(self, conn: sqlite3.Connection, group: list[_Op]) -> None:
+        self._set_sync(conn, any(op.durable for op in group))
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            results = [op.fn(conn) for op in group]
+            conn.execute("COMMIT")
+        except Exception as exc:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            if len(group) > 1:
+                # One bad request must not fail its neighbours: run them one by one.
+                for op in group:
+                    self._run_group(conn, [op])
+                return
+            err = _translate(exc) if isinstance(exc, sqlite3.Error) else exc
+            group[0].future.set_exception(err)
+            return
+        for op, result in zip(group, results, strict=True):
+            op.future.set_result(result)
+        appended = [c.seq for op, r in zip(group, results, strict=True) if op.appends for c in r]
+        if appended:
+            self._after_append(conn, max(appended))
+
+    def _after_append(self, conn: sqlite3.Connection, last_seq: int) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(last_seq)
+            except Exception:
+                log.exception("outbox listener failed")
+        if not self._owns_wake_socket:
+            with contextlib.suppress(OSError):
+                self._wake_sock.sendto(b"!", str(self.path.parent / WAKE_SOCKET))
+        # Measuring the size costs a few pragmas and a stat(), so it is done once per 1 % of the
+        # cap appended (or every second): the store never runs past its cap by more than that.
+        now = time.monotonic()
+        if self._appended_bytes >= self.max_bytes // 100 or now - self._size_checked_at >= 1.0:
+            self._appended_bytes = 0
+            self._size_checked_at = now
+            if self._used_bytes(conn) > self.max_bytes:
+                self._enforce_cap(conn)
+
+    # -- size cap and eviction ------------------------------------------------------------------
+
+    def _wal_bytes(self) -> int:
+        try:
+            return os.stat(str(self.path) + "-wal").st_size
+        except FileNotFoundError:
+            return 0
+
+    def _used_bytes(self, conn: sqlite3.Connection) -> int:
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        return int((pages - free) * page_size + self._wal_bytes())
+
+    def _enforce_cap(self, conn: sqlite3.Connection) -> dict[str, int]:
+        """Free space down to 90 % of the cap: acknowledged events first (they are safe on the
+        server), then pending bulk, then pending normal, oldest first. Critical events stay."""
+        target = int(self.max_bytes * 0.9)
+        evicted = {"bulk": 0, "normal": 0}
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        steps: list[tuple[str | None, str]] = [
+            (None, "SELECT seq FROM events WHERE acked_at IS NOT NULL ORDER BY seq LIMIT 500"),
+            ("bulk", "SELECT seq FROM events WHERE acked_at IS NULL AND priority = 2 ORDER BY seq LIMIT 500"),
+            ("normal", "SELECT seq FROM events WHERE acked_at IS NULL AND priority = 1 ORDER BY seq LIMIT 500"),
+        ]
+        for klass, query in steps:
+            while self._used_bytes(conn) > target:
+                seqs = [r[0] for r in conn.execute(query)]
+                if not seqs:
+                    break
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    conn.execute(f"DELETE FROM events WHERE seq IN ({','.join('?' * len(seqs))})", seqs)
+                    if klass is not None:
+                        self._bump(conn, f"evicted_{klass}", len(seqs))
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                if klass is not None:
+                    evicted[klass] += len(seqs)
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        # Python's execute() steps a statement once, and incremental_vacuum frees one page per
+        # step; executescript() runs it to the end.
+        conn.executescript("PRAGMA incremental_vacuum;")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        if any(evicted.values()):
+            log.warning("event store over its %d-byte cap: evicted %s", self.max_bytes, evicted)
+        if self._used_bytes(conn) > self.max_bytes:
+            if not self._over_cap_warned:
+                log.error("event store holds only critical events and is still over its cap")
+                self._over_cap_warned = True
+        else:
+            self._over_cap_warned = False
+        return evicted
+
+    def _enforce_cap_if_needed(self, conn: sqlite3.Connection) -> dict[str, int]:
+        if self._used_bytes(conn) > self.max_bytes:
+            return self._enforce_cap(conn)
+        return {"bulk": 0, "normal": 0}
+
+    def enforce_cap(self) -> dict[str, int]:
+        """Check the byte cap now and evict if needed (the writer also checks after appends)."""
+        return self._submit(self._enforce_cap_if_needed, durable=False, txn=False)
+
+    # -- counters -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _bump(conn: sqlite3.Connection, name: str, by: int = 1) -> None:
+        conn.execute(
+            "INSERT INTO counters (name, value) VALUES (?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+            (name, by),
+        )
+
+    def bump(self, name: str, by: int = 1) -> None:
+        """Add to a persistent counter (rejected messages, quarantines...)."""
+        self._submit(lambda conn: self._bump(conn, name, by), durable=False)
+
+    # -- appending ------------------------------------------------------------------------------
+
+    def _prepare(self, event: NewEvent) -> tuple[str, str, int, str, int, str, str | None, float]:
+        _check_type(event.type)
+        priority = event.priority or DEFAULT_PRIORITY.get(event.type, "normal")
+        if priority not in _PRIORITY_CODE:
+            raise ValueError(f"priority must be one of {', '.join(PRIORITIES)}: {priority!r}")
+        data = json.dumps(event.data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        return (
+            new_id(),
+            event.type,
+            _PRIORITY_CODE[priority],
+            now_iso(),
+            int(self.clock.synced()),
+            data,
+            event.dedupe_key,
+            event.dedupe_ttl_s,
+        )
+
+    @staticmethod
+    def _insert(conn: sqlite3.Connection, row: tuple[str, str, int, str, int, str, str | None, float]) -> Committed:
+        event_id, etype, prio, ts, synced, data, dedupe_key, ttl = row
+        if dedupe_key is not None:
+            seen = conn.execute("SELECT id, seq FROM dedupe WHERE key = ?", (dedupe_key,)).fetchone()
+            if seen is not None:
+                return Committed(seen[0], seen[1], duplicate=True)
+        cur = conn.execute(
+            "INSERT INTO events (id, type, priority, ts, clock_synced, data) VALUES (?, ?, ?, ?, ?, ?)",
+            (event_id, etype, prio, ts, synced, data),
+        )
+        seq = int(cur.lastrowid or 0)
+        if dedupe_key is not None:
+            conn.execute(
+                "INSERT INTO dedupe (key, id, seq, expires) VALUES (?, ?, ?, ?)",
+                (dedupe_key, event_id, seq, time.time() + ttl),
+            )
+        return Committed(event_id, seq)
+
+    def append(
+        self,
+        type: str,
+        data: Mapping[str, Any],
+        priority: Priority | None = None,
+        *,
+        dedupe_key: str | None = None,
+        dedupe_ttl_s: float = 7 * 86400,
+    ) -> Committed:
+        """Commit one event and return once it is on disk.
+
+        ``dedupe_key`` makes the append idempotent: if an event with that key was committed
+        within ``dedupe_ttl_s``, nothing is added and the earlier event is returned.
+        """
+        return self.append_many([NewEvent(type, data, priority, dedupe_key, dedupe_ttl_s)])[0]
+
+    def append_many(self, events: Sequence[NewEvent]) -> list[Committed]:
+        """Commit several events in one transaction, in order."""
+        rows = [self._prepare(e) for e in events]
+        if not rows:
+            return []
+        durable = any(r[2] < 2 for r in rows)
+        self._appended_bytes += sum(len(r[5]) + 120 for r in rows)
+        return self._submit(lambda conn: [self._insert(conn, r) for r in rows], durable=durable, appends=True)
+
+    # -- acknowledgements and housekeeping ------------------------------------------------------
+
+    def mark_acked(self, ranges: Iterable[tuple[int, int]]) -> int:
+        """Mark events ``from_seq..to_seq`` (inclusive) as stored by the collector.
+
+        Returns how many pending events this acknowledged.
+        """
+        spans = [(int(a), int(b)) for a, b in ranges if int(a) <= int(b)]
+        if not spans:
+            return 0
+
+        def op(conn: sqlite3.Connection) -> int:
+            now = time.time()
+            n = 0
+            for a, b in spans:
+                cur = conn.execute(
+                    "UPDATE events SET acked_at = ? WHERE seq BETWEEN ? AND ? AND acked_at IS NULL", (now, a, b)
+                )
+                n += cur.rowcount
+            if n:
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('last_ack', ?) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (now_iso(),),
+                )
+            return n
+
+        # An ack only loses information if it is lost (the event is then sent again): no fsync.
+        return self._submit(op, durable=False)
+
+    def housekeeping(self) -> int:
+        """Forget acknowledged events older than ``keep_acked_s`` and expired dedupe keys."""
+        cutoff = time.time() - self.keep_acked_s
+
+        def op(conn: sqlite3.Connection) -> int:
+            n = conn.execute("DELETE FROM events WHERE acked_at IS NOT NULL AND acked_at < ?", (cutoff,)).rowcount
+            conn.execute("DELETE FROM dedupe WHERE expires < ?", (time.time(),))
+            return n
+
+        removed = self._submit(op, durable=False)
+        self.enforce_cap()
+        return removed
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._submit(
+            lambda conn: conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            ),
+            durable=False,
+        )
+
+    def add_listener(self, listener: Callable[[int], None]) -> None:
+        """Call ``listener(last_seq)`` on the writer thread after every commit that appended events."""
+        self._listeners.append(listener)
+
+    def bind_wake_socket(self) -> socket.socket:
+        """Bind the state directory's wake socket (the daemon does this); other processes that
+        append to this store then send it a datagram after each commit."""
+        path = self.path.parent / WAKE_SOCKET
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(str(path))
+        self._owns_wake_socket = True
+        return sock
+
+    # -- reading (any thread; each thread gets its own read connection) -----------------------------
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            if self._closed:
+                raise StoreError("event store is closed")
+            conn = self._connect()
+            conn.execute("PRAGMA query_only = 1")
+            self._local.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        return conn
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        try:
+            return self._reader().execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise _translate(exc) from exc
+
+    @staticmethod
+    def _event(row: Sequence[Any]) -> StoredEvent:
+        return StoredEvent(row[0], row[1], row[2], PRIORITIES[row[3]], row[4], bool(row[5]), row[6], row[7])
+
+    _COLUMNS = "seq, id, type, priority, ts, clock_synced, data, acked_at"
+
+    def pending(self, after_seq: int = 0, limit: int = 1000, up_to_seq: int | None = None) -> list[StoredEvent]:
+        """Pending events with ``seq > after_seq`` (and ``<= up_to_seq``), in seq order."""
+        if up_to_seq is None:
+            rows = self._read(
+                f"SELECT {self._COLUMNS} FROM events WHERE acked_at IS NULL AND seq > ? ORDER BY seq LIMIT ?",
+                (after_seq, limit),
+            )
+        else:
+            rows = self._read(
+                f"SELECT {self._COLUMNS} FROM events WHERE acked_at IS NULL AND seq > ? AND seq <= ? "
+                "ORDER BY seq LIMIT ?",
+                (after_seq, up_to_seq, limit),
+            )
+        return [self._event(r) for r in rows]
+
+    def pending_in(self, seqs: Sequence[int]) -> list[StoredEvent]:
+        """Those of ``seqs`` that are still pending, in seq order."""
+        out: list[StoredEvent] = []
+        for i in range(0, len(seqs), 500):
+            chunk = list(seqs[i : i + 500])
+            rows = self._read(
+                f"SELECT {self._COLUMNS} FROM events WHERE acked_at IS NULL AND seq IN "
+                f"({','.join('?' * len(chunk))}) ORDER BY seq",
+                chunk,
+            )
+            out.extend(self._event(r) for r in rows)
+        return out
+
+    def last_seq(self) -> int:
+        row = self._read("SELECT seq FROM sqlite_sequence WHERE name = 'events'")
+        return int(row[0][0]) if row else 0
+
+    def data_version(self) -> int:
+        """Changes whenever another connection commits (used to notice other processes' appends)."""
+        return int(self._read("PRAGMA data_version")[0][0])
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._read("SELECT value FROM meta WHERE key = ?", (key,))
+        return str(row[0][0]) if row else None
+
+    def counters(self) -> dict[str, int]:
+        return {name: int(value) for name, value in self._read("SELECT name, value FROM counters")}
+
+    def list_events(
+        self,
+        *,
+        type: str | None = None,
+        state: Literal["all", "pending", "acked"] = "all",
+        since: str | None = None,
+        limit: int = 50,
+    ) -> list[StoredEvent]:
+        """Events, newest first, for ``edge events``."""
+        where: list[str] = []
+        params: list[Any] = []
+        if type:
+            where.append("type = ?")
+            params.append(type)
+        if state == "pending":
+            where.append("acked_at IS NULL")
+        elif state == "acked":
+            where.append("acked_at IS NOT NULL")
+        if since:
+            where.append("ts >= ?")
+            params.append(since)
+        sql = f"SELECT {self._COLUMNS} FROM events"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY seq DESC LIMIT ?"
+        params.append(limit)
+        return [self._event(r) for r in self._read(sql, params)]
+
+    def stats(self) -> StoreStats:
+        by_prio: dict[str, int] = {p: 0 for p in PRIORITIES}
+        for prio, n in self._read("SELECT priority, COUNT(*) FROM events WHERE acked_at IS NULL GROUP BY priority"):
+            by_prio[PRIORITIES[prio]] = int(n)
+        oldest = self._read("SELECT ts FROM events WHERE acked_at IS NULL ORDER BY seq LIMIT 1")
+        counters = self.counters()
+        page = self._read("PRAGMA page_size")[0][0] * (
+            self._read("PRAGMA page_count")[0][0] - self._read("PRAGMA freelist_count")[0][0]
+        )
+        return StoreStats(
+            epoch=self.epoch,
+            depth=sum(by_prio.values()),
+            depth_by_priority=by_prio,
+            oldest_pending_ts=oldest[0][0] if oldest else None,
+            last_seq=self.last_seq(),
+            db_bytes=int(page) + self._wal_bytes(),
+            max_bytes=self.max_bytes,
+            evictions={"bulk": counters.get("evicted_bulk", 0), "normal": counters.get("evicted_normal", 0)},
+            counters=counters,
+        )
+
+    def integrity_check(self) -> str:
+        """``PRAGMA integrity_check``: "ok" or the first problem."""
+        return str(self._read("PRAGMA integrity_check")[0][0])
+
+    # -- lifetime -------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Finish queued writes and close every connection. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(None)
+        self._thread.join()
+        with self._readers_lock:
+            for conn in self._readers:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+            self._readers.clear()
+        self._wake_sock.close()
+
+    def __enter__(self) -> Outbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def ranges_of(seqs: Iterable[int]) -> list[tuple[int, int]]:
+    """Compress sequence numbers into inclusive ``(from, to)`` ranges, as in ``evtack``."""
+    return _ranges(seqs)
