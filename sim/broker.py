@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -25,6 +26,11 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def current_user() -> str:
+    """Name of the account this process runs as (for mosquitto's ``user`` option)."""
+    return pwd.getpwuid(os.geteuid()).pw_name
 
 
 def find_mosquitto() -> str | None:
@@ -53,6 +59,10 @@ class MosquittoBroker:
     port: int = field(default_factory=free_port)
     tls: BrokerTls | None = None
     extra_config: str = ""
+    #: A complete configuration to run instead of the generated one, e.g. the shipped template
+    #: (``edge.broker_config``) rendered for this broker's ``port``. Give ``tls`` too when it has a TLS
+    #: listener, so that ``url`` says ``mqtts``.
+    config: str | None = None
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
     @property
@@ -66,6 +76,10 @@ class MosquittoBroker:
 
     def _write_config(self) -> Path:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        conf = self.workdir / "mosquitto.conf"
+        if self.config is not None:
+            conf.write_text(self.config)
+            return conf
         lines = [
             f"listener {self.port} 127.0.0.1",
             "persistence false",
@@ -83,6 +97,9 @@ class MosquittoBroker:
                 f"require_certificate {'true' if self.tls.require_certificate else 'false'}",
                 "use_identity_as_username true",
                 "allow_anonymous false",
+                # Started as root, mosquitto drops to the "mosquitto" user before it loads the
+                # certificates, and the test's 0600 keys would be unreadable: stay the current user.
+                f"user {current_user()}",
             ]
             if self.tls.acl_file:
                 lines.append(f"acl_file {self.tls.acl_file}")
@@ -90,7 +107,6 @@ class MosquittoBroker:
             lines.append("allow_anonymous true")
         if self.extra_config:
             lines.append(self.extra_config)
-        conf = self.workdir / "mosquitto.conf"
         conf.write_text("\n".join(lines) + "\n")
         return conf
 
