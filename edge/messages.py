@@ -1,0 +1,94 @@
+"""Payloads of MQTT contract version 1 (DESIGN.md §4), shared by the device and the collector."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, StringConstraints, ValidationError, model_validator
+
+from edge.exceptions import BadMessage
+from edge.model import EdgeModel, Slug
+
+EventType = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_.-]{1,64}$")]
+Epoch = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{8,64}$")]
+Uuid = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")]
+
+MAX_EVENTS_PER_BATCH = 10_000
+MAX_ACK_RANGES = 10_000
+
+
+class WireEvent(EdgeModel):
+    id: Uuid = Field(description="UUIDv7 of the event; the collector stores each id once.")
+    seq: int = Field(ge=1, description="Per-device, per-epoch sequence number; never reused.")
+    type: EventType = Field(description="Event type, the same for every event of a batch.")
+    priority: Literal["critical", "normal", "bulk"] = Field(description="Eviction class on the device.")
+    ts: str = Field(max_length=40, description="Wall-clock time of the event, ISO 8601 with offset.")
+    clock_synced: bool = Field(description="Whether the device clock was synchronised at the time.")
+    data: dict[str, Any] = Field(description="Type-specific fields.")
+
+
+class EventBatch(EdgeModel):
+    v: Literal[1] = Field(description="Contract version.")
+    device: Slug = Field(description="Sending device id.")
+    commune: Slug = Field(description="Sending device's commune.")
+    epoch: Epoch = Field(description="Random id of the device's event database; seq restarts with it.")
+    events: list[WireEvent] = Field(
+        min_length=1, max_length=MAX_EVENTS_PER_BATCH, description="Events of one type in seq order."
+    )
+
+    @model_validator(mode="after")
+    def _one_type_in_order(self) -> EventBatch:
+        first = self.events[0].type
+        last_seq = 0
+        for ev in self.events:
+            if ev.type != first:
+                raise ValueError("a batch carries events of one type")
+            if ev.seq <= last_seq:
+                raise ValueError("events must be in increasing seq order")
+            last_seq = ev.seq
+        return self
+
+
+class EvtAck(EdgeModel):
+    v: Literal[1] = Field(description="Contract version.")
+    epoch: Epoch = Field(description="The epoch the ranges refer to.")
+    ranges: list[tuple[int, int]] = Field(
+        min_length=1, max_length=MAX_ACK_RANGES, description="Inclusive [from_seq, to_seq] ranges now stored."
+    )
+
+    @model_validator(mode="after")
+    def _ordered_ranges(self) -> EvtAck:
+        for a, b in self.ranges:
+            if a < 1 or b < a:
+                raise ValueError(f"bad range [{a}, {b}]")
+        return self
+
+
+class DeviceStatus(EdgeModel):
+    v: Literal[1] = 1
+    online: bool
+    boot: int
+    version: str
+    roles: list[str]
+    ts: str
+
+
+class ServerStatus(EdgeModel):
+    v: Literal[1] = 1
+    online: bool
+    ts: str
+
+
+def parse(model: type[EdgeModel], payload: bytes, max_bytes: int) -> Any:
+    """Validate a JSON payload against a contract model, raising BadMessage with a countable reason."""
+    if len(payload) > max_bytes:
+        raise BadMessage("oversized", f"{len(payload)} bytes, limit {max_bytes}")
+    try:
+        return model.model_validate_json(payload)
+    except ValidationError as exc:
+        kinds = {e["type"] for e in exc.errors(include_url=False)}
+        if kinds & {"json_invalid", "json_type"}:
+            raise BadMessage("malformed", "not valid JSON") from None
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise BadMessage("schema", f"{where}: {first['msg']}") from None

@@ -1,0 +1,337 @@
+"""The one boundary between paho-mqtt and the rest of the project.
+
+paho's callbacks become explicit state here: a ``connected`` event, a connection generation
+number, futures for publishes (resolved on PUBACK), and a handler call per incoming message.
+The network loop runs in one thread that also owns reconnection, with capped exponential backoff
+and jitter so that a commune's devices do not all knock on the broker at once after an outage.
+
+paho keeps its outgoing queue in memory only; durability is the outbox's job, never this one's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import ssl
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from edge.config import BrokerAddress
+from edge.exceptions import LinkError
+
+log = logging.getLogger(__name__)
+
+MessageHandler = Callable[[str, bytes], None]
+
+
+@dataclass(frozen=True)
+class Will:
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+@dataclass
+class LinkSettings:
+    """Everything needed to reach a broker."""
+
+    address: BrokerAddress
+    client_id: str
+    keepalive_s: int = 30
+    session_expiry_s: int = 3600
+    clean_start: bool = False
+    username: str | None = None
+    password: str | None = None
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    max_incoming_bytes: int = 64 * 1024
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 60.0
+    max_inflight: int = 100
+    will: Will | None = None
+
+
+@dataclass
+class LinkStats:
+    connects: int = 0
+    disconnects: int = 0
+    connect_failures: int = 0
+    oversized_dropped: int = 0
+    handler_errors: int = 0
+    last_error: str = ""
+    subscriptions: list[tuple[str, int]] = field(default_factory=list)
+
+
+class Backoff:
+    """Capped exponential backoff with jitter: each delay is drawn from [d/2, d]."""
+
+    def __init__(self, minimum: float, maximum: float) -> None:
+        self.minimum = minimum
+        self.maximum = maximum
+        self._attempt = 0
+
+    def next(self) -> float:
+        delay = min(self.maximum, self.minimum * (2**self._attempt))
+        self._attempt = min(self._attempt + 1, 32)
+        return random.uniform(delay / 2, delay)
+
+    def reset(self) -> None:
+        self._attempt = 0
+
+
+class MqttLink:
+    """An MQTT 5 connection that keeps itself connected until ``stop()``."""
+
+    def __init__(self, settings: LinkSettings) -> None:
+        self.settings = settings
+        self.stats = LinkStats()
+        self.connected = threading.Event()
+        self.generation = 0  # counts successful connections; lets users notice a reconnect
+        self._handlers: list[tuple[str, MessageHandler]] = []
+        self._on_connect_hooks: list[Callable[[], None]] = []
+        self._on_disconnect_hooks: list[Callable[[], None]] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._pending: dict[int, Future[ReasonCode | None]] = {}
+        self._early: dict[int, ReasonCode | None] = {}
+        self._backoff = Backoff(settings.reconnect_min_s, settings.reconnect_max_s)
+        self._client = self._make_client()
+
+    # -- set-up ---------------------------------------------------------------------------------
+
+    def _make_client(self) -> mqtt.Client:
+        s = self.settings
+        client = mqtt.Client(
+            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+            client_id=s.client_id,
+            protocol=mqtt.MQTTv5,
+        )
+        client.max_inflight_messages_set(s.max_inflight)
+        client.max_queued_messages_set(0)
+        if s.username:
+            client.username_pw_set(s.username, s.password)
+        if s.address.tls:
+            context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(s.ca_file) if s.ca_file else None)
+            if s.cert_file and s.key_file:
+                context.load_cert_chain(str(s.cert_file), str(s.key_file))
+            client.tls_set_context(context)
+        if s.will:
+            client.will_set(s.will.topic, s.will.payload, s.will.qos, s.will.retain)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
+        return client
+
+    def subscribe(self, topic_filter: str, handler: MessageHandler, qos: int = 1) -> None:
+        """Route messages matching ``topic_filter`` to ``handler(topic, payload)``.
+
+        Subscriptions are (re)made on every connection. Handlers run on the network thread and
+        must be quick; oversized payloads never reach them.
+        """
+        self._handlers.append((topic_filter, handler))
+        self.stats.subscriptions.append((topic_filter, qos))
+        if self.connected.is_set():
+            self._client.subscribe(topic_filter, qos)
+
+    def on_connect(self, hook: Callable[[], None]) -> None:
+        """Call ``hook()`` on the network thread after each successful connection."""
+        self._on_connect_hooks.append(hook)
+
+    def on_disconnect(self, hook: Callable[[], None]) -> None:
+        self._on_disconnect_hooks.append(hook)
+
+    # -- paho callbacks (network thread) ---------------------------------------------------------
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Any) -> None:
+        if reason.is_failure:
+            self.stats.connect_failures += 1
+            self.stats.last_error = f"connection refused: {reason}"
+            log.warning("broker %s refused the connection: %s", self.settings.address, reason)
+            return
+        self._backoff.reset()
+        self.stats.connects += 1
+        self.generation += 1
+        for topic_filter, qos in self.stats.subscriptions:
+            client.subscribe(topic_filter, qos)
+        self.connected.set()
+        log.info("connected to %s", self.settings.address)
+        for hook in self._on_connect_hooks:
+            try:
+                hook()
+            except Exception:
+                log.exception("on-connect hook failed")
+
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Any
+    ) -> None:
+        was_connected = self.connected.is_set()
+        self.connected.clear()
+        if was_connected:
+            self.stats.disconnects += 1
+            self.stats.last_error = f"disconnected: {reason}"
+            log.warning("disconnected from %s: %s", self.settings.address, reason)
+        with self._lock:
+            pending, self._pending = self._pending, {}
+            self._early.clear()
+        for fut in pending.values():
+            if not fut.done():
+                fut.set_exception(LinkError(f"disconnected before the broker acknowledged: {reason}"))
+        for hook in self._on_disconnect_hooks:
+            try:
+                hook()
+            except Exception:
+                log.exception("on-disconnect hook failed")
+
+    def _on_publish(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode | None, properties: Any
+    ) -> None:
+        # paho calls this holding its own message lock; publish() never holds self._lock while
+        # calling into paho, so taking it here cannot deadlock.
+        with self._lock:
+            fut = self._pending.pop(mid, None)
+            if fut is None:
+                self._early[mid] = reason
+                return
+        if reason is not None and reason.is_failure:
+            fut.set_exception(LinkError(f"broker refused the message: {reason}"))
+        else:
+            fut.set_result(reason)
+
+    def _on_subscribe(
+        self, client: mqtt.Client, userdata: Any, mid: int, reasons: list[ReasonCode], properties: Any
+    ) -> None:
+        for reason in reasons:
+            if reason.is_failure:
+                log.error("subscription refused by the broker: %s", reason)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        if len(message.payload) > self.settings.max_incoming_bytes:
+            self.stats.oversized_dropped += 1
+            log.warning(
+                "dropped a %d-byte message on %s (limit %d)",
+                len(message.payload),
+                message.topic,
+                self.settings.max_incoming_bytes,
+            )
+            return
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:
+            self.stats.handler_errors += 1
+            return
+        for topic_filter, handler in self._handlers:
+            if mqtt.topic_matches_sub(topic_filter, topic):
+                try:
+                    handler(topic, bytes(message.payload))
+                except Exception:
+                    self.stats.handler_errors += 1
+                    log.exception("handler for %s failed", topic)
+
+    # -- publishing -----------------------------------------------------------------------------
+
+    def publish(
+        self,
+        topic: str,
+        payload: bytes | str,
+        qos: int = 1,
+        retain: bool = False,
+        expiry_s: int | None = None,
+    ) -> Future[ReasonCode | None]:
+        """Send a message; the future resolves when the broker acknowledges it (QoS 1) or fails
+        with LinkError if the connection drops first."""
+        props = None
+        if expiry_s is not None:
+            props = Properties(PacketTypes.PUBLISH)
+            props.MessageExpiryInterval = max(1, int(expiry_s))
+        fut: Future[ReasonCode | None] = Future()
+        if not self.connected.is_set():
+            fut.set_exception(LinkError("not connected"))
+            return fut
+        info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            fut.set_exception(LinkError(f"publish failed: {mqtt.error_string(info.rc)}"))
+            return fut
+        with self._lock:
+            if info.mid in self._early:
+                reason = self._early.pop(info.mid)
+                early = True
+            else:
+                self._pending[info.mid] = fut
+                early = False
+        if early:
+            if reason is not None and reason.is_failure:
+                fut.set_exception(LinkError(f"broker refused the message: {reason}"))
+            else:
+                fut.set_result(reason)
+        return fut
+
+    # -- the network thread ---------------------------------------------------------------------
+
+    def start(self) -> MqttLink:
+        self._thread = threading.Thread(target=self._run, name="mqtt-link", daemon=True)
+        self._thread.start()
+        return self
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self.connected.wait(timeout)
+
+    def _connect_properties(self) -> Properties:
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self.settings.session_expiry_s
+        return props
+
+    def _run(self) -> None:
+        s = self.settings
+        # connect_async() only records where to connect; every attempt below is a reconnect().
+        self._client.connect_async(
+            s.address.host,
+            s.address.port,
+            s.keepalive_s,
+            clean_start=s.clean_start,
+            properties=self._connect_properties(),
+        )
+        while not self._stop.is_set():
+            try:
+                self._client.reconnect()
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                self.stats.connect_failures += 1
+                self.stats.last_error = f"cannot connect: {exc}"
+                log.info("cannot connect to %s: %s", s.address, exc)
+            else:
+                while not self._stop.is_set():
+                    if self._client.loop(timeout=1.0) != mqtt.MQTT_ERR_SUCCESS:
+                        break
+                if self.connected.is_set():
+                    # loop() failed without paho calling on_disconnect (e.g. a socket error).
+                    lost = ReasonCode(PacketTypes.DISCONNECT, "Unspecified error")
+                    self._on_disconnect(self._client, None, None, lost, None)
+            if self._stop.wait(self._backoff.next()):
+                break
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Disconnect cleanly (no will is published) and stop the network thread. Idempotent."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        with contextlib.suppress(Exception):
+            self._client.disconnect()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        with contextlib.suppress(Exception):
+            self._client.loop(timeout=0.1)
+        self.connected.clear()

@@ -1,0 +1,77 @@
+"""MQTT topic names of contract version 1 (DESIGN.md §4), in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Topics of one device: ``{root}/{commune}/dev/{device}/...``."""
+
+    root: str
+    commune: str
+    device: str
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.root}/{self.commune}/dev/{self.device}/"
+
+    def evt(self, event_type: str) -> str:
+        return f"{self.prefix}evt/{event_type}"
+
+    @property
+    def evtack(self) -> str:
+        return f"{self.prefix}evtack"
+
+    @property
+    def status(self) -> str:
+        return f"{self.prefix}status"
+
+    def cmd(self, name: str) -> str:
+        return f"{self.prefix}cmd/{name}"
+
+    @property
+    def cmd_filter(self) -> str:
+        return f"{self.prefix}cmd/#"
+
+    @property
+    def ack(self) -> str:
+        return f"{self.prefix}ack"
+
+    @property
+    def cfg_desired(self) -> str:
+        return f"{self.prefix}cfg/desired"
+
+    @property
+    def cfg_reported(self) -> str:
+        return f"{self.prefix}cfg/reported"
+
+    @property
+    def server_status(self) -> str:
+        return server_status_topic(self.root, self.commune)
+
+
+def server_status_topic(root: str, commune: str) -> str:
+    return f"{root}/{commune}/server/status"
+
+
+def events_filter(root: str, commune: str = "+") -> str:
+    """What the collector subscribes to: every device's events in a commune (or all: ``+``)."""
+    return f"{root}/{commune}/dev/+/evt/#"
+
+
+@dataclass(frozen=True)
+class DeviceTopic:
+    root: str
+    commune: str
+    device: str
+    rest: str
+
+
+def parse_device_topic(topic: str) -> DeviceTopic | None:
+    """Split ``root/commune/dev/device/rest...``; None if the topic is not a device topic."""
+    parts = topic.split("/", 4)
+    if len(parts) != 5 or parts[2] != "dev" or not all(parts):
+        return None
+    return DeviceTopic(parts[0], parts[1], parts[3], parts[4])
