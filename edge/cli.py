@@ -213,7 +213,9 @@ def cmd_emit(args: argparse.Namespace) -> int:
         raise CliError("--count must be at least 1", 2)
     config = _load(args)
     with _open_outbox(config) as outbox:
-        for _ in range(args.count):
+        for i in range(args.count):
+            if i and args.interval:
+                time.sleep(args.interval)
             committed = outbox.append(args.type, data, args.priority)
             # Printed only once committed: an id on stdout is a promise the event is on disk.
             _out(committed.id)
@@ -328,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="{}", help="event data as a JSON object")
     p.add_argument("--count", type=int, default=1)
     p.add_argument("--priority", choices=list(PRIORITIES), default=None, help="default: by type")
+    p.add_argument("--interval", type=float, default=0.0, help="seconds to wait between events")
     p.set_defaults(func=cmd_emit)
 
     p = sub.add_parser("collect", help="the commune-side collector: subscribe, store, acknowledge")

@@ -44,7 +44,7 @@ CREATE TABLE IF NOT EXISTS events (
     clock_synced INTEGER NOT NULL,
     data         TEXT NOT NULL,
     received_at  TEXT NOT NULL
-) WITHOUT ROWID;
+);  -- a rowid table: rowid order is arrival order
 CREATE INDEX IF NOT EXISTS events_by_device ON events (commune, device, epoch, seq);
 CREATE INDEX IF NOT EXISTS events_by_type ON events (type, ts);
 """

@@ -94,6 +94,7 @@ class Daemon:
         )
         self.link.on_connect(self._on_connect)
         self.link.on_disconnect(self._on_disconnect)
+        self.link.on_oversized = lambda topic, size: self.outbox.bump("rejected_oversized")
 
     def _status(self, online: bool) -> bytes:
         return status_payload(online, self.boot, __version__, list(self.config.device.roles), now_iso())

@@ -102,6 +102,7 @@ class MqttLink:
         self._handlers: list[tuple[str, MessageHandler]] = []
         self._on_connect_hooks: list[Callable[[], None]] = []
         self._on_disconnect_hooks: list[Callable[[], None]] = []
+        self.on_oversized: Callable[[str, int], None] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -228,6 +229,11 @@ class MqttLink:
                 message.topic,
                 self.settings.max_incoming_bytes,
             )
+            if self.on_oversized is not None:
+                try:
+                    self.on_oversized(message.topic, len(message.payload))
+                except Exception:
+                    log.exception("on_oversized hook failed")
             return
         try:
             topic = message.topic

@@ -8,6 +8,11 @@ within ``ack_timeout_s`` are sent again, and after a reconnect everything pendin
 Two lanes keep new events prompt while a backlog drains: events appended after the connection
 came up (the *live* lane) go out first; the backlog (everything that was pending when it came up)
 fills the rest of the window, oldest first, so it still arrives in ``seq`` order per type.
+
+The uplink follows the collector's presence (``{root}/{commune}/server/status``, retained, with a
+will). While the collector is known to be offline nothing is sent; when it comes back, sending
+starts again from the oldest pending event. With no presence published at all, the uplink simply
+relies on the ack timeout.
 """
 
 from __future__ import annotations
@@ -76,8 +81,10 @@ class Uplink:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._acks: deque[bytes] = deque()
-        self._server_seen_offline = False
-        self._resend_now = False
+        # Server presence (retained, with a will): None until seen. While the collector is known
+        # to be offline nothing is sent, so no resend round can straddle its return.
+        self._server_online: bool | None = None
+        self._restart_lanes = False
         self._inflight: dict[int, Batch] = {}  # keyed by first seq; dicts keep send order
         self._generation = -1
         self._tail = 0  # backlog lane: last seq sent
@@ -109,11 +116,13 @@ class Uplink:
         except BadMessage as exc:
             log.warning("ignored a bad server status: %s", exc)
             return
-        if status.online and self._server_seen_offline:
-            # The collector is back: what it missed need not wait for the ack timeout.
-            self._resend_now = True
-            self._wake.set()
-        self._server_seen_offline = not status.online
+        was = self._server_online
+        self._server_online = status.online
+        if status.online and was is False:
+            # The collector is back. Start again from the oldest pending event so the backlog
+            # arrives in seq order; its status is published after its subscription is active.
+            self._restart_lanes = True
+        self._wake.set()
 
     def _listen_wake_socket(self, sock: socket.socket) -> None:
         sock.settimeout(1.0)
@@ -199,9 +208,8 @@ class Uplink:
 
     def _resend_due(self) -> None:
         now = time.monotonic()
-        force, self._resend_now = self._resend_now, False
         for first, batch in list(self._inflight.items()):
-            if not force and now - batch.sent_at < self.settings.ack_timeout_s:
+            if now - batch.sent_at < self.settings.ack_timeout_s:
                 continue
             events = self.outbox.pending_in(batch.seqs)
             del self._inflight[first]
@@ -211,6 +219,7 @@ class Uplink:
             self._publish(events)
 
     def _new_connection(self) -> None:
+        """Forget what is in flight and send every pending event again, oldest first."""
         self._generation = self.link.generation
         self._inflight.clear()
         self._tail = 0
@@ -220,7 +229,10 @@ class Uplink:
         self._handle_acks()
         if not self.link.connected.is_set():
             return
-        if self.link.generation != self._generation:
+        if self._server_online is False:
+            return
+        if self.link.generation != self._generation or self._restart_lanes:
+            self._restart_lanes = False
             self._new_connection()
         self._resend_due()
         self._head = self._send_lane(self._head, None)
