@@ -14,10 +14,11 @@ ignored. :func:`verify` checks, in this order, and stops at the first failure:
 4. signature: 64 bytes verifying over the exact ASCII ``header.payload`` → else ``bad_signature``;
 5. payload: a JSON object without duplicate keys → ``malformed``.
 
-The signature is checked before the payload is decoded, so any change to the payload segment, even
-one that breaks its base64 or JSON, is reported as ``bad_signature``: the honest answer to "someone
-altered this". Every failure raises :class:`~edge.exceptions.CommandRejected` with one of
-:data:`REASONS`; no input makes :func:`verify` raise anything else.
+The signature is checked before the payload is decoded, so any change to the payload or signature
+segments, even one that breaks their base64 or the payload's JSON, is reported as ``bad_signature``:
+the honest answer to "someone altered this". Every failure raises
+:class:`~edge.exceptions.CommandRejected` with one of :data:`REASONS`; no input makes :func:`verify`
+raise anything else.
 """
 
 from __future__ import annotations
