@@ -13,9 +13,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from edge import __version__
 from edge.config import EdgeConfig, config_path, load_config, render_toml, starter_config
 from edge.exceptions import ConfigError, EdgeError
+from edge.model import problems
 from edge.store import PRIORITIES, Outbox
 
 log = logging.getLogger("edge.cli")
@@ -367,8 +370,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         sys.stderr.write(f"edge {args.command}: {exc}\n")
         return 2
+    except ValidationError as exc:
+        first = problems(exc)[0]
+        sys.stderr.write(f"edge {args.command}: {first[0]}: {first[1]}\n")
+        return 2
+    except BrokenPipeError:
+        return 0
     except (EdgeError, OSError) as exc:
         sys.stderr.write(f"edge {args.command}: {exc}\n")
         return 1
-    except BrokenPipeError:
-        return 0
+    except Exception as exc:
+        log.debug("unexpected failure", exc_info=True)
+        sys.stderr.write(f"edge {args.command}: internal error: {type(exc).__name__}: {exc}\n")
+        return 1

@@ -323,19 +323,24 @@ def starter_config(
     state_dir: str | None = None,
 ) -> str:
     """A commented starter config for ``edge init``; it validates as written."""
+    url = broker or "mqtt://127.0.0.1:1883"
+    tls = (
+        TlsConfig(
+            ca_file=Path("/etc/commune-edge/ca.pem"),
+            cert_file=Path("/etc/commune-edge/device.pem"),
+            key_file=Path("device.key"),
+        )
+        if url.startswith("mqtts://")
+        else TlsConfig()
+    )
     data: dict[str, Any] = {
         "device": {"id": device or f"{role}-01", "commune": commune or "my-commune", "roles": [role]},
-        "mqtt": MqttConfig(broker=broker or "mqtt://127.0.0.1:1883").model_dump(),
-        "store": StoreConfig(state_dir=Path(state_dir) if state_dir else DEFAULT_STATE_DIR).model_dump(),
-        "sync": SyncConfig().model_dump(),
-        "health": HealthConfig().model_dump(),
+        "mqtt": MqttConfig(broker=url, tls=tls).model_dump(mode="json"),
+        "store": StoreConfig(state_dir=Path(state_dir) if state_dir else DEFAULT_STATE_DIR).model_dump(mode="json"),
+        "sync": SyncConfig().model_dump(mode="json"),
+        "health": HealthConfig().model_dump(mode="json"),
     }
-    if data["mqtt"]["broker"].startswith("mqtts://"):
-        data["mqtt"]["tls"] = {
-            "ca_file": "/etc/commune-edge/ca.pem",
-            "cert_file": "/etc/commune-edge/device.pem",
-            "key_file": "device.key",
-        }
+    EdgeConfig.model_validate(data)  # a bad --device or --commune fails here, not at first start
     header = (
         f"# commune-edge configuration for a {role} device.\n"
         "# Check it with `edge config validate`; any value can be overridden by an environment\n"
