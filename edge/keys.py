@@ -256,9 +256,7 @@ def make_device_csr(key: ec.EllipticCurvePrivateKey, device_id: str, commune: st
     The broker takes the certificate's CN as the MQTT username and the ACL confines that name to its
     own topics, so the id must be a slug exactly as in the device's config.
     """
-    for what, value in (("device id", device_id), ("commune", commune)):
-        if not SLUG_RE.fullmatch(value):
-            raise KeyMaterialError(f"{what} {value!r}: must be lower-case letters, digits and hyphens")
+    _check_names(device_id, commune)
     subject = x509.Name(
         [
             x509.NameAttribute(NameOID.COMMON_NAME, device_id),
@@ -266,6 +264,12 @@ def make_device_csr(key: ec.EllipticCurvePrivateKey, device_id: str, commune: st
         ]
     )
     return x509.CertificateSigningRequestBuilder().subject_name(subject).sign(key, hashes.SHA256())
+
+
+def _check_names(device_id: str, commune: str) -> None:
+    for what, value in (("device id", device_id), ("commune", commune)):
+        if not SLUG_RE.fullmatch(value):
+            raise KeyMaterialError(f"{what} {value!r}: must be lower-case letters, digits and hyphens")
 
 
 def create_device_identity(
@@ -278,6 +282,7 @@ def create_device_identity(
     Raises :class:`KeyFileExists` if the CSR file exists and ``force`` is false.
     """
     key_path, csr_path = Path(key_path), Path(csr_path)
+    _check_names(device_id, commune)  # before any file is made
     if csr_path.exists() and not force:
         raise KeyFileExists(f"{csr_path} already exists; refusing to overwrite it (use --force to replace it)")
     reuse = key_path.exists() and not force
