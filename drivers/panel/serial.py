@@ -342,6 +342,11 @@ class SerialPanel(Panel):
             self._send(Ping())
 
     def _on_hello(self, frame: Hello, path: str) -> None:
+        with self._state_lock:
+            # A HELLO may be the MCU's boot greeting (its mseq restarts at 0) or just the answer to
+            # our PING; we cannot tell, so treat it as a new session. The cost is small: an ACK for a
+            # press being committed right now waits for the MCU's next repeat of it.
+            self._session += 1
         self._hello = frame
         self._hello_this_open = True
         self._count(hellos=1)
