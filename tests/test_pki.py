@@ -194,6 +194,7 @@ def test_acl_renders_device_patterns_and_one_block_per_server() -> None:
     assert "${" not in acl and "#@server" not in acl
     assert "pattern write vn/gia-ray/dev/%u/evt/#" in acl
     assert "pattern read vn/gia-ray/dev/%u/cmd/#" in acl
+    assert "pattern read vn/gia-ray/server/status" in acl  # the uplink follows the collector's presence
     assert acl.count("user server:") == 2
     assert "user server:collector\ntopic read vn/gia-ray/dev/+/evt/#" in acl
     assert "user server:console\n" in acl
