@@ -380,6 +380,7 @@ class SerialMcu:
                     self.cfg[key] = value
                     if key == "hb_ms" and value.isdigit():
                         self.hb_s = int(value) / 1000
+                        self._next_hb = min(self._next_hb, time.monotonic() + self.hb_s)
                     elif key == "repeat_ms" and value.isdigit():
                         self.repeat_s = int(value) / 1000
             elif isinstance(frame, Ping):

@@ -75,11 +75,15 @@ class Recorder:
         return [e for e in self.events if e.kind == kind][-1]
 
 
-def fast_serial_profile(**changes: Any) -> SerialProfile:
-    """The shipped 4-button serial profile with a 100 ms heartbeat and 50 ms repeats (quick tests)."""
+def fast_serial_profile(heartbeat_ms: int = 1000, **changes: Any) -> SerialProfile:
+    """The shipped 4-button serial profile with 50 ms repeats (quick tests).
+
+    The heartbeat stays at 1 s unless a test is about the watchdog: a short one would let a loaded
+    CI machine see a false silence in tests about something else.
+    """
     data = load_profile("serial-4btn").model_dump(mode="json")
-    data["heartbeat_ms"] = 100
-    data["mcu_config"].update(hb_ms=100, repeat_ms=50)
+    data["heartbeat_ms"] = heartbeat_ms
+    data["mcu_config"].update(hb_ms=heartbeat_ms, repeat_ms=50)
     data.update(changes)
     prof = parse_profile(data, source="fast-serial-4btn")
     assert isinstance(prof, SerialProfile)

@@ -141,6 +141,8 @@ def test_an_endless_line_does_not_grow_the_buffer() -> None:
 
 # -- properties ------------------------------------------------------------------------------------
 
+# The properties run without hypothesis's per-example deadline: a loaded CI machine must not turn a
+# slow example into a failure.
 mcu_frames = st.one_of(
     st.builds(
         Hello,
@@ -160,7 +162,7 @@ mcu_frames = st.one_of(
 noise_without_start = st.binary(max_size=64).map(lambda b: b.replace(b"$", b""))
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=2048), st.lists(st.integers(1, 64), max_size=40))
 def test_any_byte_noise_never_raises(data: bytes, cuts: list[int]) -> None:
     parser = FrameParser()
@@ -172,7 +174,7 @@ def test_any_byte_noise_never_raises(data: bytes, cuts: list[int]) -> None:
     assert c.frames + c.dropped >= 0  # counted, not raised
 
 
-@settings(max_examples=150)
+@settings(max_examples=150, deadline=None)
 @given(st.lists(st.tuples(noise_without_start, mcu_frames), min_size=1, max_size=20), noise_without_start)
 def test_every_frame_embedded_in_noise_without_a_dollar_is_recovered(
     chunks: list[tuple[bytes, Frame]], tail: bytes
@@ -181,7 +183,7 @@ def test_every_frame_embedded_in_noise_without_a_dollar_is_recovered(
     assert FrameParser().feed(stream) == [frame for _, frame in chunks]
 
 
-@settings(max_examples=100)
+@settings(max_examples=100, deadline=None)
 @given(st.lists(mcu_frames, min_size=1, max_size=10), st.data())
 def test_how_the_stream_is_cut_into_reads_does_not_matter(frames: list[Frame], data: st.DataObject) -> None:
     stream = b"".join(f.encode() for f in frames)
@@ -195,7 +197,7 @@ def test_how_the_stream_is_cut_into_reads_does_not_matter(frames: list[Frame], d
     assert out == frames
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(mcu_frames, st.data())
 def test_one_damaged_byte_never_turns_a_frame_into_a_different_frame(frame: Frame, data: st.DataObject) -> None:
     raw = frame.encode()

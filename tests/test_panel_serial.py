@@ -23,11 +23,10 @@ McuFactory = Callable[..., SerialMcu]
 
 @pytest.fixture
 def make_mcu(tmp_path: Path) -> Iterator[McuFactory]:
-    """Start simulated MCUs (100 ms heartbeat, 50 ms repeats) behind a by-id style link; close them after."""
+    """Start simulated MCUs (50 ms repeats) behind a by-id style link; close them after."""
     started: list[SerialMcu] = []
 
     def make(**kwargs: object) -> SerialMcu:
-        kwargs.setdefault("hb_ms", 100)
         kwargs.setdefault("repeat_ms", 50)
         kwargs.setdefault("link", tmp_path / f"usb-commune_panel_{len(started)}-if00")
         mcu = SerialMcu(**kwargs)  # type: ignore[arg-type]
@@ -155,7 +154,8 @@ def test_a_failed_commit_leaves_the_press_unacknowledged_and_it_comes_back(
     assert panel.stats.presses == 2  # handed over twice, committed once
 
 
-def test_a_restarted_mcu_counts_from_zero_and_its_presses_are_new(make_mcu: McuFactory, profile: SerialProfile) -> None:
+def test_a_restarted_mcu_counts_from_zero_and_its_presses_are_new(make_mcu: McuFactory) -> None:
+    profile = fast_serial_profile(heartbeat_ms=100)  # a restart shows as uptime going backwards in HB
     mcu = make_mcu()
     with open_serial(profile, mcu.path) as panel:
         rec = Recorder().start(panel)
@@ -236,9 +236,8 @@ def test_unplug_and_replug_under_a_new_name(make_mcu: McuFactory, profile: Seria
     assert panel.stats.reconnects == 1 and panel.stats.disconnects == 1
 
 
-def test_a_silent_mcu_is_disconnected_after_three_heartbeats_and_back_when_it_talks(
-    make_mcu: McuFactory, profile: SerialProfile
-) -> None:
+def test_a_silent_mcu_is_disconnected_after_three_heartbeats_and_back_when_it_talks(make_mcu: McuFactory) -> None:
+    profile = fast_serial_profile(heartbeat_ms=100)
     mcu = make_mcu()
     with open_serial(profile, mcu.path) as panel:
         rec = Recorder().start(panel)
@@ -260,7 +259,7 @@ def test_a_panel_plugged_in_after_start_is_found(tmp_path: Path, profile: Serial
         rec = Recorder().start(panel)
         assert rec.wait_event("disconnected")
         assert rec.last("disconnected").detail["reason"] == "not_found"
-        with SerialMcu(hb_ms=100, repeat_ms=50, link=link) as mcu:
+        with SerialMcu(repeat_ms=50, link=link) as mcu:
             assert rec.wait_event("connected")
             mcu.press(3)
             assert rec.wait_presses(1)
@@ -324,7 +323,7 @@ def test_close_is_idempotent_and_quick_to_wake_the_reader(make_mcu: McuFactory, 
 
 
 def test_ten_thousand_presses_through_a_noisy_line_are_each_delivered_exactly_once(make_mcu: McuFactory) -> None:
-    profile = fast_serial_profile(heartbeat_ms=1000, mcu_config={"hb_ms": 1000, "repeat_ms": 100})
+    profile = fast_serial_profile(mcu_config={"hb_ms": 1000, "repeat_ms": 100})
     noise = Noise(corrupt=0.01, duplicate=0.01, split=0.01, garbage=0.005, drop_acks=0.005)
     mcu = make_mcu(noise=noise, seed=20261121, hb_ms=1000, repeat_ms=100, max_pending=16)
     delivered: Counter[str] = Counter()
