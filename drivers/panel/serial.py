@@ -135,6 +135,11 @@ class SerialPanel(Panel):
         return self._hello
 
     @property
+    def mcu_uptime_ms(self) -> int | None:
+        """The MCU's uptime from its last heartbeat, None before the first one."""
+        return self._last_uptime
+
+    @property
     def port_path(self) -> str | None:
         """The device path currently open, if any."""
         return self._open_path
