@@ -7,7 +7,8 @@ within ``ack_timeout_s`` are sent again, and after a reconnect everything pendin
 
 Two lanes keep new events prompt while a backlog drains: events appended after the connection
 came up (the *live* lane) go out first; the backlog (everything that was pending when it came up)
-fills the rest of the window, oldest first, so it still arrives in ``seq`` order per type.
+fills the rest of the window but its last slot, oldest first, so it still arrives in ``seq``
+order per type.
 
 The uplink follows the collector's presence (``{root}/{commune}/server/status``, retained, with a
 will). While the collector is known to be offline nothing is sent; when it comes back, sending
@@ -194,16 +195,29 @@ class Uplink:
         batches.sort(key=lambda g: g[0].seq)
         return batches
 
+    def _has_room(self, backlog: bool) -> bool:
+        # The backlog lane leaves the last slot of the window to the live lane, so a new event
+        # never waits for an evtack before it can be sent.
+        limit = self.settings.max_inflight
+        if backlog and limit > 1:
+            limit -= 1
+        return len(self._inflight) < limit
+
     def _send_lane(self, after: int, up_to: int | None) -> int:
-        """Send pending events after ``after`` (up to ``up_to``) while the window has room;
-        returns the last seq sent."""
-        while len(self._inflight) < self.settings.max_inflight and not self._stop.is_set():
+        """Send pending events after ``after`` (up to ``up_to``: the backlog lane) while the
+        window has room; returns the last seq sent."""
+        backlog = up_to is not None
+        while self._has_room(backlog) and not self._stop.is_set():
             chunk = self.outbox.pending(after, self.settings.batch_max_events, up_to)
             if not chunk:
                 break
             for batch in self._split(chunk):
                 self._publish(batch)
             after = chunk[-1].seq
+            if backlog and self._wake.is_set():
+                # A new event or an evtack arrived while the window was being refilled (which
+                # takes a while when it is wide): let the step start over, live lane first.
+                break
         return after
 
     def _resend_due(self) -> None:
