@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
 
@@ -42,7 +42,3 @@ def problems(exc: ValidationError, prefix: tuple[int | str, ...] = ()) -> list[t
         found.append((key_path(prefix + loc), msg))
     return found
 
-
-def dump_json_safe(model: BaseModel) -> dict[str, Any]:
-    """The model as plain JSON-compatible data (paths as strings)."""
-    return model.model_dump(mode="json")

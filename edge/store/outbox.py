@@ -184,7 +184,8 @@ def _check_type(event_type: str) -> None:
         raise ValueError(f"event type must be lower-case letters, digits, '_', '.', '-': {event_type!r}")
 
 
-def _ranges(seqs: Iterable[int]) -> list[tuple[int, int]]:
+def ranges_of(seqs: Iterable[int]) -> list[tuple[int, int]]:
+    """Compress sequence numbers into inclusive ``(from, to)`` ranges, as in ``evtack``."""
     out: list[tuple[int, int]] = []
     for s in sorted(seqs):
         if out and s == out[-1][1] + 1:
@@ -279,10 +280,8 @@ class Outbox:
         except sqlite3.DatabaseError as exc:
             conn.close()
             code = getattr(exc, "sqlite_errorcode", None)
-            if code == sqlite3.SQLITE_FULL:
-                raise StoreFull(f"disk full while opening {self.path}") from exc
-            if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_CANTOPEN):
-                raise _translate(exc) from exc
+            if code in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_CANTOPEN):
+                raise _translate(exc) from exc  # trouble, but not corruption: never quarantine for it
             raise StoreCorrupt(str(exc)) from exc
         except StoreCorrupt:
             conn.close()
@@ -686,10 +685,6 @@ class Outbox:
         row = self._read("SELECT seq FROM sqlite_sequence WHERE name = 'events'")
         return int(row[0][0]) if row else 0
 
-    def data_version(self) -> int:
-        """Changes whenever another connection commits (used to notice other processes' appends)."""
-        return int(self._read("PRAGMA data_version")[0][0])
-
     def get_meta(self, key: str) -> str | None:
         row = self._read("SELECT value FROM meta WHERE key = ?", (key,))
         return str(row[0][0]) if row else None
@@ -772,7 +767,3 @@ class Outbox:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-
-def ranges_of(seqs: Iterable[int]) -> list[tuple[int, int]]:
-    """Compress sequence numbers into inclusive ``(from, to)`` ranges, as in ``evtack``."""
-    return _ranges(seqs)

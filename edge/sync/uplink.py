@@ -19,7 +19,6 @@ relies on the ack timeout.
 from __future__ import annotations
 
 import bisect
-import json
 import logging
 import socket
 import threading
@@ -29,7 +28,7 @@ from dataclasses import dataclass, field
 
 from edge.config import SyncConfig
 from edge.exceptions import BadMessage, LinkError, StoreError
-from edge.messages import EvtAck, ServerStatus, parse
+from edge.messages import DeviceStatus, EvtAck, ServerStatus, parse
 from edge.store import Outbox, StoredEvent
 from edge.sync.link import MqttLink
 from edge.topics import Topics
@@ -307,7 +306,6 @@ def _covered(starts: list[int], ranges: list[tuple[int, int]], seq: int) -> bool
 
 
 def status_payload(online: bool, boot: int, version: str, roles: list[str], ts: str) -> bytes:
-    return json.dumps(
-        {"v": 1, "online": online, "boot": boot, "version": version, "roles": roles, "ts": ts},
-        separators=(",", ":"),
-    ).encode()
+    """The retained ``status`` message (and, with ``online=False``, the will)."""
+    status = DeviceStatus(online=online, boot=boot, version=version, roles=roles, ts=ts)
+    return status.model_dump_json().encode()
