@@ -19,7 +19,9 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from edge.commands.claims import DEFAULT_CLOCK_SKEW_S, DEFAULT_MAX_LIFE_S
 from edge.exceptions import ConfigError
+from edge.keys import KeyMaterialError, load_trusted_key
 from edge.model import EdgeModel, Slug, problems
 
 DEFAULT_CONFIG_PATH = Path("/etc/commune-edge/edge.toml")
@@ -172,6 +174,40 @@ class HealthConfig(EdgeModel):
     interval_s: float = Field(default=300.0, ge=1.0, description="Seconds between health events.")
 
 
+class CommandsConfig(EdgeModel):
+    trusted_keys: dict[str, str] = Field(
+        default_factory=dict,
+        description="Command-verification keys: a table from key id (kid) to a PEM public key file or a "
+        "base64url raw Ed25519 public key (`edge keys signing show` prints both). Empty: every command "
+        "is rejected.",
+    )
+    max_life_s: int = Field(
+        default=DEFAULT_MAX_LIFE_S, ge=1, le=86400, description="Longest life (exp - iat) a command may have."
+    )
+    clock_skew_s: int = Field(
+        default=DEFAULT_CLOCK_SKEW_S,
+        ge=0,
+        le=3600,
+        description="How far ahead of this clock a command's iat may be (the server's clock runs ahead).",
+    )
+
+    @field_validator("trusted_keys")
+    @classmethod
+    def _keys_load(cls, value: dict[str, str]) -> dict[str, str]:
+        errors = []
+        for kid, spec in value.items():
+            if not kid or len(kid) > 128:
+                errors.append(f"key id {kid!r} must be 1 to 128 characters")
+                continue
+            try:
+                load_trusted_key(spec)
+            except KeyMaterialError as exc:
+                errors.append(f"{kid}: {exc}")
+        if errors:
+            raise ValueError("; ".join(errors))
+        return value
+
+
 class EdgeConfig(EdgeModel):
     """The whole device configuration (``/etc/commune-edge/edge.toml``)."""
 
@@ -180,6 +216,9 @@ class EdgeConfig(EdgeModel):
     store: StoreConfig = Field(default_factory=StoreConfig, description="The local event store.")
     sync: SyncConfig = Field(default_factory=SyncConfig, description="How events are sent to the server.")
     health: HealthConfig = Field(default_factory=HealthConfig, description="Periodic health reports.")
+    commands: CommandsConfig = Field(
+        default_factory=CommandsConfig, description="Who may command this device (signed commands)."
+    )
 
     @property
     def client_id(self) -> str:
@@ -339,6 +378,7 @@ def starter_config(
         "store": StoreConfig(state_dir=Path(state_dir) if state_dir else DEFAULT_STATE_DIR).model_dump(mode="json"),
         "sync": SyncConfig().model_dump(mode="json"),
         "health": HealthConfig().model_dump(mode="json"),
+        "commands": CommandsConfig().model_dump(mode="json"),
     }
     EdgeConfig.model_validate(data)  # a bad --device or --commune fails here, not at first start
     header = (

@@ -12,11 +12,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from drivers.resources import process_resources
 from edge import __version__
 from edge.clock import now_iso
+from edge.commands.registry import CommandRegistry
 from edge.config import EdgeConfig, resolve_secret_path
 from edge.exceptions import ConfigError, LinkError
 from edge.health import health_data
+from edge.services import Service, ServiceContext, build_services
 from edge.store import Outbox
 from edge.sync import LinkSettings, MqttLink, Uplink, Will
 from edge.sync.uplink import status_payload
@@ -95,6 +98,10 @@ class Daemon:
         self.link.on_connect(self._on_connect)
         self.link.on_disconnect(self._on_disconnect)
         self.link.on_oversized = lambda topic, size: self.outbox.bump("rejected_oversized")
+        self.registry = CommandRegistry()
+        self.services: list[Service] = build_services(
+            ServiceContext(config, self.outbox, self.registry, process_resources())
+        )
 
     def _status(self, online: bool) -> bytes:
         return status_payload(online, self.boot, __version__, list(self.config.device.roles), now_iso())
@@ -145,6 +152,8 @@ class Daemon:
         self._record_link("down")
         wake = self.outbox.bind_wake_socket()
         self.uplink.start(wake)
+        for service in self.services:
+            service.start()
         self.link.start()
         self._every(self.config.health.interval_s, self.report_health, "health")
         self._every(HOUSEKEEPING_INTERVAL_S, self.outbox.housekeeping, "housekeeping", first=HOUSEKEEPING_INTERVAL_S)
@@ -166,6 +175,11 @@ class Daemon:
         if self.link.connected.is_set():
             with contextlib.suppress(LinkError, TimeoutError, Exception):
                 self.link.publish(self.topics.status, self._status(online=False), retain=True).result(2.0)
+        for service in reversed(self.services):
+            try:
+                service.stop()
+            except Exception:
+                log.exception("stopping %s failed", type(service).__name__)
         self.uplink.stop()
         self.link.stop()
         for t in self._threads:

@@ -41,4 +41,3 @@ def problems(exc: ValidationError, prefix: tuple[int | str, ...] = ()) -> list[t
         msg = msg.removeprefix("Value error, ")
         found.append((key_path(prefix + loc), msg))
     return found
-

@@ -98,4 +98,4 @@ def test_broken_toml_and_missing_file_are_one_line_errors(tmp_path: Path) -> Non
 
 def test_starter_is_valid_toml_for_every_option(tmp_path: Path) -> None:
     data = tomllib.loads(starter_config("counter"))
-    assert set(data) == {"device", "mqtt", "store", "sync", "health"}
+    assert set(data) == {"device", "mqtt", "store", "sync", "health", "commands"}

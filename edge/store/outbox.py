@@ -766,4 +766,3 @@ class Outbox:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-

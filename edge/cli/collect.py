@@ -1,0 +1,66 @@
+"""``edge collect``: the commune-side collector."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from edge.cli.common import out
+
+log = logging.getLogger(__name__)
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    import signal
+
+    from edge.collector import Collector
+
+    collector = Collector(
+        args.broker,
+        args.db,
+        commune=args.commune,
+        root=args.root,
+        client_id=args.client_id,
+        ca_file=args.ca,
+        cert_file=args.cert,
+        key_file=args.key,
+        max_message_bytes=args.max_message_bytes,
+    ).start()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    deadline = time.monotonic() + args.duration if args.duration else None
+    last = time.monotonic()
+    try:
+        while not stop.wait(0.5):
+            now = time.monotonic()
+            if args.summary_interval and now - last >= args.summary_interval:
+                last = now
+                log.info("collector: %s", json.dumps(collector.summary()))
+            if deadline is not None and now >= deadline:
+                break
+    finally:
+        collector.stop()
+    out(json.dumps(collector.summary(), ensure_ascii=False))
+    return 0
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("collect", help="the commune-side collector: subscribe, store, acknowledge")
+    p.add_argument("--broker", required=True, help="mqtt://HOST:PORT or mqtts://HOST:PORT")
+    p.add_argument("--db", required=True, help="SQLite file to store events in")
+    p.add_argument("--commune", default="+", help="commune slug, or + for all")
+    p.add_argument("--root", default="vn")
+    p.add_argument("--client-id", default=None)
+    p.add_argument("--ca", type=Path, help="CA certificate (mqtts)")
+    p.add_argument("--cert", type=Path, help="client certificate (mqtts)")
+    p.add_argument("--key", type=Path, help="client key (mqtts)")
+    p.add_argument("--max-message-bytes", type=int, default=4 * 1024 * 1024)
+    p.add_argument("--summary-interval", type=float, default=60.0, help="seconds between summary log lines")
+    p.add_argument("--duration", type=float, default=None, help="exit after this many seconds")
+    p.set_defaults(func=cmd_collect, default_log="INFO")

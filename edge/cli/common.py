@@ -1,0 +1,46 @@
+"""Pieces every ``edge`` subcommand uses: the one-line error, output, and config loading."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from edge.config import EdgeConfig, load_config
+from edge.store import Outbox
+
+
+class CliError(Exception):
+    """A one-line reason for a non-zero exit."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def out(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def print_json(data: Any) -> None:
+    out(json.dumps(data, ensure_ascii=False, indent=2, default=str))
+
+
+def load(args: argparse.Namespace) -> EdgeConfig:
+    return load_config(args.config)
+
+
+def open_outbox(config: EdgeConfig) -> Outbox:
+    return Outbox(config.db_path, max_bytes=config.store.max_bytes, keep_acked_s=config.store.keep_acked_s)
+
+
+def add_common(p: argparse.ArgumentParser, json_flag: bool = False) -> None:
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="config file (default: $EDGE_CONFIG, else /etc/commune-edge/edge.toml)",
+    )
+    if json_flag:
+        p.add_argument("--json", action="store_true", help="print JSON")

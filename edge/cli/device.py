@@ -1,0 +1,140 @@
+"""``edge run``, ``edge status``, ``edge events`` and ``edge emit``: the device side."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from typing import Any
+
+from edge.cli.common import CliError, add_common, load, open_outbox, out, print_json
+from edge.config import EdgeConfig
+from edge.store import PRIORITIES, Outbox
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from edge.daemon import Daemon
+
+    return Daemon(load(args)).run()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def status_report(config: EdgeConfig, outbox: Outbox) -> dict[str, Any]:
+    stats = outbox.stats()
+    daemon = (outbox.get_meta("daemon") or "").split()
+    running = bool(daemon) and daemon[0].isdigit() and _pid_alive(int(daemon[0]))
+    link = (outbox.get_meta("link") or "unknown").split()
+    age = stats.oldest_pending_age_s
+    return {
+        "device": config.device.id,
+        "commune": config.device.commune,
+        "roles": list(config.device.roles),
+        "broker": config.mqtt.broker,
+        "daemon": {"running": running, "pid": int(daemon[0]) if running else None},
+        "link": {"state": link[0] if running else "not running", "since": link[1] if len(link) > 1 else None},
+        "queue": {
+            "depth": stats.depth,
+            "by_priority": stats.depth_by_priority,
+            "oldest_pending_age_s": None if age is None else round(age, 1),
+        },
+        "last_ack": outbox.get_meta("last_ack"),
+        "evictions": stats.evictions,
+        "store": {"path": str(outbox.path), "epoch": stats.epoch, "bytes": stats.db_bytes, "cap": stats.max_bytes},
+        "counters": stats.counters,
+    }
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    config = load(args)
+    with open_outbox(config) as outbox:
+        report = status_report(config, outbox)
+    if args.json:
+        print_json(report)
+        return 0
+    q = report["queue"]
+    age = q["oldest_pending_age_s"]
+    daemon = f"running, pid {report['daemon']['pid']}" if report["daemon"]["running"] else "not running"
+    lines = [
+        f"device      {report['commune']}/{report['device']} ({', '.join(report['roles'])})",
+        f"daemon      {daemon}",
+        f"broker      {report['broker']}: {report['link']['state']}"
+        + (f" since {report['link']['since']}" if report["link"]["since"] else ""),
+        f"queue       {q['depth']} pending "
+        f"({', '.join(f'{k} {v}' for k, v in q['by_priority'].items())})"
+        + (f", oldest {age:.0f} s" if age is not None else ""),
+        f"last ack    {report['last_ack'] or 'never'}",
+        f"evictions   bulk {report['evictions']['bulk']}, normal {report['evictions']['normal']}",
+        f"store       {report['store']['bytes']} of {report['store']['cap']} bytes, epoch {report['store']['epoch']}",
+    ]
+    out("\n".join(lines))
+    return 0
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    config = load(args)
+    with open_outbox(config) as outbox:
+        events = outbox.list_events(type=args.type, state=args.state, since=args.since, limit=args.limit)
+    if args.json:
+        print_json([e.as_dict() for e in events])
+        return 0
+    for e in events:
+        state = "pending" if e.acked_at is None else "acked"
+        out(f"{e.seq:>8}  {e.ts}  {e.type:<10} {e.priority:<8} {state:<7} {e.id}  {e.data_json}")
+    return 0
+
+
+def cmd_emit(args: argparse.Namespace) -> int:
+    try:
+        data = json.loads(args.data)
+    except ValueError as exc:
+        raise CliError(f"--data is not valid JSON: {exc}", 2) from None
+    if not isinstance(data, dict):
+        raise CliError("--data must be a JSON object", 2)
+    if args.count < 1:
+        raise CliError("--count must be at least 1", 2)
+    config = load(args)
+    with open_outbox(config) as outbox:
+        for i in range(args.count):
+            if i and args.interval:
+                time.sleep(args.interval)
+            committed = outbox.append(args.type, data, args.priority)
+            # Printed only once committed: an id on stdout is a promise the event is on disk.
+            out(committed.id)
+    return 0
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("run", help="run the device daemon in the foreground")
+    add_common(p)
+    p.set_defaults(func=cmd_run, default_log="INFO")
+
+    p = sub.add_parser("status", help="device, broker link, queue, last ack, evictions")
+    add_common(p, json_flag=True)
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("events", help="list events in the local store, newest first")
+    add_common(p, json_flag=True)
+    p.add_argument("--type", help="only this event type")
+    p.add_argument("--state", choices=["all", "pending", "acked"], default="all")
+    p.add_argument("--since", help="only events at or after this ISO time")
+    p.add_argument("--limit", type=int, default=50)
+    p.set_defaults(func=cmd_events)
+
+    p = sub.add_parser("emit", help="append events to the local store; prints each committed id")
+    add_common(p)
+    p.add_argument("type", help="event type, e.g. test")
+    p.add_argument("--data", default="{}", help="event data as a JSON object")
+    p.add_argument("--count", type=int, default=1)
+    p.add_argument("--priority", choices=list(PRIORITIES), default=None, help="default: by type")
+    p.add_argument("--interval", type=float, default=0.0, help="seconds to wait between events")
+    p.set_defaults(func=cmd_emit)

@@ -1,0 +1,101 @@
+"""Command handlers, registered by name (DESIGN.md §4 "Commands v1").
+
+A service registers what it can do::
+
+    class OpenArgs(EdgeModel):
+        case: str | None = Field(default=None, description="Case code from the queue system.")
+
+    registry.register("rating.open", OpenArgs, self._on_open, description="Open a rating window.")
+
+The command channel calls a handler only for a command that passed every check (signature, claims,
+replay); the handler gets the validated arguments (its ``args_model``, strict, ``extra="forbid"``:
+arguments that do not fit are rejected as ``invalid_args`` before the handler runs) and a
+:class:`CommandContext`. It returns a JSON-able ``dict`` (the ``result`` of the ``succeeded`` ack) or
+``None``, or raises :class:`CommandFailed` for a ``failed`` ack with a reason. Any other exception is
+a ``failed`` ack with reason ``internal_error`` and is logged with its traceback.
+
+Handlers run on the channel's worker thread, one at a time in arrival order: a handler that starts
+something long (a broadcast) starts it and returns, reporting later through its own events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from edge.commands.claims import Claims
+from edge.exceptions import CommandRejected, EdgeError
+from edge.model import EdgeModel, problems
+
+
+class CommandFailed(EdgeError, RuntimeError):
+    """Raised by a handler: the command was valid but could not be carried out."""
+
+    def __init__(self, reason: str, detail: str = "", result: Mapping[str, Any] | None = None) -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+        self.result = dict(result or {})
+
+
+@dataclass(frozen=True)
+class CommandContext:
+    """What a handler knows about the command it runs, besides its arguments."""
+
+    claims: Claims
+    #: Send an ``in_progress`` ack now, with this partial result (durable, like every ack).
+    progress: Callable[[Mapping[str, Any]], None]
+
+
+Handler = Callable[[Any, CommandContext], Mapping[str, Any] | None]
+
+
+@dataclass(frozen=True)
+class Registration:
+    name: str
+    args_model: type[BaseModel]
+    handler: Handler
+    description: str
+
+    def parse_args(self, args: Mapping[str, Any]) -> BaseModel:
+        """The arguments as ``args_model``; raises ``CommandRejected("invalid_args", ...)``."""
+        try:
+            return self.args_model.model_validate(dict(args))
+        except ValidationError as exc:
+            found = problems(exc)
+            detail = "; ".join(f"args.{path}: {msg}" for path, msg in found[:3])
+            if len(found) > 3:
+                detail += f" (and {len(found) - 3} more)"
+            raise CommandRejected("invalid_args", detail) from None
+
+
+class NoArgs(EdgeModel):
+    """For commands that take no arguments: ``{}`` only."""
+
+
+class CommandRegistry:
+    """Command name → handler. One registry per daemon; names are registered once."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, Registration] = {}
+
+    def register(self, name: str, args_model: type[BaseModel], handler: Handler, *, description: str) -> None:
+        if name in self._handlers:
+            raise ValueError(f"command {name!r} is already registered")
+        self._handlers[name] = Registration(name, args_model, handler, description)
+
+    def get(self, name: str) -> Registration:
+        """The registration for ``name``; raises ``CommandRejected("unknown_command", ...)``."""
+        try:
+            return self._handlers[name]
+        except KeyError:
+            raise CommandRejected("unknown_command", f"this device has no command {name!r}") from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._handlers
+
+    def __iter__(self) -> Iterator[Registration]:
+        return iter(sorted(self._handlers.values(), key=lambda r: r.name))

@@ -1,0 +1,56 @@
+"""The device's services (rating, broadcast, camera), built from the configuration.
+
+A service is an object with ``start()``, ``stop()`` and ``reconfigure(config)``. The daemon builds them
+with :func:`build_services` after the store and before the link, starts them in order once the link is
+up, stops them in reverse order before the link goes down, and calls ``reconfigure`` with the new
+:class:`~edge.config.EdgeConfig` when a live configuration change touches only keys in
+:data:`LIVE_KEYS`. Services register their commands on the daemon's
+:class:`~edge.commands.registry.CommandRegistry` when built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from drivers.resources import Resources
+from edge.commands.registry import CommandRegistry
+from edge.config import EdgeConfig
+from edge.store import Outbox
+
+#: Config key paths (a section, or ``section.key``) whose change applies without a restart. A changed
+#: key outside these restarts the daemon in-process (stop everything, start with the new config).
+LIVE_KEYS: frozenset[str] = frozenset(
+    {
+        "store.max_bytes",
+        "store.keep_acked_s",
+        "sync.batch_max_events",
+        "sync.batch_max_bytes",
+        "sync.max_inflight",
+        "sync.ack_timeout_s",
+        "health",
+    }
+)
+
+
+class Service(Protocol):
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def reconfigure(self, config: EdgeConfig) -> None: ...
+
+
+@dataclass(frozen=True)
+class ServiceContext:
+    """What a service is built from."""
+
+    config: EdgeConfig
+    outbox: Outbox
+    registry: CommandRegistry
+    resources: Resources
+
+
+def build_services(ctx: ServiceContext) -> list[Service]:
+    """The services this device's roles and configuration call for."""
+    return []
