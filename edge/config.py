@@ -286,8 +286,21 @@ def parse_config(data: Mapping[str, Any], source: str = "") -> EdgeConfig:
         raise ConfigError(problems(exc), source) from None
 
 
+def merge_config(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base``, table by table (for overrides and the live ``cfg/desired``)."""
+    return _merge(base, over)
+
+
 def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> EdgeConfig:
     """Read the TOML file, apply ``EDGE_*`` overrides and validate."""
+    data, source = load_config_data(path, environ)
+    return parse_config(data, source)
+
+
+def load_config_data(
+    path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+) -> tuple[dict[str, Any], str]:
+    """The TOML file's data with ``EDGE_*`` overrides applied, not yet validated, and its source name."""
     file = config_path(path)
     try:
         data = tomllib.loads(file.read_text(encoding="utf-8"))
@@ -298,7 +311,7 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([("(file)", f"not valid TOML: {exc}")], str(file)) from None
     data = _merge(data, env_overrides(os.environ if environ is None else environ))
-    return parse_config(data, str(file))
+    return data, str(file)
 
 
 # -- rendering (edge init, edge config show) ----------------------------------------------------

@@ -8,20 +8,26 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from drivers.resources import process_resources
 from edge import __version__
 from edge.clock import now_iso
+from edge.commands.builtin import register_builtin
+from edge.commands.channel import CommandChannel
+from edge.commands.desired import DesiredConfig, is_live
 from edge.commands.registry import CommandRegistry
 from edge.config import EdgeConfig, resolve_secret_path
 from edge.exceptions import ConfigError, LinkError
 from edge.health import health_data
-from edge.services import Service, ServiceContext, build_services
+from edge.keys import load_trusted_keys
+from edge.services import LIVE_KEYS, Service, ServiceContext, build_services
 from edge.store import Outbox
+from edge.store.journal import CommandJournal
 from edge.sync import LinkSettings, MqttLink, Uplink, Will
+from edge.sync.replies import ReplySender
 from edge.sync.uplink import status_payload
 from edge.topics import Topics
 
@@ -75,13 +81,21 @@ def link_settings(config: EdgeConfig, will: Will | None) -> LinkSettings:
 
 
 class Daemon:
-    """One device: ``start()``, then ``stop()`` (or ``run()`` until SIGTERM/SIGINT)."""
+    """One device: ``start()``, then ``stop()`` (or ``run()`` until SIGTERM/SIGINT).
 
-    def __init__(self, config: EdgeConfig) -> None:
+    ``base`` is the local configuration data (the TOML with ``EDGE_*`` overrides) that a live
+    ``cfg/desired`` overlay is applied to; by default, ``config`` itself.
+    """
+
+    def __init__(self, config: EdgeConfig, base: Mapping[str, Any] | None = None) -> None:
         self.config = config
+        #: Set when a configuration change needs a restart; ``next_config`` is what to start with.
+        self.restart_requested = threading.Event()
+        self.next_config: EdgeConfig | None = None
         self.topics = Topics(config.mqtt.root, config.device.commune, config.device.id)
         self.started = time.monotonic()
         self._stop = threading.Event()
+        self._wake_loops = threading.Event()
         self._threads: list[threading.Thread] = []
         config.store.state_dir.mkdir(parents=True, exist_ok=True)
         self.outbox = Outbox(config.db_path, max_bytes=config.store.max_bytes, keep_acked_s=config.store.keep_acked_s)
@@ -97,8 +111,31 @@ class Daemon:
         )
         self.link.on_connect(self._on_connect)
         self.link.on_disconnect(self._on_disconnect)
-        self.link.on_oversized = lambda topic, size: self.outbox.bump("rejected_oversized")
         self.registry = CommandRegistry()
+        self.journal = CommandJournal(self.outbox)
+        self.replies = ReplySender(self.journal, self.link, self.topics)
+        self.desired = DesiredConfig(
+            config,
+            base if base is not None else config.model_dump(mode="json"),
+            self.journal,
+            self._apply_config,
+            self.replies.wake,
+        )
+        self.desired.register(self.registry)
+        register_builtin(self.registry, self)
+        self.channel = CommandChannel(
+            config.commands,
+            load_trusted_keys(config.commands.trusted_keys),
+            self.outbox,
+            self.journal,
+            self.link,
+            self.topics,
+            self.registry,
+            self.replies,
+            self.desired,
+            max_bytes=config.mqtt.max_incoming_bytes,
+        )
+        self.link.on_oversized = self._on_oversized
         self.services: list[Service] = build_services(
             ServiceContext(config, self.outbox, self.registry, process_resources())
         )
@@ -110,6 +147,25 @@ class Daemon:
         self.link.publish(self.topics.status, self._status(online=True), qos=1, retain=True)
         self._record_link("up")
 
+    def _on_oversized(self, topic: str, size: int) -> None:
+        self.outbox.bump("rejected_oversized")
+        self.channel.on_oversized(topic, size)
+
+    def _apply_config(self, new: EdgeConfig, changed: set[str]) -> None:
+        """A new configuration was applied and persisted: take it live, or restart for it."""
+        if not is_live(changed, LIVE_KEYS):
+            log.info("configuration change needs a restart: %s", ", ".join(sorted(changed)))
+            self.next_config = new
+            self.restart_requested.set()
+            return
+        self.config = new
+        self.outbox.max_bytes = new.store.max_bytes
+        self.outbox.keep_acked_s = new.store.keep_acked_s
+        self.uplink.settings = new.sync
+        for service in self.services:
+            service.reconfigure(new)
+        self._wake_loops.set()
+
     def _on_disconnect(self) -> None:
         self._record_link("down")
 
@@ -117,7 +173,7 @@ class Daemon:
         with contextlib.suppress(Exception):
             self.outbox.set_meta("link", f"{state} {now_iso()}")
 
-    def _every(self, interval: float, fn: Callable[[], Any], name: str, first: float = 0.0) -> None:
+    def _every(self, interval: Callable[[], float], fn: Callable[[], Any], name: str, first: float = 0.0) -> None:
         def loop() -> None:
             if self._stop.wait(first):
                 return
@@ -126,8 +182,14 @@ class Daemon:
                     fn()
                 except Exception:
                     log.exception("%s failed", name)
-                if self._stop.wait(interval):
-                    return
+                due = time.monotonic() + interval()
+                while (left := due - time.monotonic()) > 0:
+                    # A live config change wakes the loop to re-read its interval.
+                    if self._stop.wait(min(left, 1.0) if self._wake_loops.is_set() else left):
+                        return
+                    if self._wake_loops.is_set():
+                        self._wake_loops.clear()
+                        due = min(due, time.monotonic() + interval())
 
         t = threading.Thread(target=loop, name=name, daemon=True)
         t.start()
@@ -147,16 +209,22 @@ class Daemon:
             ),
         )
 
+    def housekeeping(self) -> None:
+        self.outbox.housekeeping()
+        self.journal.purge()
+
     def start(self) -> Daemon:
         self.outbox.set_meta("daemon", f"{os.getpid()} {now_iso()} {self.boot}")
         self._record_link("down")
         wake = self.outbox.bind_wake_socket()
         self.uplink.start(wake)
+        self.replies.start()
+        self.channel.start()
         for service in self.services:
             service.start()
         self.link.start()
-        self._every(self.config.health.interval_s, self.report_health, "health")
-        self._every(HOUSEKEEPING_INTERVAL_S, self.outbox.housekeeping, "housekeeping", first=HOUSEKEEPING_INTERVAL_S)
+        self._every(lambda: self.config.health.interval_s, self.report_health, "health")
+        self._every(lambda: HOUSEKEEPING_INTERVAL_S, self.housekeeping, "housekeeping", first=HOUSEKEEPING_INTERVAL_S)
         log.info(
             "device %s/%s started (boot %d, epoch %s, broker %s)",
             self.config.device.commune,
@@ -175,11 +243,13 @@ class Daemon:
         if self.link.connected.is_set():
             with contextlib.suppress(LinkError, TimeoutError, Exception):
                 self.link.publish(self.topics.status, self._status(online=False), retain=True).result(2.0)
+        self.channel.stop()
         for service in reversed(self.services):
             try:
                 service.stop()
             except Exception:
                 log.exception("stopping %s failed", type(service).__name__)
+        self.replies.stop()
         self.uplink.stop()
         self.link.stop()
         for t in self._threads:
@@ -190,17 +260,22 @@ class Daemon:
         log.info("stopped")
 
     def run(self) -> int:
-        """Run until SIGTERM or SIGINT."""
+        """Run until SIGTERM or SIGINT, restarting in-process when a configuration change needs it."""
         signalled = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: signalled.set())
-        self.start()
-        try:
-            while not signalled.wait(3600):
-                pass
-        finally:
-            self.stop()
-        return 0
+        daemon: Daemon = self
+        while True:
+            daemon.start()
+            try:
+                while not signalled.is_set() and not daemon.restart_requested.is_set():
+                    signalled.wait(0.5)
+            finally:
+                daemon.stop()
+            if signalled.is_set() or daemon.next_config is None:
+                return 0
+            log.info("restarting with the new configuration")
+            daemon = Daemon(daemon.next_config, daemon.desired.base)
 
 
 def _link_counts(link: MqttLink) -> dict[str, int]:

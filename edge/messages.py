@@ -79,6 +79,35 @@ class ServerStatus(EdgeModel):
     ts: str
 
 
+AckState = Literal["accepted", "rejected", "in_progress", "succeeded", "failed"]
+
+#: Ack states after which nothing more is said about a command.
+TERMINAL_STATES = frozenset({"rejected", "succeeded", "failed"})
+
+
+class CommandAck(EdgeModel):
+    """``ack``: what the device did with a command."""
+
+    v: Literal[1] = 1
+    cmd_id: str | None = Field(
+        description="The command's id; null when the message was too broken to carry one it could trust."
+    )
+    state: AckState = Field(description="accepted, rejected, in_progress, succeeded or failed.")
+    reason: str | None = Field(default=None, description="Why it was rejected or failed.")
+    ts: str = Field(description="Device time of this ack, ISO 8601 with offset.")
+    result: dict[str, Any] = Field(default_factory=dict, description="What the command produced.")
+
+
+class CfgReported(EdgeModel):
+    """``cfg/reported`` (retained): the outcome of the last desired configuration."""
+
+    v: Literal[1] = 1
+    version: int = Field(description="The desired config version this is about.")
+    status: Literal["applied", "rejected"] = Field(description="applied or rejected.")
+    reason: str | None = Field(default=None, description="Why it was rejected (key path first).")
+    ts: str = Field(description="Device time, ISO 8601 with offset.")
+
+
 def parse(model: type[EdgeModel], payload: bytes, max_bytes: int) -> Any:
     """Validate a JSON payload against a contract model, raising BadMessage with a countable reason."""
     if len(payload) > max_bytes:

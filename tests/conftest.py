@@ -11,6 +11,9 @@ import pytest
 from sim.broker import MosquittoBroker, find_mosquitto
 from sim.harness import EdgeProcess, write_device_config
 
+#: Fixtures shared by several test modules, kept in their own files.
+pytest_plugins = ["tests.commands_fixtures"]
+
 #: Short timeouts so the chaos tests recover in seconds rather than minutes.
 FAST_SYNC = {
     "EDGE_SYNC__ACK_TIMEOUT_S": "2",

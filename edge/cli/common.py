@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from edge.config import EdgeConfig, load_config
+from edge.config import EdgeConfig
 from edge.store import Outbox
 
 
@@ -29,7 +29,10 @@ def print_json(data: Any) -> None:
 
 
 def load(args: argparse.Namespace) -> EdgeConfig:
-    return load_config(args.config)
+    """The effective configuration: the file, ``EDGE_*`` variables and the applied ``cfg/desired``."""
+    from edge.commands.desired import load_effective_config
+
+    return load_effective_config(args.config)[0]
 
 
 def open_outbox(config: EdgeConfig) -> Outbox:

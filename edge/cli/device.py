@@ -14,9 +14,11 @@ from edge.store import PRIORITIES, Outbox
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from edge.commands.desired import load_effective_config
     from edge.daemon import Daemon
 
-    return Daemon(load(args)).run()
+    config, base, _version = load_effective_config(args.config)
+    return Daemon(config, base).run()
 
 
 def _pid_alive(pid: int) -> bool:

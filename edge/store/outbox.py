@@ -89,6 +89,23 @@ CREATE TABLE IF NOT EXISTS counters (
     name  TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 ) WITHOUT ROWID;
+-- Signed commands seen (the replay set) and their outcome; kept until they expire.
+CREATE TABLE IF NOT EXISTS commands (
+    cmd_id   TEXT PRIMARY KEY,
+    name     TEXT NOT NULL,
+    exp      REAL NOT NULL,                          -- the command's exp (Unix seconds)
+    state    TEXT NOT NULL,                          -- accepted|in_progress|succeeded|failed|rejected
+    reason   TEXT,
+    result   TEXT,                                   -- JSON
+    updated  REAL NOT NULL
+) WITHOUT ROWID;
+-- Replies (ack, cfg/reported) waiting for the broker's PUBACK; sent in id order.
+CREATE TABLE IF NOT EXISTS replies (
+    id       INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic    TEXT NOT NULL,                          -- after the device prefix: ack, cfg/reported
+    payload  BLOB NOT NULL,
+    retain   INTEGER NOT NULL
+);
 """
 
 T = TypeVar("T")
@@ -589,6 +606,30 @@ class Outbox:
 
         # An ack only loses information if it is lost (the event is then sent again): no fsync.
         return self._submit(op, durable=False)
+
+    def mark_pending(self, from_seq: int, to_seq: int | None = None) -> int:
+        """Make acknowledged events in ``from_seq..to_seq`` pending again (``sync.resend``), so they
+        are sent once more; only events still kept (``keep_acked_s``) can be. Returns how many."""
+
+        def op(conn: sqlite3.Connection) -> int:
+            upper = to_seq if to_seq is not None else 2**62
+            return int(
+                conn.execute(
+                    "UPDATE events SET acked_at = NULL WHERE seq BETWEEN ? AND ? AND acked_at IS NOT NULL",
+                    (from_seq, upper),
+                ).rowcount
+            )
+
+        return self._submit(op)
+
+    def transact(self, fn: Callable[[sqlite3.Connection], T], *, durable: bool = True) -> T:
+        """Run ``fn(conn)`` in one transaction on the writer thread and return its result once
+        committed (with ``durable``, fsynced). For the store's other tables (the command journal)."""
+        return self._submit(fn, durable=durable)
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """Rows of a read-only query, on this thread's read connection."""
+        return self._read(sql, params)
 
     def housekeeping(self) -> int:
         """Forget acknowledged events older than ``keep_acked_s`` and expired dedupe keys."""

@@ -106,6 +106,11 @@ class Uplink:
     def wake(self) -> None:
         self._wake.set()
 
+    def resend_all(self) -> None:
+        """Send every pending event again now, oldest first (``sync.resend``)."""
+        self._restart_lanes = True
+        self._wake.set()
+
     def _on_evtack(self, topic: str, payload: bytes) -> None:
         self._acks.append(payload)
         self._wake.set()

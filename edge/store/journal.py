@@ -1,0 +1,167 @@
+"""The command journal: which signed commands this device has seen, what became of them, and the
+replies (``ack``, ``cfg/reported``) still to be delivered.
+
+Both live in the event store's database, so a command's outcome and the reply that reports it are
+committed in one transaction: after a power cut the device neither runs a command twice (its
+``cmd_id`` is on disk before it runs) nor forgets to say what happened (the reply is on disk until
+the broker has it).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from edge.store.outbox import Outbox
+
+#: How long a command stays in the replay set after its ``exp``: covers a device clock stepped back
+#: by up to this much after the entry would otherwise have been dropped.
+REPLAY_GRACE_S = 600.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The journal's record of one command."""
+
+    cmd_id: str
+    name: str
+    state: str
+    reason: str | None = None
+    result: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"state": self.state}
+        if self.reason:
+            out["reason"] = self.reason
+        if self.result:
+            out["result"] = self.result
+        return out
+
+
+@dataclass(frozen=True)
+class Reply:
+    id: int
+    topic: str
+    payload: bytes
+    retain: bool
+
+
+def _dumps(value: Mapping[str, Any]) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+class CommandJournal:
+    """Replay set, outcomes and pending replies, on an :class:`Outbox`'s writer."""
+
+    def __init__(self, outbox: Outbox) -> None:
+        self.outbox = outbox
+
+    @staticmethod
+    def _queue_reply(conn: sqlite3.Connection, reply: tuple[str, bytes, bool] | None) -> None:
+        if reply is not None:
+            topic, payload, retain = reply
+            conn.execute("INSERT INTO replies (topic, payload, retain) VALUES (?, ?, ?)", (topic, payload, int(retain)))
+
+    def get(self, cmd_id: str) -> Outcome | None:
+        rows = self.outbox.query("SELECT cmd_id, name, state, reason, result FROM commands WHERE cmd_id = ?", (cmd_id,))
+        if not rows:
+            return None
+        cid, name, state, reason, result = rows[0]
+        return Outcome(cid, name, state, reason, json.loads(result) if result else {})
+
+    def record(
+        self,
+        cmd_id: str,
+        name: str,
+        exp: float,
+        state: str,
+        *,
+        reason: str | None = None,
+        result: Mapping[str, Any] | None = None,
+        reply: tuple[str, bytes, bool] | None = None,
+    ) -> bool:
+        """Add a command with its first state, and queue its reply, in one durable commit.
+
+        Returns False (and changes nothing) if ``cmd_id`` is already in the journal.
+        """
+        result_json = _dumps(result) if result else None
+
+        def op(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO commands (cmd_id, name, exp, state, reason, result, updated) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (cmd_id, name, exp, state, reason, result_json, time.time()),
+            )
+            if cur.rowcount == 0:
+                return False
+            self._queue_reply(conn, reply)
+            return True
+
+        return self.outbox.transact(op)
+
+    def update(
+        self,
+        cmd_id: str,
+        state: str,
+        *,
+        reason: str | None = None,
+        result: Mapping[str, Any] | None = None,
+        reply: tuple[str, bytes, bool] | None = None,
+    ) -> None:
+        """Move a command to a new state and queue its reply, in one durable commit."""
+        result_json = _dumps(result) if result else None
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE commands SET state = ?, reason = ?, result = ?, updated = ? WHERE cmd_id = ?",
+                (state, reason, result_json, time.time(), cmd_id),
+            )
+            self._queue_reply(conn, reply)
+
+        self.outbox.transact(op)
+
+    def reply(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        """Queue a reply that belongs to no journal entry (a rejection, a ``cfg/reported``)."""
+        self.outbox.transact(lambda conn: self._queue_reply(conn, (topic, payload, retain)))
+
+    def unfinished(self) -> list[Outcome]:
+        """Commands accepted but never finished: the daemon stopped (or the power went) mid-way."""
+        rows = self.outbox.query(
+            "SELECT cmd_id, name, state, reason, result FROM commands WHERE state IN ('accepted', 'in_progress')"
+        )
+        return [Outcome(r[0], r[1], r[2], r[3], json.loads(r[4]) if r[4] else {}) for r in rows]
+
+    def pending_replies(self, after_id: int = 0, limit: int = 100) -> list[Reply]:
+        rows = self.outbox.query(
+            "SELECT id, topic, payload, retain FROM replies WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)
+        )
+        return [Reply(int(r[0]), str(r[1]), bytes(r[2]), bool(r[3])) for r in rows]
+
+    def reply_sent(self, reply_id: int) -> None:
+        """The broker has the reply (PUBACK). Losing this delete only means sending it again."""
+        self.outbox.transact(lambda conn: conn.execute("DELETE FROM replies WHERE id = ?", (reply_id,)), durable=False)
+
+    def purge(self, now: float | None = None) -> int:
+        """Forget commands whose life ended more than :data:`REPLAY_GRACE_S` ago (housekeeping)."""
+        cutoff = (time.time() if now is None else now) - REPLAY_GRACE_S
+
+        def op(conn: sqlite3.Connection) -> int:
+            return int(
+                conn.execute(
+                    "DELETE FROM commands WHERE exp < ? AND state NOT IN ('accepted', 'in_progress')", (cutoff,)
+                ).rowcount
+            )
+
+        return self.outbox.transact(op, durable=False)
+
+    def counts(self) -> dict[str, int]:
+        """Commands in the journal by state, and replies waiting (for ``edge status``)."""
+        out = {
+            str(state): int(n) for state, n in self.outbox.query("SELECT state, COUNT(*) FROM commands GROUP BY state")
+        }
+        out["replies_pending"] = int(self.outbox.query("SELECT COUNT(*) FROM replies")[0][0])
+        return out
