@@ -13,11 +13,13 @@ import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import time as TimeOfDay
 from pathlib import Path
-from typing import Any, Literal
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from edge.commands.claims import DEFAULT_CLOCK_SKEW_S, DEFAULT_MAX_LIFE_S
 from edge.exceptions import ConfigError
@@ -208,6 +210,150 @@ class CommandsConfig(EdgeModel):
         return value
 
 
+# -- the counter: rating panel and rating service ------------------------------------------------
+
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+TtsVoice = Literal["vi", "vi-vn-x-central", "vi-vn-x-south"]
+
+
+class PanelConfig(EdgeModel):
+    """The rating panel: which hardware profile, and where a serial panel is plugged in."""
+
+    profile: str = Field(
+        description="Hardware profile: a name from firmware_config/ (gpio-4btn-rpi, serial-4btn, ...) or a "
+        "path to a profile YAML file.",
+    )
+    port: str | None = Field(
+        default=None,
+        validate_default=True,
+        description="Serial panels only: the device path (prefer /dev/serial/by-id/...) or usb:VID:PID; "
+        "empty: found by the profile's USB id.",
+    )
+
+    @field_validator("profile")
+    @classmethod
+    def _profile_checks(cls, value: str) -> str:
+        from drivers.profiles import check_panel  # drivers import the config's base model, not the reverse
+
+        found = [(key, msg) for key, msg in check_panel(value) if key != "port"]
+        if found:
+            raise ValueError("; ".join(msg if key == "profile" else f"{key}: {msg}" for key, msg in found))
+        return value
+
+    @field_validator("port")
+    @classmethod
+    def _port_checks(cls, value: str | None, info: ValidationInfo) -> str | None:
+        from drivers.profiles import check_panel
+
+        profile = info.data.get("profile")
+        if profile is None:
+            return value  # the profile is broken; that is reported under panel.profile
+        found = [msg for key, msg in check_panel(profile, value) if key == "port"]
+        if found:
+            raise ValueError("; ".join(found))
+        return value
+
+
+class OfficerShift(EdgeModel):
+    """One officer's regular hours at this counter."""
+
+    officer: Slug = Field(description="Officer id recorded with ratings, e.g. 'nv-07'.")
+    days: list[Weekday] = Field(
+        default_factory=lambda: list(WEEKDAYS[:5]),
+        min_length=1,
+        description="Weekdays of the shift (mon, tue, wed, thu, fri, sat, sun).",
+    )
+    start: TimeOfDay = Field(description="Local time the shift starts, e.g. '07:30'.")
+    end: TimeOfDay = Field(description="Local time the shift ends (exclusive), e.g. '11:30'.")
+
+    @model_validator(mode="after")
+    def _start_before_end(self) -> OfficerShift:
+        if self.end <= self.start:
+            raise ValueError(f"end {self.end:%H:%M} must be after start {self.start:%H:%M}")
+        return self
+
+    def covers(self, day: Weekday, at: TimeOfDay) -> bool:
+        """Whether this shift is on at local weekday ``day`` and time ``at``."""
+        return day in self.days and self.start <= at < self.end
+
+
+class RatingFeedbackConfig(EdgeModel):
+    """What the citizen sees and hears once the rating is safe on disk."""
+
+    led: bool = Field(default=True, description="Blink the pressed button's LED (the profile's thank-you pattern).")
+    beep_ms: int = Field(default=120, ge=0, le=5000, description="Buzzer beep length in ms; 0: no beep.")
+    speak: bool = Field(default=True, description="Say the thank-you text through the counter speaker.")
+    text: str = Field(
+        default="Cảm ơn quý khách đã đánh giá.",
+        min_length=1,
+        max_length=200,
+        description="The spoken thank-you, in Vietnamese.",
+    )
+    voice: TtsVoice = Field(
+        default="vi", description="espeak-ng voice: vi (northern), vi-vn-x-central or vi-vn-x-south."
+    )
+    speed_wpm: int = Field(default=150, ge=80, le=400, description="Speaking speed, words per minute.")
+    audio_device: str | None = Field(
+        default=None,
+        description="Output device for the speaker (a sounddevice name or index); empty: the system default.",
+    )
+
+
+class RatingConfig(EdgeModel):
+    """How ratings are taken at this counter: windows, misuse rules, officers, feedback."""
+
+    counter: Slug | None = Field(
+        default=None, description="Counter id recorded with every rating, e.g. 'q1'; empty: the device id."
+    )
+    mode: Literal["officer", "always"] = Field(
+        default="officer",
+        description="officer: a rating window opens when the officer presses done (or rating.open arrives) "
+        "and closes at the first press or the timeout; always: always open, one vote per cooldown.",
+    )
+    window_s: float = Field(
+        default=30.0, ge=1, le=3600, description="Officer mode: seconds a rating window stays open."
+    )
+    cooldown_s: float = Field(
+        default=10.0, ge=0, le=3600, description="Always mode: presses this soon after a vote are flagged."
+    )
+    burst_presses: int = Field(
+        default=3, ge=2, le=50, description="This many presses within burst_window_s are flagged as a burst."
+    )
+    burst_window_s: float = Field(default=2.0, gt=0, le=600, description="The burst rule's time span, seconds.")
+    stuck_after_s: float | None = Field(
+        default=None,
+        gt=0,
+        le=3600,
+        description="A button held this long is reported stuck; empty: the profile's value.",
+    )
+    roster: list[OfficerShift] = Field(
+        default_factory=list,
+        description="Who serves at this counter when, e.g. [{officer = 'nv-07', start = '07:30', end = '11:30'}]; "
+        "an officer.assign command overrides it.",
+    )
+    feedback: RatingFeedbackConfig = Field(
+        default_factory=RatingFeedbackConfig, description="Thank-you light, beep and voice."
+    )
+
+    @field_validator("roster")
+    @classmethod
+    def _no_overlapping_shifts(cls, value: list[OfficerShift]) -> list[OfficerShift]:
+        clashes = []
+        for i, a in enumerate(value):
+            for j in range(i):
+                b = value[j]
+                days = [d for d in WEEKDAYS if d in a.days and d in b.days]
+                if days and a.start < b.end and b.start < a.end and a.officer != b.officer:
+                    clashes.append(
+                        f"[{i}] ({a.officer}) overlaps [{j}] ({b.officer}) on {days[0]}: "
+                        "one counter, one officer at a time"
+                    )
+        if clashes:
+            raise ValueError("; ".join(clashes))
+        return value
+
+
 class EdgeConfig(EdgeModel):
     """The whole device configuration (``/etc/commune-edge/edge.toml``)."""
 
@@ -219,6 +365,20 @@ class EdgeConfig(EdgeModel):
     commands: CommandsConfig = Field(
         default_factory=CommandsConfig, description="Who may command this device (signed commands)."
     )
+    panel: PanelConfig | None = Field(
+        default=None, description="The rating panel (counter devices); without it no ratings are taken."
+    )
+    rating: RatingConfig = Field(
+        default_factory=RatingConfig, description="Rating windows, misuse rules, officers and feedback."
+    )
+
+    @field_validator("panel")
+    @classmethod
+    def _panel_needs_counter(cls, value: PanelConfig | None, info: ValidationInfo) -> PanelConfig | None:
+        device = info.data.get("device")
+        if value is not None and device is not None and "counter" not in device.roles:
+            raise ValueError("a rating panel needs the 'counter' role in device.roles")
+        return value
 
     @property
     def client_id(self) -> str:
@@ -333,6 +493,16 @@ def _toml_value(value: Any) -> str:
     raise TypeError(f"cannot write {type(value).__name__} as TOML")
 
 
+def _section_model(annotation: Any) -> type[EdgeModel] | None:
+    """The model of a TOML table field (``X`` or ``X | None``), None for a plain value."""
+    if get_origin(annotation) in (Union, UnionType):
+        models = [a for a in get_args(annotation) if a is not type(None)]
+        annotation = models[0] if len(models) == 1 else None
+    if isinstance(annotation, type) and issubclass(annotation, EdgeModel):
+        return annotation
+    return None
+
+
 def render_toml(values: Mapping[str, Any], model: type[EdgeModel] = EdgeConfig, comments: bool = True) -> str:
     """Write config data as TOML, each key preceded by its field description as a comment.
 
@@ -347,9 +517,9 @@ def render_toml(values: Mapping[str, Any], model: type[EdgeModel] = EdgeConfig, 
         lines.append(f"[{name}]")
         for key, field in cls.model_fields.items():
             value = data.get(key)
-            annotation = field.annotation
-            if isinstance(annotation, type) and issubclass(annotation, EdgeModel):
-                sub_tables.append((f"{name}.{key}", value or {}, annotation))
+            sub_model = _section_model(field.annotation)
+            if sub_model is not None:
+                sub_tables.append((f"{name}.{key}", value or {}, sub_model))
                 continue
             if comments and field.description:
                 lines.append(f"# {field.description}")
@@ -361,9 +531,9 @@ def render_toml(values: Mapping[str, Any], model: type[EdgeModel] = EdgeConfig, 
             section(sub_name, sub_data, sub_cls)
 
     for key, field in model.model_fields.items():
-        annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, EdgeModel) and key in values:
-            section(key, values[key], annotation)
+        sub_model = _section_model(field.annotation)
+        if sub_model is not None and values.get(key) is not None:
+            section(key, values[key], sub_model)
     return "\n".join(lines) + "\n"
 
 
@@ -393,6 +563,9 @@ def starter_config(
         "health": HealthConfig().model_dump(mode="json"),
         "commands": CommandsConfig().model_dump(mode="json"),
     }
+    if role == "counter":
+        data["panel"] = PanelConfig(profile="gpio-4btn-rpi").model_dump(mode="json")
+        data["rating"] = RatingConfig().model_dump(mode="json")
     EdgeConfig.model_validate(data)  # a bad --device or --commune fails here, not at first start
     header = (
         f"# commune-edge configuration for a {role} device.\n"

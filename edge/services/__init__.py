@@ -10,6 +10,7 @@ up, stops them in reverse order before the link goes down, and calls ``reconfigu
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -17,6 +18,8 @@ from drivers.resources import Resources
 from edge.commands.registry import CommandRegistry
 from edge.config import EdgeConfig
 from edge.store import Outbox
+
+log = logging.getLogger(__name__)
 
 #: Config key paths (a section, or ``section.key``) whose change applies without a restart. A changed
 #: key outside these restarts the daemon in-process (stop everything, start with the new config).
@@ -29,6 +32,16 @@ LIVE_KEYS: frozenset[str] = frozenset(
         "sync.max_inflight",
         "sync.ack_timeout_s",
         "health",
+        # The rating service applies these itself (edge/services/rating.py); [panel] and
+        # rating.stuck_after_s need the panel reopened, so they restart.
+        "rating.counter",
+        "rating.mode",
+        "rating.window_s",
+        "rating.cooldown_s",
+        "rating.burst_presses",
+        "rating.burst_window_s",
+        "rating.roster",
+        "rating.feedback",
     }
 )
 
@@ -53,4 +66,12 @@ class ServiceContext:
 
 def build_services(ctx: ServiceContext) -> list[Service]:
     """The services this device's roles and configuration call for."""
-    return []
+    services: list[Service] = []
+    if "counter" in ctx.config.device.roles:
+        if ctx.config.panel is None:
+            log.warning("counter role without a [panel] section: no ratings are taken on this device")
+        else:
+            from edge.services.rating import RatingService
+
+            services.append(RatingService(ctx.config, ctx.outbox, ctx.registry, ctx.resources))
+    return services

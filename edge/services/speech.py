@@ -1,0 +1,262 @@
+"""The spoken thank-you: espeak-ng renders the Vietnamese text once to a cached WAV, a player plays it.
+
+Rendering and playing happen on this module's own worker thread, never on the panel's: a slow or
+missing speaker must never delay the next rating. A thank-you asked for while one is still playing
+is dropped (and counted): a citizen pressing twice gets one thank-you, not a queue of them.
+
+Problems (espeak-ng not installed, no audio device, a failed play) are reported through
+``on_problem`` once per distinct problem, and ``on_problem`` is told again when speech works; the
+rating service turns both into ``panel`` events.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import queue
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from drivers.audio import AudioPlayer, AudioUnavailable, BadAudio, Clip, open_player
+from drivers.resources import Resources
+from edge.config import RatingFeedbackConfig
+
+log = logging.getLogger(__name__)
+
+ESPEAK = "espeak-ng"
+#: A speaker that could not be opened is tried again at the next thank-you, at most this often.
+RETRY_S = 30.0
+
+ProblemCallback = Callable[[dict[str, Any]], None]
+PlayedCallback = Callable[[str, float], None]
+PlayerFactory = Callable[[str | int | None, Resources, str], AudioPlayer]
+
+
+class SpeechUnavailable(AudioUnavailable):
+    """The text could not be turned into sound (espeak-ng missing or failing)."""
+
+
+def render_tts(text: str, voice: str, speed_wpm: int, cache_dir: Path) -> Path:
+    """The WAV of ``text`` spoken by espeak-ng ``voice``, rendered once and cached by content."""
+    digest = hashlib.sha256(f"{voice}\0{speed_wpm}\0{text}".encode()).hexdigest()[:16]
+    path = cache_dir / f"thanks-{voice}-{digest}.wav"
+    if path.exists():
+        return path
+    exe = shutil.which(ESPEAK)
+    if exe is None:
+        raise SpeechUnavailable("espeak-ng is not installed (apt-get install espeak-ng)")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    try:
+        proc = subprocess.run(
+            [exe, "-v", voice, "-s", str(speed_wpm), "-w", str(tmp), "--stdin"],
+            input=text.encode("utf-8"),
+            capture_output=True,
+            timeout=60,
+        )
+        if proc.returncode != 0 or not tmp.exists() or tmp.stat().st_size <= 44:
+            err = proc.stderr.decode(errors="replace").strip() or f"exit status {proc.returncode}"
+            raise SpeechUnavailable(f"espeak-ng could not render voice {voice}: {err}")
+        os.replace(tmp, path)  # atomic: a half-written WAV is never cached
+    except subprocess.TimeoutExpired:
+        raise SpeechUnavailable("espeak-ng did not finish rendering within 60 s") from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return path
+
+
+@dataclass
+class SpeechStats:
+    played: int = 0
+    dropped_busy: int = 0
+    """Thank-yous not spoken because one was still playing."""
+    failed: int = 0
+    """Thank-yous not spoken because of a problem (reported through ``on_problem``)."""
+
+
+def _default_player(device: str | int | None, resources: Resources, holder: str) -> AudioPlayer:
+    return open_player(device, resources=resources, holder=holder)
+
+
+class SpokenThanks:
+    """Says the thank-you text on the counter speaker. ``say()`` never blocks and never raises."""
+
+    def __init__(
+        self,
+        settings: RatingFeedbackConfig,
+        cache_dir: Path,
+        resources: Resources,
+        *,
+        on_problem: ProblemCallback,
+        on_played: PlayedCallback | None = None,
+        player_factory: PlayerFactory = _default_player,
+        holder: str = "rating.feedback.audio_device",
+    ) -> None:
+        self.stats = SpeechStats()
+        self._settings = settings
+        self._cache_dir = cache_dir
+        self._resources = resources
+        self._on_problem = on_problem
+        self._on_played = on_played
+        self._player_factory = player_factory
+        self._holder = holder
+        self._requests: queue.Queue[str | None] = queue.Queue(maxsize=1)
+        self._thread: threading.Thread | None = None
+        self._player: AudioPlayer | None = None
+        self._clip: Clip | None = None
+        self._clip_key: tuple[str, str, int] | None = None
+        self._last_attempt = -RETRY_S
+        self._problem: str | None = None  # the problem last reported, None when all is well
+        self._busy = threading.Event()
+
+    @property
+    def problem(self) -> str | None:
+        """The current problem, in a sentence; None when speech works (or was not tried yet)."""
+        return self._problem
+
+    def start(self) -> None:
+        """Start the worker; it prepares the voice and the speaker at once, so problems show at boot."""
+        if not self._settings.speak:
+            return
+        self._thread = threading.Thread(target=self._run, name="rating-speech", daemon=True)
+        self._thread.start()
+        self._put("prepare")
+
+    def say(self) -> bool:
+        """Speak the thank-you soon; False if speech is off, busy or unavailable (nothing raised)."""
+        if not self._settings.speak or self._thread is None:
+            return False
+        if self._busy.is_set() or not self._put("say"):
+            self.stats.dropped_busy += 1
+            return False
+        return True
+
+    def reconfigure(self, settings: RatingFeedbackConfig) -> None:
+        """New text, voice, speed or device apply to the next thank-you."""
+        device_changed = settings.audio_device != self._settings.audio_device
+        self._settings = settings
+        if self._thread is None and settings.speak:
+            self.start()
+            return
+        if device_changed:
+            self._put("reopen")
+        self._put("prepare")
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            if self._player is not None:
+                self._player.stop()
+            with contextlib.suppress(queue.Full):
+                self._requests.put(None, timeout=5)
+            self._thread.join(timeout=10)
+            self._thread = None
+        if self._player is not None:
+            self._player.close()
+            self._player = None
+
+    # -- the worker --------------------------------------------------------------------------------
+
+    def _put(self, request: str) -> bool:
+        try:
+            self._requests.put_nowait(request)
+            return True
+        except queue.Full:
+            return False
+
+    def _run(self) -> None:
+        while True:
+            request = self._requests.get()
+            if request is None:
+                return
+            if request == "reopen" and self._player is not None:
+                self._player.close()
+                self._player = None
+                self._last_attempt = -RETRY_S
+            self._busy.set()
+            try:
+                self._serve(request == "say")
+            except Exception as exc:  # a bug here must not end speech for good
+                log.exception("thank-you speech failed")
+                self._report(f"internal error: {exc!r}", "audio")
+            finally:
+                self._busy.clear()
+
+    def _serve(self, speak: bool) -> None:
+        if not self._settings.speak:
+            return
+        try:
+            clip = self._ready_clip()
+            player = self._ready_player(force=speak)
+        except AudioUnavailable as exc:
+            if speak:
+                self.stats.failed += 1
+            self._report(str(exc), "tts" if isinstance(exc, SpeechUnavailable) else "audio")
+            return
+        if player is None:  # not retried yet (RETRY_S)
+            if speak:
+                self.stats.failed += 1
+            return
+        if not speak:
+            self._report(None, "audio")
+            return
+        try:
+            result = player.play(clip)
+        except AudioUnavailable as exc:
+            self.stats.failed += 1
+            player.close()
+            self._player = None
+            self._report(str(exc), "audio")
+            return
+        self.stats.played += 1
+        self._report(None, "audio")
+        if self._on_played is not None:
+            self._on_played(self._settings.text, result.seconds)
+
+    def _ready_clip(self) -> Clip:
+        s = self._settings
+        key = (s.text, s.voice, s.speed_wpm)
+        if self._clip is None or self._clip_key != key:
+            path = render_tts(s.text, s.voice, s.speed_wpm, self._cache_dir)
+            try:
+                self._clip = Clip.from_wav(path)
+            except BadAudio as exc:
+                with contextlib.suppress(OSError):
+                    path.unlink()  # render again next time
+                raise SpeechUnavailable(str(exc)) from None
+            self._clip_key = key
+        return self._clip
+
+    def _ready_player(self, *, force: bool) -> AudioPlayer | None:
+        if self._player is not None:
+            return self._player
+        now = time.monotonic()
+        if not force and now - self._last_attempt < RETRY_S:
+            return None
+        if force and self._problem is not None and now - self._last_attempt < RETRY_S:
+            return None  # known missing: do not probe the audio system at every press
+        self._last_attempt = now
+        device = self._settings.audio_device
+        index: str | int | None = int(device) if device is not None and device.isdigit() else device
+        self._player = self._player_factory(index, self._resources, self._holder)
+        return self._player
+
+    def _report(self, problem: str | None, part: str) -> None:
+        if problem == self._problem:
+            return
+        was = self._problem
+        self._problem = problem
+        if problem is None:
+            log.info("thank-you speech works again")
+            self._on_problem({"state": "ok", "was": was})
+        else:
+            log.warning("thank-you speech unavailable (%s): %s", part, problem)
+            self._on_problem({"state": "unavailable", "part": part, "error": problem})
