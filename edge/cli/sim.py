@@ -1,46 +1,121 @@
-"""``edge sim``: a simulated device, the real daemon with simulated hardware."""
+"""``edge sim``: a simulated counter device, the real daemon with a simulated panel and speaker."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
+import signal
+import socket
 import threading
-import time
+from pathlib import Path
 from typing import Any
 
-from edge.cli.common import add_common, load
+from edge.cli.common import CliError, add_common, load, out
 
 log = logging.getLogger(__name__)
 
 
+def send_request(path: Path, request: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
+    """Send one request to a running ``edge sim``'s control socket and return its reply."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        try:
+            s.connect(str(path))
+        except OSError as exc:
+            raise CliError(f"no edge sim listening on {path}: {exc.strerror or exc}") from None
+        s.sendall(json.dumps(request).encode() + b"\n")
+        with s.makefile("rb") as f:
+            line = f.readline()
+    if not line:
+        raise CliError(f"edge sim on {path} closed the connection without a reply")
+    reply: dict[str, Any] = json.loads(line)
+    return reply
+
+
 def cmd_sim(args: argparse.Namespace) -> int:
-    """A simulated device: the real daemon, plus a driver that produces test events."""
-    from edge.daemon import Daemon
+    config = load(args)
+    control = Path(args.control) if args.control else config.store.state_dir / "sim.sock"
+    if args.send is not None:
+        try:
+            request = json.loads(args.send)
+        except ValueError as exc:
+            raise CliError(f"--send takes a JSON object: {exc}") from None
+        reply = send_request(control, request)
+        out(json.dumps(reply, ensure_ascii=False))
+        return 0 if reply.get("ok") else 1
 
-    daemon = Daemon(load(args)).start()
+    from sim.counter import SimCounter, format_record, load_scenario, speaker_alsa_config
+
+    steps = load_scenario(Path(args.scenario)) if args.scenario else None
+    work = config.store.state_dir / "sim"
+    work.mkdir(parents=True, exist_ok=True)
+    if not args.real_speaker and "ALSA_CONFIG_PATH" not in os.environ:
+        # Before PortAudio loads: the speaker becomes a WAV file that shows what was said.
+        os.environ["ALSA_CONFIG_PATH"] = str(speaker_alsa_config(work / "asound.conf", work / "speaker.wav"))
+
+    def printer(record: dict[str, Any]) -> None:
+        out(json.dumps(record, ensure_ascii=False, default=str) if args.json else format_record(record))
+
+    sim = SimCounter(config, work_dir=work, printer=printer, profile=args.profile)
     stop = threading.Event()
-    import signal
-
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    deadline = time.monotonic() + args.duration if args.duration else None
-    n = 0
+    sim.start()
     try:
-        while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
-            if args.count is None or n < args.count:
-                n += 1
-                committed = daemon.outbox.append("test", {"sim": True, "n": n, "note": "simulated device"})
-                log.info("simulated test event %d committed as %s", n, committed.id)
-            stop.wait(args.interval)
+        sim.serve(control)
+        sim.note(f"control socket {control} (JSON lines; edge sim --send '{{...}}')")
+        if args.interval:
+            threading.Thread(target=_test_events, args=(sim, args, stop), name="sim-test-events", daemon=True).start()
+        ok = True
+        if steps is not None:
+            ok = sim.run_scenario(steps)
+            if args.exit_after_scenario:
+                stop.wait(args.settle)
+                return 0 if ok else 1
+        deadline_s = args.duration
+        while not stop.is_set() and not sim.stopping:
+            if stop.wait(min(deadline_s, 0.5) if deadline_s is not None else 0.5):
+                break
+            if deadline_s is not None:
+                deadline_s -= 0.5
+                if deadline_s <= 0:
+                    break
+        return 0 if ok else 1
     finally:
-        daemon.stop()
-    return 0
+        sim.stop()
+
+
+def _test_events(sim: Any, args: argparse.Namespace, stop: threading.Event) -> None:
+    """The technician's end-to-end `test` events, every ``--interval`` seconds (the demo uses them)."""
+    n = 0
+    while not stop.is_set() and not sim.stopping and (args.count is None or n < args.count):
+        n += 1
+        committed = sim.daemon.outbox.append("test", {"sim": True, "n": n, "note": "simulated device"})
+        log.info("simulated test event %d committed as %s", n, committed.id)
+        stop.wait(args.interval)
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("sim", help="run a simulated device (the daemon plus simulated hardware)")
+    p = sub.add_parser(
+        "sim",
+        help="run a simulated counter device (the daemon with a simulated panel and speaker)",
+        description="Run the daemon of a counter device on a simulated rating panel (GPIO on gpiozero's "
+        "MockFactory or a serial MCU on a pseudo-terminal, as the profile says) and a speaker recorded to a "
+        "WAV file. Drive it from a scenario file or over the control socket; it prints what the LEDs, "
+        "buzzer and speaker did.",
+    )
     add_common(p)
-    p.add_argument("--interval", type=float, default=2.0, help="seconds between simulated test events")
-    p.add_argument("--count", type=int, default=None, help="stop producing after this many events")
+    p.add_argument("--profile", help="panel profile (default: the config's [panel], else gpio-4btn-rpi)")
+    p.add_argument("--scenario", metavar="FILE", help="YAML list of requests to run, e.g. - {cmd: press, button: 1}")
+    p.add_argument("--exit-after-scenario", action="store_true", help="stop once the scenario has run")
+    p.add_argument("--settle", type=float, default=1.0, help="seconds to wait after the scenario before exiting")
+    p.add_argument("--control", metavar="PATH", help="control socket (default: STATE_DIR/sim.sock)")
+    p.add_argument("--send", metavar="JSON", help="send one request to a running edge sim and print the reply")
+    p.add_argument("--json", action="store_true", help="print what happened as JSON lines")
+    p.add_argument("--real-speaker", action="store_true", help="play on the real default audio device")
     p.add_argument("--duration", type=float, default=None, help="exit after this many seconds")
-    p.set_defaults(func=cmd_sim, default_log="INFO")
+    p.add_argument("--interval", type=float, default=None, help="also commit a `test` event every this many seconds")
+    p.add_argument("--count", type=int, default=None, help="stop the test events after this many")
+    p.set_defaults(func=cmd_sim, default_log="WARNING")

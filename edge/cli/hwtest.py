@@ -1,0 +1,190 @@
+"""``edge test panel`` and ``edge test speaker``: a technician exercises one piece of hardware.
+
+``edge test panel`` opens the panel the config (or ``--profile``/``--port``) names, lights each LED in
+turn, beeps, then reports every button pressed until each has been pressed once (or ``--listen``
+seconds pass). Nothing is recorded: these presses are not ratings. Stop ``edge run`` first; the
+panel has one user at a time. ``--sim`` runs the same test on a simulated panel, with a simulated
+technician pressing each button.
+"""
+
+from __future__ import annotations
+
+import argparse
+import queue
+import threading
+import time
+from contextlib import ExitStack
+from typing import Any
+
+from edge.cli.common import CliError, out, print_json
+from edge.config import load_config
+
+
+def _panel_target(args: argparse.Namespace) -> tuple[str, str | None]:
+    """The profile and port to test: the flags, else the config's [panel]."""
+    if args.profile:
+        return args.profile, args.port
+    config = load_config(args.config)
+    if config.panel is None:
+        raise CliError("no [panel] in the config; name one with --profile")
+    return config.panel.profile, args.port or config.panel.port
+
+
+def cmd_test_panel(args: argparse.Namespace) -> int:
+    from drivers.panel import PanelEvent, Press, open_panel
+    from drivers.profiles import GpioProfile, load_profile
+    from drivers.resources import Resources
+
+    profile_name, port = _panel_target(args)
+    profile = load_profile(profile_name)
+    report: dict[str, Any] = {"profile": profile.model, "kind": profile.kind, "leds": [], "pressed": [], "events": []}
+    say = (lambda text: None) if args.json else out
+    inbox: queue.SimpleQueue[Press | PanelEvent] = queue.SimpleQueue()
+
+    with ExitStack() as stack:
+        pin_factory = None
+        technician: Any = None
+        if args.sim:
+            if isinstance(profile, GpioProfile):
+                from gpiozero.pins.mock import MockFactory
+
+                from sim.gpio_panel import SimGpioPanel
+
+                pin_factory = MockFactory()
+                technician = SimGpioPanel(profile, pin_factory)
+            else:
+                from sim.serial_mcu import SerialMcu
+
+                technician = stack.enter_context(
+                    SerialMcu(buttons=profile.button_count, model=profile.model, hb_ms=profile.heartbeat_ms)
+                )
+                port = technician.path
+        panel = stack.enter_context(open_panel(profile, port=port, pin_factory=pin_factory, resources=Resources()))
+
+        def on_press(press: Press) -> None:
+            panel.acknowledge(press)  # a test press is not a rating: nothing to commit first
+            inbox.put(press)
+
+        panel.start(on_press, inbox.put)
+        say(f"panel {profile.model} ({profile.kind}{', port ' + str(port) if port else ''})")
+        if not _wait_connected(panel, args.connect_timeout):
+            raise CliError(f"panel {profile.model} did not answer within {args.connect_timeout:.0f} s")
+        hello = getattr(panel, "hello", None)
+        if hello is not None:
+            say(f"connected: firmware {hello.fw}, model {hello.model}, {hello.buttons} buttons")
+            report["firmware"] = hello.fw
+
+        for number, spec in enumerate(profile.buttons, start=1):
+            panel.set_led(number, "on")
+            say(f"LED {number} on   ({spec.text})")
+            report["leds"].append(number)
+            time.sleep(args.led_s)
+            panel.set_led(number, "off")
+        panel.beep(200)
+        say("beep (200 ms)")
+
+        n = profile.button_count
+        say(f"press each of the {n} buttons now (up to {args.listen:.0f} s)")
+        if technician is not None:
+            threading.Thread(target=_simulated_technician, args=(technician, n), daemon=True).start()
+        pressed: set[int] = set()
+        deadline = time.monotonic() + args.listen
+        while len(pressed) < n and (remaining := deadline - time.monotonic()) > 0:
+            try:
+                item = inbox.get(timeout=min(remaining, 0.5))
+            except queue.Empty:
+                continue
+            if isinstance(item, Press):
+                spec = profile.button(item.button)
+                pressed.add(item.button)
+                panel.set_led(item.button, "thanks")
+                report["pressed"].append(item.button)
+                say(f"button {item.button} pressed: {spec.text} (score {spec.score}, {spec.label})")
+            else:
+                _note_event(item, report, say)
+        report["missing"] = [b for b in range(1, n + 1) if b not in pressed]
+        report["ok"] = not report["missing"]
+        report["stats"] = {"presses": panel.stats.presses, "bad_frames": panel.stats.frames.dropped}
+    if args.json:
+        print_json(report)
+    elif report["missing"]:
+        out(f"not pressed: {', '.join(map(str, report['missing']))}")
+    else:
+        out(f"all {n} buttons work")
+    return 0 if report["ok"] else 1
+
+
+def _wait_connected(panel: Any, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not panel.connected and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return bool(panel.connected)
+
+
+def _note_event(event: Any, report: dict[str, Any], say: Any) -> None:
+    report["events"].append({"kind": event.kind, **event.detail})
+    if event.kind == "done":
+        say("officer done button pressed")
+    elif event.kind in ("stuck", "released", "disconnected", "firmware_mismatch", "error"):
+        say(f"panel {event.kind}: {event.detail}")
+
+
+def _simulated_technician(technician: Any, buttons: int) -> None:
+    for number in range(1, buttons + 1):
+        time.sleep(0.1)
+        technician.press(number)
+
+
+def cmd_test_speaker(args: argparse.Namespace) -> int:
+    from drivers.audio import Clip, open_player
+    from drivers.resources import Resources
+
+    device: str | int | None = args.device
+    if device is None and args.config:
+        device = load_config(args.config).rating.feedback.audio_device
+    if isinstance(device, str) and device.isdigit():
+        device = int(device)
+    if args.text is not None:
+        import tempfile
+        from pathlib import Path
+
+        from edge.services.speech import render_tts
+
+        clip = Clip.from_wav(render_tts(args.text, args.voice, 150, Path(tempfile.mkdtemp(prefix="edge-tts-"))))
+    else:
+        clip = Clip.tone(args.tone, args.seconds)
+    with open_player(device, resources=Resources(), holder="test") as player:
+        result = player.play(clip)
+        name = player.device_name
+    report = {"device": name, "seconds": round(result.seconds, 3), "rate": result.rate, "stopped": result.stopped}
+    if args.json:
+        print_json(report)
+    else:
+        out(f"played {report['seconds']} s at {result.rate} Hz on {name}")
+    return 0
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("test", help="exercise one piece of hardware (panel, speaker)")
+    tsub = p.add_subparsers(dest="part", metavar="PART", required=True)
+
+    q = tsub.add_parser("panel", help="light each LED in turn, then report each button pressed")
+    q.add_argument("--config", metavar="FILE", help="config file whose [panel] to test")
+    q.add_argument("--profile", help="test this profile instead of the config's")
+    q.add_argument("--port", help="serial port (serial panels)")
+    q.add_argument("--sim", action="store_true", help="test a simulated panel, pressed by a simulated technician")
+    q.add_argument("--led-s", type=float, default=0.5, help="seconds each LED stays lit")
+    q.add_argument("--listen", type=float, default=60.0, help="seconds to wait for the presses")
+    q.add_argument("--connect-timeout", type=float, default=10.0, help="seconds to wait for the panel")
+    q.add_argument("--json", action="store_true", help="print a JSON report at the end")
+    q.set_defaults(func=cmd_test_panel)
+
+    q = tsub.add_parser("speaker", help="play a tone (or spoken text) on the counter speaker")
+    q.add_argument("--config", metavar="FILE", help="config file whose rating.feedback.audio_device to use")
+    q.add_argument("--device", help="output device (name or index; default: the system default)")
+    q.add_argument("--tone", type=float, default=440.0, help="tone frequency in Hz")
+    q.add_argument("--seconds", type=float, default=1.0, help="tone length")
+    q.add_argument("--text", help="speak this text with espeak-ng instead of a tone")
+    q.add_argument("--voice", default="vi", help="espeak-ng voice for --text")
+    q.add_argument("--json", action="store_true", help="print JSON")
+    q.set_defaults(func=cmd_test_speaker)

@@ -1,0 +1,441 @@
+"""A simulated counter device: the real daemon and rating service on a simulated panel (``edge sim``).
+
+The panel is chosen by the configuration's profile, like on a real counter, and only the hardware is
+simulated: a GPIO profile runs the real :class:`~drivers.panel.gpio.GpioPanel` on gpiozero's
+``MockFactory`` (installed as gpiozero's default pin factory, so the daemon opens it exactly as it
+opens lgpio on a Pi); a serial profile runs the real :class:`~drivers.panel.serial.SerialPanel`
+against :class:`~sim.serial_mcu.SerialMcu` on a pseudo-terminal (through a symlink that moves on
+replug, as ``/dev/serial/by-id`` does). The speaker is the real sounddevice → PortAudio → ALSA path
+into ALSA's ``file`` plugin, so what was said is a WAV file that can be measured.
+
+A person or a test drives it with one vocabulary of JSON requests, from a scenario file or over a
+Unix socket (one JSON object per line, one JSON reply per line)::
+
+    {"cmd": "press", "button": 1}            {"cmd": "hold", "button": 2}   {"cmd": "release", "button": 2}
+    {"cmd": "done"}                          {"cmd": "open", "case": "HS-0012"}
+    {"cmd": "assign", "officer": "nv-07"}    {"cmd": "unplug"}   {"cmd": "replug"}
+    {"cmd": "wait", "s": 1.5}                {"cmd": "status"}   {"cmd": "outputs"}   {"cmd": "ratings"}
+    {"cmd": "stop"}
+
+What the panel and speaker did is printed as it happens (LEDs, buzzer, speaker, ratings, windows,
+panel events), as text or JSON lines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+import wave
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from drivers.profiles import GpioProfile, SerialProfile
+from edge.config import EdgeConfig, parse_config
+from edge.exceptions import CommandRejected, EdgeError
+from sim.gpio_panel import SimGpioPanel
+from sim.serial_mcu import SerialMcu
+
+log = logging.getLogger(__name__)
+
+#: The default panel when the configuration has no [panel] section.
+DEFAULT_PROFILE = "gpio-4btn-rpi"
+
+Printer = Callable[[dict[str, Any]], None]
+
+
+class SimError(EdgeError, ValueError):
+    """A request the simulated counter cannot carry out (unknown command, no such button...)."""
+
+
+def speaker_alsa_config(path: Path, wav: Path) -> Path:
+    """Write an ALSA config whose default PCM records everything played into ``wav`` (DESIGN.md §7)."""
+    path.write_text(
+        f'</usr/share/alsa/alsa.conf>\npcm.!default {{ type file slave.pcm "null" file "{wav}" format "wav" }}\n',
+        encoding="utf-8",
+    )
+    return path
+
+
+def wav_seconds(path: Path) -> float | None:
+    """Duration of a WAV file, None if there is none (yet)."""
+    try:
+        with wave.open(str(path), "rb") as w:
+            return w.getnframes() / w.getframerate()
+    except (OSError, wave.Error, EOFError):
+        return None
+
+
+def load_scenario(path: Path) -> list[dict[str, Any]]:
+    """A scenario file: a YAML (or JSON) list of requests, or ``{steps: [...]}``."""
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if isinstance(data, dict):
+        data = data.get("steps")
+    if not isinstance(data, list) or not all(isinstance(s, dict) and "cmd" in s for s in data):
+        raise SimError(f"{path}: a scenario is a list of requests such as {{cmd: press, button: 1}}")
+    return data
+
+
+def watched_mock_factory(on_output: Callable[[int, bool], None]) -> Any:
+    """A gpiozero ``MockFactory`` whose output pins report every change to ``on_output(bcm, state)``."""
+    from gpiozero.pins.mock import MockFactory, MockPin
+
+    class WatchedPin(MockPin):  # type: ignore[misc]
+        def _change_state(self, value: bool) -> bool:
+            changed = bool(super()._change_state(value))
+            if changed and self._function == "output":
+                on_output(int(self.info.name.removeprefix("GPIO")), bool(value))
+            return changed
+
+    return MockFactory(pin_class=WatchedPin)
+
+
+class SimCounter:
+    """The daemon of a counter device with a simulated panel and speaker. ``start()``, then ``stop()``."""
+
+    def __init__(self, config: EdgeConfig, *, work_dir: Path, printer: Printer, profile: str | None = None) -> None:
+        panel = {"profile": profile or (config.panel.profile if config.panel else DEFAULT_PROFILE)}
+        data = config.model_dump(mode="json")
+        data["panel"] = panel
+        if "counter" not in data["device"]["roles"]:
+            data["device"]["roles"].append("counter")
+        self.config = parse_config(data, "edge sim")
+        self.work_dir = work_dir
+        self.speaker_wav = work_dir / "speaker.wav"
+        self._print = printer
+        # Printing goes through a queue: a slow terminal or a full pipe must never hold up the
+        # panel's dispatcher thread, which is where most records come from.
+        self._printing: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=10000)
+        self._printer = threading.Thread(target=self._print_loop, name="sim-print", daemon=True)
+        self._printer.start()
+        self._lock = threading.Lock()
+        self._ratings = threading.Condition()
+        self._ratings_seen = 0
+        self._outputs: list[dict[str, Any]] = []
+        self._stopped = threading.Event()
+        self.gpio: SimGpioPanel | None = None
+        self.mcu: SerialMcu | None = None
+        self.daemon: Any = None
+        self.service: Any = None
+        self._watch: threading.Thread | None = None
+        self._server: socket.socket | None = None
+        self.control_path: Path | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def start(self) -> SimCounter:
+        from drivers.panel.base import Panel  # noqa: F401 - the panel drivers load before the daemon
+        from edge.daemon import Daemon
+        from edge.services.rating import RatingService, panel_profile
+
+        assert self.config.panel is not None
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        profile = panel_profile(self.config.panel, self.config.rating)
+        if isinstance(profile, GpioProfile):
+            from gpiozero import Device
+
+            factory = watched_mock_factory(self._on_gpio_output)
+            Device.pin_factory = factory  # gpiozero's own mechanism: the daemon opens the panel as on a Pi
+            self.gpio = SimGpioPanel(profile, factory)
+        else:
+            assert isinstance(profile, SerialProfile)
+            self.mcu = SerialMcu(
+                buttons=profile.button_count,
+                model=profile.model,
+                hb_ms=profile.heartbeat_ms,
+                repeat_ms=int(profile.mcu_config.get("repeat_ms", 500)),
+                link=self.work_dir / "panel-tty",
+            ).start()
+            assert self.config.panel is not None
+            port = self.config.panel.model_copy(update={"port": self.mcu.path})
+            self.config = self.config.model_copy(update={"panel": port})
+        self.daemon = Daemon(self.config)
+        services = [s for s in self.daemon.services if isinstance(s, RatingService)]
+        self.service = services[0]
+        self.service.add_observer(self._on_service)
+        self.daemon.start()
+        if not _wait_until(lambda: self.service.panel is not None and self.service.panel.connected, 15.0):
+            self._emit("error", {"error": "the simulated panel did not come up", **self.service.status()["panel"]})
+        if self.mcu is not None:
+            self._watch = threading.Thread(target=self._watch_mcu, name="sim-watch", daemon=True)
+            self._watch.start()
+        kind = "GPIO on gpiozero MockFactory" if self.gpio else f"serial MCU on {self.mcu.path if self.mcu else ''}"
+        self._emit("sim", {"text": f"counter {self.service.counter} with panel {profile.model} ({kind})"})
+        return self
+
+    def stop(self) -> None:
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        if self._server is not None:
+            with contextlib.suppress(OSError):
+                self._server.close()
+            if self.control_path is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    self.control_path.unlink()
+        if self.daemon is not None:
+            self.daemon.stop()
+        if self.mcu is not None:
+            self.mcu.close()
+        if self._watch is not None:
+            self._watch.join(timeout=2)
+        with contextlib.suppress(queue.Full):
+            self._printing.put(None, timeout=1)
+        self._printer.join(timeout=2)
+
+    def note(self, text: str) -> None:
+        """Print a line of the simulator's own (where the control socket is, ...)."""
+        self._emit("sim", {"text": text})
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until a ``stop`` request (True) or ``timeout``."""
+        return self._stopped.wait(timeout)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopped.is_set()
+
+    # -- requests ----------------------------------------------------------------------------------
+
+    def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Carry out one request; the reply has ``ok`` and either the result or an ``error``."""
+        try:
+            result = self._handle(dict(request))
+        except (EdgeError, ValueError, TypeError, KeyError) as exc:
+            return {"ok": False, "error": str(exc)}
+        return {"ok": True, **(result or {})}
+
+    def _handle(self, req: dict[str, Any]) -> dict[str, Any] | None:
+        cmd = req.pop("cmd", None)
+        if cmd == "press":
+            button = int(req["button"])
+            for i in range(int(req.get("times", 1))):
+                if i:
+                    time.sleep(float(req.get("gap_s", 0.05)))
+                self._press(button)
+            return None
+        if cmd in ("hold", "release"):
+            button = int(req["button"])
+            self._check_button(button)
+            if self.gpio is not None:
+                (self.gpio.hold if cmd == "hold" else self.gpio.release)(button)
+            else:
+                raise SimError("the serial MCU debounces and reports a held button itself (ERR STUCK)")
+            self._emit("press", {"button": button, "action": cmd})
+            return None
+        if cmd == "done":
+            if self.gpio is None or self.gpio.profile.done_button is None:
+                raise SimError("this panel has no officer done button; use {cmd: open}")
+            self._emit("press", {"button": "done"})
+            self.gpio.press_done()
+            return None
+        if cmd == "open":
+            return self._command("rating.open", {k: v for k, v in req.items() if k == "case"})
+        if cmd == "assign":
+            return self._command("officer.assign", {"officer": req.get("officer"), "hours": req.get("hours")})
+        if cmd in ("unplug", "replug"):
+            if self.mcu is None:
+                raise SimError("a GPIO panel cannot be unplugged; use a serial profile")
+            if cmd == "unplug":
+                self.mcu.unplug()
+                self._emit("cable", {"state": "unplugged"})
+                return None
+            path = self.mcu.replug()
+            self._emit("cable", {"state": "replugged", "pty": path})
+            return {"pty": path}
+        if cmd == "wait":
+            self._stopped.wait(float(req.get("s", 1.0)))
+            return None
+        if cmd == "status":
+            return self.status()
+        if cmd == "outputs":
+            with self._lock:
+                return {"outputs": list(self._outputs[-int(req.get("last", 200)) :])}
+        if cmd == "ratings":
+            events = self.daemon.outbox.list_events(type="rating", limit=int(req.get("limit", 100)))
+            return {"ratings": [{"seq": e.seq, "id": e.id, **e.data} for e in events]}
+        if cmd == "stop":
+            threading.Thread(target=self.stop, name="sim-stop", daemon=True).start()
+            return None
+        raise SimError(f"unknown cmd {cmd!r}")
+
+    def status(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"rating": self.service.status(), "speaker_wav": str(self.speaker_wav)}
+        if self.mcu is not None:
+            out["mcu"] = {"pty": self.mcu.pty_path, "unacked": self.mcu.unacked, "acks": len(self.mcu.acked)}
+        return out
+
+    def run_scenario(self, steps: Iterable[dict[str, Any]]) -> bool:
+        """Run requests in order; stops at the first that fails (printed). True if all succeeded."""
+        for step in steps:
+            if self.stopping:
+                return False
+            reply = self.handle(step)
+            if not reply["ok"]:
+                self._emit("error", {"request": step, "error": reply["error"]})
+                return False
+        return True
+
+    def _press(self, button: int, timeout: float = 15.0) -> None:
+        """Press, and return once the service has committed the press (as a person waits for the light)."""
+        self._check_button(button)
+        self._emit("press", {"button": button})
+        with self._ratings:
+            before = self._ratings_seen
+        if self.gpio is not None:
+            self.gpio.press(button)
+        else:
+            assert self.mcu is not None
+            self.mcu.press(button)
+        with self._ratings:
+            if not self._ratings.wait_for(lambda: self._ratings_seen > before, timeout):
+                raise SimError(f"the press of button {button} was not committed within {timeout:.0f} s")
+
+    def _check_button(self, button: int) -> None:
+        n = self.service.profile.button_count
+        if not 1 <= button <= n:
+            raise SimError(f"button must be 1..{n}, got {button}")
+
+    def _command(self, name: str, args: dict[str, Any]) -> dict[str, Any]:
+        """Run a command handler as the command channel would after verifying a signed command."""
+        reg = self.daemon.registry.get(name)
+        try:
+            parsed = reg.parse_args(args)
+        except CommandRejected as exc:
+            raise SimError(str(exc)) from None
+        result = reg.handler(parsed, None)
+        return {"result": dict(result or {})}
+
+    # -- the control socket ------------------------------------------------------------------------
+
+    def serve(self, path: Path) -> None:
+        """Listen for JSON-lines requests on a Unix socket at ``path`` (in the background)."""
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        server.bind(str(path))
+        os.chmod(path, 0o600)
+        server.listen(4)
+        self._server, self.control_path = server, path
+        threading.Thread(target=self._accept, args=(server,), name="sim-control", daemon=True).start()
+
+    def _accept(self, server: socket.socket) -> None:
+        while not self.stopping:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._client, args=(conn,), name="sim-client", daemon=True).start()
+
+    def _client(self, conn: socket.socket) -> None:
+        with conn, conn.makefile("rwb") as f:
+            for raw in f:
+                try:
+                    request = json.loads(raw)
+                    if not isinstance(request, dict):
+                        raise ValueError("a request is a JSON object")
+                    reply = self.handle(request)
+                except ValueError as exc:
+                    reply = {"ok": False, "error": f"bad request: {exc}"}
+                try:
+                    f.write(json.dumps(reply, ensure_ascii=False, default=str).encode() + b"\n")
+                    f.flush()
+                except OSError:
+                    return
+
+    # -- what the hardware did ---------------------------------------------------------------------
+
+    def _emit(self, what: str, detail: dict[str, Any]) -> None:
+        record = {"t": datetime.now().astimezone().isoformat(timespec="milliseconds"), "what": what, **detail}
+        with self._lock:
+            self._outputs.append(record)
+            del self._outputs[:-2000]
+        with contextlib.suppress(queue.Full):
+            self._printing.put_nowait(record)
+
+    def _print_loop(self) -> None:
+        while True:
+            record = self._printing.get()
+            if record is None:
+                return
+            try:
+                self._print(record)
+            except Exception:  # stdout gone (a closed pipe): keep simulating
+                log.debug("printing failed", exc_info=True)
+
+    def _on_gpio_output(self, bcm: int, on: bool) -> None:
+        assert self.gpio is not None
+        prof = self.gpio.profile
+        if prof.buzzer is not None and prof.buzzer.number == bcm:
+            self._emit("buzzer", {"state": "on" if on == prof.buzzer.active_high else "off"})
+            return
+        for number, b in enumerate(prof.buttons, start=1):
+            if b.led is not None and b.led.number == bcm:
+                self._emit("led", {"led": number, "gpio": bcm, "state": "on" if on == b.led.active_high else "off"})
+                return
+        if prof.ring is not None and prof.ring.number == bcm:
+            self._emit("led", {"led": "ring", "gpio": bcm, "state": "on" if on == prof.ring.active_high else "off"})
+
+    def _watch_mcu(self) -> None:
+        """The serial MCU records what the host told it; show it as it arrives."""
+        assert self.mcu is not None
+        seen_leds = seen_beeps = 0
+        while not self.stopping:
+            leds, beeps = list(self.mcu.led_log), list(self.mcu.beeps)
+            for target, mode in leds[seen_leds:]:
+                self._emit("led", {"led": target, "state": mode})
+            for ms in beeps[seen_beeps:]:
+                self._emit("buzzer", {"state": "beep", "ms": ms})
+            seen_leds, seen_beeps = len(leds), len(beeps)
+            self._stopped.wait(0.02)
+
+    def _on_service(self, kind: str, detail: dict[str, Any]) -> None:
+        if kind == "rating":
+            with self._ratings:
+                self._ratings_seen += 1
+                self._ratings.notify_all()
+        if kind == "speech":
+            wav_s = wav_seconds(self.speaker_wav)
+            self._emit("speaker", {**detail, "wav_s": None if wav_s is None else round(wav_s, 3)})
+        elif kind != "thanks":
+            self._emit(kind, detail)
+
+
+def _wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def format_record(record: dict[str, Any]) -> str:
+    """One output record as a line for a person."""
+    r = dict(record)
+    t = str(r.pop("t", ""))[11:23]
+    what = str(r.pop("what", ""))
+    if what == "rating":
+        text = (
+            f"seq {r['seq']}: button {r['button']} = {r['score']} {r['label']} ({r['text']}), counter {r['counter']}, "
+            f"officer {r['officer'] or '-'}, window {r['window'] or '-'}, case {r['case'] or '-'}, "
+            f"misuse {r['misuse'] or '-'}" + (" [duplicate]" if r.get("duplicate") else "")
+        )
+    elif what == "speaker":
+        text = f"said {r['text']!r} ({r['seconds']} s played; recorded {r.get('wav_s')} s)"
+    elif what == "led":
+        text = f"LED {r['led']} {r['state']}"
+    elif what == "sim":
+        text = str(r["text"])
+    else:
+        text = " ".join(f"{k}={v}" for k, v in r.items())
+    return f"{t} {what:<8} {text}"
