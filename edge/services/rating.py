@@ -30,6 +30,7 @@ from typing import Any
 from pydantic import Field
 
 from drivers.panel import Panel, PanelEvent, Press, open_panel
+from drivers.panel.protocol import LedMode
 from drivers.profiles import GpioProfile, Profile, SerialProfile, load_profile
 from drivers.resources import Resources
 from edge.commands.registry import CommandContext, CommandFailed, CommandRegistry
@@ -115,6 +116,7 @@ class RatingService:
         self._resources = resources
         self._pin_factory = pin_factory
         self._lock = threading.RLock()
+        self._feedback_lock = threading.Lock()
         self._apply(config)
         self.rules = RatingRules(config.rating)
         self.profile: Profile = panel_profile(config.panel, config.rating)
@@ -267,17 +269,30 @@ class RatingService:
 
     def _thank(self, panel: Panel, button: int, verdict: Verdict) -> None:
         fb = self.settings.feedback
+        leds: list[tuple[int | str, LedMode]] = []
         if self._leds_inviting:
             self._leds_inviting = False
-            panel.set_led("all", "off")
+            leds.append(("all", "off"))
         if fb.led:
-            panel.set_led(button, "thanks")
-        if fb.beep_ms:
-            panel.beep(fb.beep_ms)
+            leds.append((button, "thanks"))
+        self._feedback(panel, leds, beep_ms=fb.beep_ms)
         # Flagged presses get the light and the beep (the button works) but not the voice: a child
         # drumming on the panel should not make the counter speaker talk over the officer.
         spoken = verdict.misuse is None and self.speech.say()
         self._notify("thanks", {"button": button, "led": fb.led, "beep_ms": fb.beep_ms, "speech": spoken})
+
+    def _feedback(self, panel: Panel, leds: list[tuple[int | str, LedMode]], beep_ms: int = 0) -> None:
+        """Drive LEDs and the buzzer, one caller at a time: presses (the panel's thread), commands and
+        window timers all light LEDs, and a gpiozero device must not be driven from two threads at
+        once. Best effort: the rating is already safe, so a failure here is logged, never raised."""
+        with self._feedback_lock:
+            try:
+                for target, mode in leds:
+                    panel.set_led(target, mode)  # type: ignore[arg-type]
+                if beep_ms:
+                    panel.beep(beep_ms)
+            except Exception:
+                log.exception("panel feedback failed")
 
     # -- windows -----------------------------------------------------------------------------------
 
@@ -293,8 +308,8 @@ class RatingService:
             self._window_timer.start()
             panel = self.panel
         if panel is not None:
-            panel.set_led("all", "on")
             self._leds_inviting = True
+            self._feedback(panel, [("all", "on")])
         log.info("rating window %s opened by %s (case %s)", window.id, opened_by, case)
         self._notify("window", {"state": "opened", "id": window.id, "by": opened_by, "case": case})
         return window
@@ -308,7 +323,7 @@ class RatingService:
         self.counts["windows_expired"] += 1
         if panel is not None and self._leds_inviting:
             self._leds_inviting = False
-            panel.set_led("all", "off")
+            self._feedback(panel, [("all", "off")])
         log.info("rating window %s closed without a rating", window_id)
         self._notify("window", {"state": "expired", "id": window_id})
 
@@ -375,7 +390,7 @@ class RatingService:
             return
         self._record_panel(kind, dict(event.detail))
         if kind == "connected" and self._leds_inviting and self.panel is not None:
-            self.panel.set_led("all", "on")  # a replugged MCU lost its LED state
+            self._feedback(self.panel, [("all", "on")])  # a replugged MCU lost its LED state
 
     def _on_speech_problem(self, detail: dict[str, Any]) -> None:
         self._record_panel("speaker", detail)
