@@ -109,14 +109,14 @@ class SpokenThanks:
         self._on_played = on_played
         self._player_factory = player_factory
         self._holder = holder
-        self._requests: queue.Queue[str | None] = queue.Queue(maxsize=1)
+        self._requests: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._player: AudioPlayer | None = None
         self._clip: Clip | None = None
         self._clip_key: tuple[str, str, int] | None = None
         self._last_attempt = -RETRY_S
         self._problem: str | None = None  # the problem last reported, None when all is well
-        self._busy = threading.Event()
+        self._pending_or_playing = threading.Event()  # a thank-you is queued or being played
 
     @property
     def problem(self) -> str | None:
@@ -129,15 +129,17 @@ class SpokenThanks:
             return
         self._thread = threading.Thread(target=self._run, name="rating-speech", daemon=True)
         self._thread.start()
-        self._put("prepare")
+        self._requests.put("prepare")
 
     def say(self) -> bool:
         """Speak the thank-you soon; False if speech is off, busy or unavailable (nothing raised)."""
         if not self._settings.speak or self._thread is None:
             return False
-        if self._busy.is_set() or not self._put("say"):
+        if self._pending_or_playing.is_set():
             self.stats.dropped_busy += 1
             return False
+        self._pending_or_playing.set()
+        self._requests.put("say")
         return True
 
     def reconfigure(self, settings: RatingFeedbackConfig) -> None:
@@ -148,15 +150,14 @@ class SpokenThanks:
             self.start()
             return
         if device_changed:
-            self._put("reopen")
-        self._put("prepare")
+            self._requests.put("reopen")
+        self._requests.put("prepare")
 
     def stop(self) -> None:
         if self._thread is not None:
             if self._player is not None:
                 self._player.stop()
-            with contextlib.suppress(queue.Full):
-                self._requests.put(None, timeout=5)
+            self._requests.put(None)
             self._thread.join(timeout=10)
             self._thread = None
         if self._player is not None:
@@ -164,13 +165,6 @@ class SpokenThanks:
             self._player = None
 
     # -- the worker --------------------------------------------------------------------------------
-
-    def _put(self, request: str) -> bool:
-        try:
-            self._requests.put_nowait(request)
-            return True
-        except queue.Full:
-            return False
 
     def _run(self) -> None:
         while True:
@@ -181,14 +175,14 @@ class SpokenThanks:
                 self._player.close()
                 self._player = None
                 self._last_attempt = -RETRY_S
-            self._busy.set()
             try:
                 self._serve(request == "say")
             except Exception as exc:  # a bug here must not end speech for good
                 log.exception("thank-you speech failed")
                 self._report(f"internal error: {exc!r}", "audio")
             finally:
-                self._busy.clear()
+                if request == "say":
+                    self._pending_or_playing.clear()
 
     def _serve(self, speak: bool) -> None:
         if not self._settings.speak:
