@@ -7,12 +7,15 @@ PY="${PYTHON:-python3}"
 
 say() { printf '%s\n' "$*" >&2; }
 
-# ensure_packages BINARY:PACKAGE ... installs the packages whose binary (or file) is missing.
+# ensure_packages BINARY:PACKAGE ... installs the packages whose binary (or file, or shared
+# library such as libportaudio.so.2) is missing.
 ensure_packages() {
     local missing=() spec bin pkg
     for spec in "$@"; do
         bin="${spec%%:*}"; pkg="${spec##*:}"
         if [[ "$bin" == /* ]]; then [[ -e "$bin" ]] && continue
+        elif [[ "$bin" == lib*.so* ]]; then
+             { ldconfig -p || /sbin/ldconfig -p; } 2>/dev/null | grep -qF "$bin " && continue
         else command -v "$bin" >/dev/null 2>&1 && continue
              [[ -x "/usr/sbin/$bin" ]] && continue
         fi
@@ -52,6 +55,8 @@ ensure_venv() {
 }
 
 ensure_base() {
-    ensure_packages mosquitto:mosquitto
+    # mosquitto: the tests' private broker; espeak-ng: the spoken thank-you; libportaudio2: what
+    # sounddevice plays through (the tests measure what was played with numpy, no sox needed).
+    ensure_packages mosquitto:mosquitto espeak-ng:espeak-ng libportaudio.so.2:libportaudio2
     ensure_venv
 }
