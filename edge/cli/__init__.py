@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pydantic import ValidationError
 
 from edge import __version__
-from edge.cli import collect, device, hwtest, setup, sim
+from edge.cli import collect, command, device, hwtest, keys, setup, sim
 from edge.cli.common import CliError
 from edge.exceptions import ConfigError, EdgeError
 from edge.model import problems
@@ -21,7 +21,7 @@ from edge.model import problems
 log = logging.getLogger(__name__)
 
 #: The modules whose subcommands make up ``edge``, in the order ``edge --help`` lists them.
-MODULES = (setup, device, sim, hwtest, collect)
+MODULES = (setup, device, sim, hwtest, keys, command, collect)
 
 
 def build_parser() -> argparse.ArgumentParser:
