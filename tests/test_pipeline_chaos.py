@@ -128,14 +128,14 @@ def test_backlog_arrives_in_seq_order_when_the_collector_returns(device, collect
         collector.stop()  # its retained status now says offline
         printed = Emitter(device, 1200).wait()
         # Another type interleaved, to check the order per type.
-        printed_panel = Emitter(device, 300, event_type="panel").wait()
+        printed_other = Emitter(device, 300, event_type="test-b").wait()
         more = Emitter(device, 200).wait()
         time.sleep(3)  # longer than the ack timeout
         collector.start()
         printed = before + printed + more
         assert wait_for(lambda: len(stored_test_ids(collector)) >= len(printed), timeout=60)
         assert wait_for(
-            lambda: len(collector_rows(collector.db, "SELECT id FROM events WHERE type = 'panel'")) >= 300, timeout=30
+            lambda: len(collector_rows(collector.db, "SELECT id FROM events WHERE type = 'test-b'")) >= 300, timeout=30
         )
     finally:
         daemon.stop()
@@ -144,9 +144,9 @@ def test_backlog_arrives_in_seq_order_when_the_collector_returns(device, collect
     # type. The 50 events sent before are only checked for exactly-once: had the link dropped
     # while they flowed, newer live events would rightly have overtaken the unacknowledged ones.
     backlog_ids = set(printed[50:])
-    for etype, expected in (("test", len(backlog_ids)), ("panel", len(printed_panel))):
+    for etype, expected in (("test", len(backlog_ids)), ("test-b", len(printed_other))):
         rows = collector_rows(collector.db, "SELECT id, seq FROM events WHERE type = ? ORDER BY rowid", (etype,))
-        seqs = [seq for event_id, seq in rows if etype == "panel" or event_id in backlog_ids]
+        seqs = [seq for event_id, seq in rows if etype == "test-b" or event_id in backlog_ids]
         assert len(seqs) == expected
         assert seqs == sorted(seqs), f"{etype} backlog arrived out of seq order"
 
