@@ -220,3 +220,29 @@ def test_sync_resend_sends_acknowledged_events_again(commanded: CommandedDevice)
     final = commanded.sender.wait_ack(sent.cmd_id, TIMEOUT)
     assert final is not None and final["state"] == "succeeded", final
     assert final["result"]["requeued"] == 1
+
+
+def test_acks_written_before_a_crash_are_delivered_after_the_restart(commanded: CommandedDevice) -> None:
+    """The journal is the outbox of replies: what was committed but not yet sent goes out on start."""
+    from edge.commands.channel import ack_payload
+    from edge.store import Outbox
+    from edge.store.journal import CommandJournal
+
+    assert commanded.daemon is not None
+    commanded.daemon.kill()  # as a power cut would
+    running, finished = str(uuid.uuid4()), str(uuid.uuid4())
+    with Outbox(commanded.device.db) as outbox:
+        journal = CommandJournal(outbox)
+        # One command was running when the power went; another had finished but its ack was not out.
+        journal.record(running, "sync.resend", time.time() + 60, "accepted")
+        journal.record(finished, "device.selftest", time.time() + 60, "succeeded")
+        journal.reply("ack", ack_payload(finished, "succeeded", None, {"note": "written before the crash"}))
+
+    commanded.start()
+
+    delivered = commanded.sender.wait_ack(finished, TIMEOUT)
+    assert delivered is not None and delivered["result"] == {"note": "written before the crash"}
+    interrupted = commanded.sender.wait_ack(running, TIMEOUT)
+    assert interrupted is not None, commanded.log()
+    assert (interrupted["state"], interrupted["reason"]) == ("failed", "interrupted")
+    assert executed(commanded) == 0  # reported, never run again on its own
