@@ -91,6 +91,10 @@ class Backoff:
         self._attempt = 0
 
 
+def _queue_only(client: mqtt.Client, userdata: Any, sock: Any) -> None:
+    """paho's "socket wants writing" hook: nothing to do, loop() selects for writing by itself."""
+
+
 class MqttLink:
     """An MQTT 5 connection that keeps itself connected until ``stop()``."""
 
@@ -131,6 +135,12 @@ class MqttLink:
             client.tls_set_context(context)
         if s.will:
             client.will_set(s.will.topic, s.will.payload, s.will.qos, s.will.retain)
+        # This link runs paho's loop() on its own thread, which paho cannot see; without this it writes
+        # a publish straight to the socket from the caller's thread while the network thread reads
+        # it. Over TLS, two threads in one SSL object corrupt the stream ("bad record mac", then the
+        # broker drops us). With a write-registration callback paho only queues the packet and wakes
+        # loop(), which does every read and write on the network thread.
+        client.on_socket_register_write = _queue_only
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
