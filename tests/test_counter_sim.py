@@ -12,9 +12,12 @@ from typing import Any
 import numpy as np
 
 from drivers.audio import Clip
+from edge import keys
 from edge.cli.sim import send_request
+from sim.broker import MosquittoBroker
 from sim.counter import speaker_alsa_config
 from sim.harness import EdgeProcess, collector_rows, wait_for
+from tests.commands_fixtures import DEVICE, sender_for
 from tests.conftest import CollectorHandle, Device
 
 
@@ -109,3 +112,29 @@ def test_unplugging_the_serial_panel_is_reported_and_presses_after_replug_are_re
     assert kinds[:3] == ["connected", "disconnected", "connected"]
     lost = next(e for e in stored(collector.db, "panel") if e["kind"] == "disconnected")
     assert lost["reason"] == "port_lost"
+
+
+def test_the_queue_system_opens_the_window_and_assigns_the_officer_with_signed_commands(
+    device: Device, collector: CollectorHandle, broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    """``officer.assign`` and ``rating.open`` arrive as signed commands through the broker, as the
+    commune server's queue system sends them; then the citizen presses once."""
+    key = keys.generate_signing_key(tmp_path / "signing.key")
+    trusted = json.dumps({keys.key_id(key): keys.public_key_b64(key)})
+    collector.start()
+    sim, sock = start_sim(device, tmp_path, EDGE_COMMANDS__TRUSTED_KEYS=trusted, EDGE_RATING__COUNTER="q2")
+    server = sender_for(broker).start()
+    try:
+        for name, args in (("officer.assign", {"officer": "nv-12"}), ("rating.open", {"case": "HS-2026-0077"})):
+            sent = server.send(DEVICE, name, args, key)
+            final = server.wait_ack(sent.cmd_id, 30)
+            assert final is not None and final["state"] == "succeeded", (name, final)
+        ask(sock, "press", button=1)
+        assert wait_for(lambda: stored(collector.db, "rating"), 30)
+    finally:
+        server.stop()
+        sim.stop()
+
+    (rating,) = stored(collector.db, "rating")
+    assert (rating["counter"], rating["officer"], rating["case"]) == ("q2", "nv-12", "HS-2026-0077")
+    assert (rating["window"], rating["misuse"]) == ("officer", None)
