@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import sqlite3
 import threading
 import time
@@ -35,9 +36,22 @@ DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 #: evtacks back while later messages wait, so devices refill their windows meanwhile, and they
 #: bound how long a new event waits behind a backlog being stored.
 GROUP_MAX_EVENTS = 500
+
+
 #: Writes event data as json.dumps(data, ensure_ascii=False, separators=(",", ":")) does; one
 #: encoder for all events rather than a new one per event (a measurable share of the collector's
 #: time per event).
+def _non_finite(value: Any) -> bool:
+    """Whether a decoded JSON value holds NaN or an infinity anywhere."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_non_finite(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_non_finite(v) for v in value)
+    return False
+
+
 _DATA_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 _SCHEMA = """
@@ -205,6 +219,11 @@ class Collector:
             batch: EventBatch = parse(EventBatch, payload, self.max_message_bytes)
         except BadMessage as exc:
             self._reject(exc.reason, topic, exc.detail)
+            return None
+        if (b"NaN" in payload or b"Infinity" in payload) and any(_non_finite(e.data) for e in batch.events):
+            # Python's and pydantic's JSON readers accept these tokens; JSON does not, and the
+            # stored data must stay readable by any JSON parser on the server.
+            self._reject("schema", topic, "NaN or Infinity in data (not JSON)")
             return None
         if (
             batch.device != where.device
