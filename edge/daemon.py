@@ -95,7 +95,6 @@ class Daemon:
         self.topics = Topics(config.mqtt.root, config.device.commune, config.device.id)
         self.started = time.monotonic()
         self._stop = threading.Event()
-        self._wake_loops = threading.Event()
         self._threads: list[threading.Thread] = []
         config.store.state_dir.mkdir(parents=True, exist_ok=True)
         self.outbox = Outbox(config.db_path, max_bytes=config.store.max_bytes, keep_acked_s=config.store.keep_acked_s)
@@ -164,7 +163,6 @@ class Daemon:
         self.uplink.settings = new.sync
         for service in self.services:
             service.reconfigure(new)
-        self._wake_loops.set()
 
     def _on_disconnect(self) -> None:
         self._record_link("down")
@@ -182,14 +180,11 @@ class Daemon:
                     fn()
                 except Exception:
                     log.exception("%s failed", name)
-                due = time.monotonic() + interval()
-                while (left := due - time.monotonic()) > 0:
-                    # A live config change wakes the loop to re-read its interval.
-                    if self._stop.wait(min(left, 1.0) if self._wake_loops.is_set() else left):
+                ran = time.monotonic()
+                # The interval is read again every few seconds, so a live change applies promptly.
+                while (left := ran + interval() - time.monotonic()) > 0:
+                    if self._stop.wait(min(left, 5.0)):
                         return
-                    if self._wake_loops.is_set():
-                        self._wake_loops.clear()
-                        due = min(due, time.monotonic() + interval())
 
         t = threading.Thread(target=loop, name=name, daemon=True)
         t.start()

@@ -70,6 +70,11 @@ class LinkError(EdgeError, ConnectionError):
     """The MQTT link failed in a way the caller should know about (bad URL, refused, timeout)."""
 
 
+class MessageRefused(LinkError):
+    """The broker answered a publish with a failure reason code (e.g. 0x87, not authorised by its ACL):
+    sending it again will not help."""
+
+
 # -- commands --------------------------------------------------------------------------------
 
 

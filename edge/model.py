@@ -27,6 +27,14 @@ def key_path(loc: tuple[int | str, ...]) -> str:
     return out or "(top level)"
 
 
+def summarize(found: list[tuple[str, str]], *, prefix: str = "", limit: int = 3) -> str:
+    """The first ``limit`` problems on one line (``prefix`` before each key path), and how many more."""
+    detail = "; ".join(f"{prefix}{path}: {msg}" for path, msg in found[:limit])
+    if len(found) > limit:
+        detail += f" (and {len(found) - limit} more)"
+    return detail
+
+
 def problems(exc: ValidationError, prefix: tuple[int | str, ...] = ()) -> list[tuple[str, str]]:
     """Turn a ValidationError into ``(key_path, message)`` pairs a technician can act on."""
     found: list[tuple[str, str]] = []

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from edge import keys
-from edge.cli.common import CliError, out, print_json
+from edge.cli.common import CliError, json_object_arg, out, print_json
 from edge.commands.claims import DEFAULT_LIFE_S
 from edge.commands.sender import CommandSender
 from edge.config import BrokerAddress
@@ -43,12 +43,7 @@ def _settings(args: argparse.Namespace) -> LinkSettings:
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    try:
-        cmd_args = json.loads(args.args)
-    except ValueError as exc:
-        raise CliError(f"--args is not valid JSON: {exc}", 2) from None
-    if not isinstance(cmd_args, dict):
-        raise CliError("--args must be a JSON object", 2)
+    cmd_args = json_object_arg(args.args, "--args")
     key = keys.load_signing_key(Path(args.key))
     sender = CommandSender(_settings(args), root=args.root, commune=args.commune)
     try:

@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any
 
+from edge.commands.desired import load_effective_config
 from edge.config import EdgeConfig
 from edge.store import Outbox
 
@@ -28,10 +29,19 @@ def print_json(data: Any) -> None:
     out(json.dumps(data, ensure_ascii=False, indent=2, default=str))
 
 
+def json_object_arg(text: str, flag: str) -> dict[str, Any]:
+    """A command-line argument that must be a JSON object; a one-line error (exit 2) otherwise."""
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise CliError(f"{flag} is not valid JSON: {exc}", 2) from None
+    if not isinstance(value, dict):
+        raise CliError(f"{flag} must be a JSON object", 2)
+    return value
+
+
 def load(args: argparse.Namespace) -> EdgeConfig:
     """The effective configuration: the file, ``EDGE_*`` variables and the applied ``cfg/desired``."""
-    from edge.commands.desired import load_effective_config
-
     return load_effective_config(args.config)[0]
 
 

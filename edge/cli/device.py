@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from typing import Any
 
-from edge.cli.common import CliError, add_common, load, open_outbox, out, print_json
+from edge.cli.common import CliError, add_common, json_object_arg, load, open_outbox, out, print_json
 from edge.config import EdgeConfig
 from edge.store import PRIORITIES, Outbox
 
@@ -96,12 +95,7 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 
 def cmd_emit(args: argparse.Namespace) -> int:
-    try:
-        data = json.loads(args.data)
-    except ValueError as exc:
-        raise CliError(f"--data is not valid JSON: {exc}", 2) from None
-    if not isinstance(data, dict):
-        raise CliError("--data must be a JSON object", 2)
+    data = json_object_arg(args.data, "--data")
     if args.count < 1:
         raise CliError("--count must be at least 1", 2)
     config = load(args)

@@ -26,7 +26,6 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -83,14 +82,6 @@ class RejectionBudget:
         return False
 
 
-@dataclass
-class ChannelStats:
-    received: int = 0
-    executed: int = 0
-    rejected: int = 0
-    dropped: int = 0
-
-
 class CommandChannel:
     """Verifies, journals and runs signed commands for one device."""
 
@@ -118,7 +109,6 @@ class CommandChannel:
         self.replies = replies
         self.desired = desired
         self.max_bytes = min(max_bytes, MAX_TOKEN_BYTES)
-        self.stats = ChannelStats()
         self.budget = RejectionBudget()
         self._queue: deque[tuple[str, bytes | None, int]] = deque()
         self._ready = threading.Condition()
@@ -141,7 +131,6 @@ class CommandChannel:
     def _enqueue(self, topic: str, payload: bytes | None, size: int) -> None:
         with self._ready:
             if len(self._queue) >= QUEUE_MAX:
-                self.stats.dropped += 1
                 with contextlib.suppress(StoreError):
                     self.outbox.bump("commands_dropped_queue_full")
                 return
@@ -167,7 +156,6 @@ class CommandChannel:
                 log.exception("handling a command failed")
 
     def _handle(self, topic: str, payload: bytes | None, size: int) -> None:
-        self.stats.received += 1
         desired_topic = topic == self.topics.cfg_desired
         if payload is None:
             self._reject_unverified(topic, None, CommandRejected("malformed", f"oversized: {size} bytes"))
@@ -252,7 +240,6 @@ class CommandChannel:
             reply=("ack", ack_payload(cmd_id, state, reason, result), False),
         )
         self.replies.wake()
-        self.stats.executed += 1
         self.outbox.bump("commands_executed")
         log.info("command %s %s %s%s", claims.name, cmd_id, state, f" ({reason})" if reason else "")
 
@@ -296,7 +283,6 @@ class CommandChannel:
             self.outbox.append("security", data)
 
     def _count(self, reason: str) -> None:
-        self.stats.rejected += 1
         self.outbox.bump(f"commands_rejected_{reason}")
 
     def _reject_unverified(self, topic: str, payload: bytes | None, exc: CommandRejected) -> None:

@@ -38,7 +38,7 @@ from pydantic import ConfigDict, Field, StrictInt, StringConstraints, Validation
 
 from edge.commands.jws import MAX_TOKEN_BYTES, verify
 from edge.exceptions import CommandRejected
-from edge.model import EdgeModel, Slug, problems
+from edge.model import EdgeModel, Slug, problems, summarize
 
 #: The reasons :func:`check_claims` gives.
 REASONS = frozenset({"malformed", "wrong_device", "not_yet_valid", "expired", "too_long_lived"})
@@ -116,11 +116,7 @@ def check_claims(
     try:
         claims = Claims.model_validate(dict(raw))
     except ValidationError as exc:
-        found = problems(exc)
-        detail = "; ".join(f"{path}: {msg}" for path, msg in found[:3])
-        if len(found) > 3:
-            detail += f" (and {len(found) - 3} more)"
-        raise CommandRejected("malformed", detail) from None
+        raise CommandRejected("malformed", summarize(problems(exc))) from None
     if claims.device != device or claims.commune != commune:
         raise CommandRejected("wrong_device", f"for {claims.commune}/{claims.device}, this is {commune}/{device}")
     if claims.exp <= claims.iat:

@@ -50,17 +50,6 @@ class DesiredArgs(EdgeModel):
     config: dict[str, Any] = Field(description="Overlay on the local configuration, in the TOML's shape.")
 
 
-def _paths(data: Mapping[str, Any], prefix: str = "") -> list[str]:
-    out: list[str] = []
-    for key, value in data.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            out.extend(_paths(value, path + "."))
-        else:
-            out.append(path)
-    return out
-
-
 def _covered(path: str, keys: tuple[str, ...] | frozenset[str]) -> bool:
     return any(path == k or path.startswith(k + ".") for k in keys)
 
@@ -124,7 +113,8 @@ class DesiredStore:
 
 def effective_config(base: Mapping[str, Any], overlay: Mapping[str, Any], source: str = "") -> EdgeConfig:
     """The local data with an overlay on top, validated; raises ConfigError with key paths."""
-    problems = [(p, "can only be set in the local config file") for p in _paths(overlay) if _covered(p, LOCAL_ONLY)]
+    paths = [path for path, _ in _flatten(overlay)]
+    problems = [(p, "can only be set in the local config file") for p in paths if _covered(p, LOCAL_ONLY)]
     if problems:
         raise ConfigError(problems, source)
     return parse_config(merge_config(dict(base), overlay), source)
@@ -162,7 +152,7 @@ class DesiredConfig:
         self.apply = apply
         self.on_reply = on_reply
         self.store = DesiredStore(config.store.state_dir)
-        self.version, self.overlay = self.store.load()
+        self.version = self.store.load()[0]
 
     def register(self, registry: CommandRegistry) -> None:
         registry.register(
@@ -191,7 +181,7 @@ class DesiredConfig:
             raise CommandFailed("invalid_config", reason, {"version": args.version}) from None
         changed = changed_keys(self.config, new)
         self.store.save(args.version, args.config, ctx.claims.cmd_id)
-        self.version, self.overlay = args.version, dict(args.config)
+        self.version = args.version
         self.report(args.version, "applied")
         log.info("desired config version %d applied (%s)", args.version, ", ".join(sorted(changed)) or "no change")
         self.config = new

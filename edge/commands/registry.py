@@ -28,7 +28,7 @@ from pydantic import BaseModel, ValidationError
 
 from edge.commands.claims import Claims
 from edge.exceptions import CommandRejected, EdgeError
-from edge.model import EdgeModel, problems
+from edge.model import EdgeModel, problems, summarize
 
 
 class CommandFailed(EdgeError, RuntimeError):
@@ -65,11 +65,7 @@ class Registration:
         try:
             return self.args_model.model_validate(dict(args))
         except ValidationError as exc:
-            found = problems(exc)
-            detail = "; ".join(f"args.{path}: {msg}" for path, msg in found[:3])
-            if len(found) > 3:
-                detail += f" (and {len(found) - 3} more)"
-            raise CommandRejected("invalid_args", detail) from None
+            raise CommandRejected("invalid_args", summarize(problems(exc), prefix="args.")) from None
 
 
 class NoArgs(EdgeModel):

@@ -157,11 +157,3 @@ class CommandJournal:
             )
 
         return self.outbox.transact(op, durable=False)
-
-    def counts(self) -> dict[str, int]:
-        """Commands in the journal by state, and replies waiting (for ``edge status``)."""
-        out = {
-            str(state): int(n) for state, n in self.outbox.query("SELECT state, COUNT(*) FROM commands GROUP BY state")
-        }
-        out["replies_pending"] = int(self.outbox.query("SELECT COUNT(*) FROM replies")[0][0])
-        return out

@@ -27,7 +27,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge.config import BrokerAddress
-from edge.exceptions import LinkError
+from edge.exceptions import LinkError, MessageRefused
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +219,7 @@ class MqttLink:
                 self._early[mid] = reason
                 return
         if reason is not None and reason.is_failure:
-            fut.set_exception(LinkError(f"broker refused the message: {reason}"))
+            fut.set_exception(MessageRefused(f"broker refused the message: {reason}"))
         else:
             fut.set_result(reason)
 
@@ -291,7 +291,7 @@ class MqttLink:
                 early = False
         if early:
             if reason is not None and reason.is_failure:
-                fut.set_exception(LinkError(f"broker refused the message: {reason}"))
+                fut.set_exception(MessageRefused(f"broker refused the message: {reason}"))
             else:
                 fut.set_result(reason)
         return fut

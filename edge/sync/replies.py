@@ -12,7 +12,7 @@ import logging
 import threading
 from concurrent.futures import Future
 
-from edge.exceptions import LinkError, StoreError
+from edge.exceptions import LinkError, MessageRefused, StoreError
 from edge.store.journal import CommandJournal, Reply
 from edge.sync.link import MqttLink
 from edge.topics import Topics
@@ -54,7 +54,7 @@ class ReplySender:
                 self.journal.reply_sent(reply.id)
                 self.sent += 1
                 return
-            if "refused" in str(exc):
+            if isinstance(exc, MessageRefused):
                 n = self._refusals[reply.id] = self._refusals.get(reply.id, 0) + 1
                 if n >= MAX_REFUSALS:
                     log.error("the broker refuses the reply on %s (%s); dropping it", reply.topic, exc)
