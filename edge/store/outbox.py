@@ -568,14 +568,32 @@ class Outbox:
         """
         return self.append_many([NewEvent(type, data, priority, dedupe_key, dedupe_ttl_s)])[0]
 
-    def append_many(self, events: Sequence[NewEvent]) -> list[Committed]:
-        """Commit several events in one transaction, in order."""
+    def append_many(
+        self,
+        events: Sequence[NewEvent],
+        *,
+        also: Callable[[sqlite3.Connection], Any] | None = None,
+    ) -> list[Committed]:
+        """Commit several events in one transaction, in order.
+
+        ``also(conn)``, when given, runs inside that same transaction before the inserts, so rows a
+        service keeps in its own table (the loudspeaker's schedule) are committed together with the
+        event that reports them, or not at all: if it raises, nothing is committed and the error
+        reaches the caller. It must write only through ``conn``: when a request grouped into the
+        same commit fails, the group is rolled back and each request run again on its own.
+        """
         rows = [self._prepare(e) for e in events]
-        if not rows:
+        if not rows and also is None:
             return []
-        durable = any(r[2] < 2 for r in rows)
+        durable = also is not None or any(r[2] < 2 for r in rows)
         self._appended_bytes += sum(len(r[5]) + 120 for r in rows)
-        return self._submit(lambda conn: [self._insert(conn, r) for r in rows], durable=durable, appends=True)
+
+        def op(conn: sqlite3.Connection) -> list[Committed]:
+            if also is not None:
+                also(conn)
+            return [self._insert(conn, r) for r in rows]
+
+        return self._submit(op, durable=durable, appends=bool(rows))
 
     # -- acknowledgements and housekeeping ------------------------------------------------------
 
