@@ -116,6 +116,28 @@ def collector_rows(db: Path, query: str = "SELECT id, type, seq FROM events", pa
         conn.close()
 
 
+def daemon_link(db: Path, pid: int | None = None) -> str | None:
+    """The link state (``up``/``down``) that the daemon with ``pid`` (any daemon if None) last recorded
+    in its store's ``meta``, or None if that daemon has not started yet. Read-only, never creates the file."""
+    if not db.exists():
+        return None
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    except sqlite3.Error:
+        return None
+    try:
+        rows = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('daemon', 'link')").fetchall())
+    except sqlite3.Error:
+        return None
+    finally:
+        conn.close()
+    daemon = rows.get("daemon", "").split()
+    if not daemon or (pid is not None and daemon[0] != str(pid)):
+        return None
+    link = rows.get("link", "").split()
+    return link[0] if link else None
+
+
 def wait_for(predicate: Any, timeout: float, interval: float = 0.2) -> bool:
     """Poll ``predicate()`` until it is true or ``timeout`` seconds pass."""
     deadline = time.monotonic() + timeout

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import time
 
 import paho.mqtt.client as mqtt
 
-from sim.harness import collector_rows, run_edge, wait_for
+from sim.harness import collector_rows, daemon_link, run_edge, wait_for
 
 
 def raw_client(broker) -> mqtt.Client:
@@ -100,7 +99,8 @@ def test_device_rejects_and_counts_bad_evtacks_and_loses_nothing(device, collect
     vandal = raw_client(broker)
     try:
         printed = run_edge(["emit", "test", "--count", "20"], env=device.env).stdout.split()
-        time.sleep(1)
+        assert daemon.proc is not None
+        assert wait_for(lambda: daemon_link(device.db, daemon.proc.pid) == "up", timeout=30)
         ack_topic = "vn/gia-ray/dev/counter-01/evtack"
         status = json.loads(run_edge(["status", "--json"], env=device.env).stdout)
         epoch = status["store"]["epoch"]
@@ -114,7 +114,12 @@ def test_device_rejects_and_counts_bad_evtacks_and_loses_nothing(device, collect
                 (ack_topic, b'{"v":1,"epoch":"' + epoch.encode() + b'","ranges":[' + b"[1,1]," * 20000 + b"[1,1]]}"),
             ],
         )
-        time.sleep(1)
+
+        def counted() -> dict:
+            return json.loads(run_edge(["status", "--json"], env=device.env).stdout)["counters"]
+
+        expected = {"evtack_rejected_malformed": 1, "evtack_rejected_schema": 2, "rejected_oversized": 1}
+        assert wait_for(lambda: expected.items() <= counted().items(), timeout=30), counted()
         # Nothing was acknowledged by those: everything is still pending on the device.
         status = json.loads(run_edge(["status", "--json"], env=device.env).stdout)
         assert status["queue"]["depth"] >= 20
