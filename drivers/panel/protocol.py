@@ -11,6 +11,7 @@ a valid frame, and resynchronises at the next ``$``.
 
 from __future__ import annotations
 
+import binascii
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
@@ -44,25 +45,12 @@ _ERR_CODE = re.compile(r"[A-Z][A-Z0-9_]{0,15}")
 # -- CRC -------------------------------------------------------------------------------------------
 
 
-def _crc_table() -> tuple[int, ...]:
-    table = []
-    for byte in range(256):
-        crc = byte << 8
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else (crc << 1)
-        table.append(crc & 0xFFFF)
-    return tuple(table)
-
-
-_TABLE = _crc_table()
-
-
 def crc16_ccitt_false(data: bytes) -> int:
-    """CRC-16/CCITT-FALSE: poly 0x1021, init 0xFFFF, no reflection, xorout 0 (check: ``123456789`` → 0x29B1)."""
-    crc = 0xFFFF
-    for byte in data:
-        crc = ((crc << 8) & 0xFFFF) ^ _TABLE[((crc >> 8) ^ byte) & 0xFF]
-    return crc
+    """CRC-16/CCITT-FALSE: poly 0x1021, init 0xFFFF, no reflection, xorout 0 (check: ``123456789`` → 0x29B1).
+
+    That is the XMODEM CRC that :func:`binascii.crc_hqx` computes, started at 0xFFFF instead of 0.
+    """
+    return binascii.crc_hqx(data, 0xFFFF)
 
 
 def frame_bytes(body: str) -> bytes:
