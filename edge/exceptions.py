@@ -94,5 +94,9 @@ class HardwareError(EdgeError, OSError):
     """A device driver could not talk to its hardware."""
 
 
+class RelayFault(HardwareError):
+    """The relay board did not do what it was told (not found, not answering, or reads back otherwise)."""
+
+
 class ProtocolError(EdgeError, ValueError):
     """A frame from a microcontroller that failed its checksum or grammar."""
