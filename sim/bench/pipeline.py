@@ -21,10 +21,8 @@ import argparse
 import json
 import math
 import os
-import shutil
 import sqlite3
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -38,6 +36,21 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from edge.config import EdgeConfig, load_config
 from edge.store import NewEvent, Outbox
+from sim.bench.common import (
+    ProcessCpu,
+    Target,
+    add_common_arguments,
+    child_pid,
+    cpu_line,
+    idle_usage,
+    line,
+    machine_busy_seconds,
+    own_seconds,
+    percentile,
+    report_targets,
+    run_in_workdir,
+    say,
+)
 from sim.broker import MosquittoBroker
 from sim.harness import EdgeProcess, collector_rows, write_device_config
 
@@ -66,73 +79,6 @@ TARGET_IDLE_RSS_MB = 60.0
 
 
 # -- small helpers --------------------------------------------------------------------------------
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (``q`` in 0..100); NaN for no values."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    k = max(0, min(len(ordered) - 1, math.ceil(q / 100 * len(ordered)) - 1))
-    return ordered[k]
-
-
-def say(text: str = "") -> None:
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
-
-
-def line(label: str, value: str, note: str = "") -> None:
-    say(f"  {label:<34} {value:<26} {note}".rstrip())
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process so far, from /proc/<pid>/stat."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-        # The command name (field 2) may hold spaces; the fields after its ")" are fixed.
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def memory_kb(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM (peak RSS) of a process, in kB, from /proc/<pid>/status."""
-    out: dict[str, int] = {}
-    with open(f"/proc/{pid}/status", encoding="ascii") as f:
-        for row in f:
-            key, _, rest = row.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                out[key] = int(rest.split()[0])
-    return out
-
-
-def child_pid(name: str) -> int | None:
-    """Pid of this process's child whose command line mentions ``name`` (e.g. the broker)."""
-    for task in Path("/proc/self/task").iterdir():
-        try:
-            children = (task / "children").read_text().split()
-        except OSError:
-            continue
-        for pid in children:
-            try:
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if name in cmdline:
-                return int(pid)
-    return None
-
-
-def machine_busy_seconds() -> float:
-    """CPU seconds all CPUs of the machine have spent busy since boot, from /proc/stat."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def own_seconds() -> float:
-    """CPU seconds of this process and of its children that have been waited for."""
-    t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
 
 
 def covers(ranges: Sequence[Sequence[int]], seq: int) -> bool:
@@ -436,31 +382,6 @@ def wait_depth_zero(outbox: Outbox, timeout: float, interval: float = 0.01) -> f
     return None
 
 
-class ProcessCpu:
-    """CPU seconds used by a set of processes between ``__init__`` and ``read()``, and by every
-    other process on the machine ("others": busy time of all CPUs minus ours)."""
-
-    def __init__(self, pids: dict[str, int | None]) -> None:
-        self.pids = {k: v for k, v in pids.items() if v is not None}
-        self.before = {k: cpu_seconds(p) for k, p in self.pids.items()}
-        self.busy_before = machine_busy_seconds()
-
-    def add(self, name: str, pid: int) -> None:
-        """Count a process started after ``__init__`` from its start."""
-        self.pids[name] = pid
-        self.before[name] = 0.0
-
-    def read(self) -> dict[str, float]:
-        out: dict[str, float] = {}
-        for k, p in self.pids.items():
-            try:
-                out[k] = cpu_seconds(p) - self.before[k]
-            except OSError:
-                continue
-        out["others"] = max(0.0, machine_busy_seconds() - self.busy_before - sum(out.values()))
-        return out
-
-
 def bench_drain(
     device: Device, observer: Observer, first: int, last: int, pids: dict[str, int | None], timeout: float
 ) -> dict[str, Any]:
@@ -577,32 +498,7 @@ def bench_live(
     }
 
 
-def bench_idle(pid: int, seconds: float) -> dict[str, float]:
-    """CPU share of one core and RSS of a connected daemon with nothing to send."""
-    t0, c0 = time.monotonic(), cpu_seconds(pid)
-    time.sleep(seconds)
-    t1, c1 = time.monotonic(), cpu_seconds(pid)
-    mem = memory_kb(pid)
-    return {
-        "seconds": t1 - t0,
-        "cpu_pct": 100 * (c1 - c0) / (t1 - t0),
-        "rss_mb": mem["VmRSS"] / 1024,
-        "peak_rss_mb": mem["VmHWM"] / 1024,
-    }
-
-
 # -- the run --------------------------------------------------------------------------------------
-
-
-def cpu_line(label: str, used: dict[str, float], wall: float) -> None:
-    cpus = os.cpu_count() or 1
-    line(
-        label, ", ".join(f"{k} {v:.1f}" for k, v in used.items()), f"of {cpus * wall:.1f} CPU s ({wall:.1f} s x {cpus})"
-    )
-
-
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "MISS"
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, str]:
@@ -741,7 +637,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         time.sleep(2.0)  # let the last acknowledgements and the housekeeping of the drain settle
         if LIVE_DEVICE not in observer.online:
             raise RuntimeError("the daemon is not connected; idle figures would mean nothing")
-        idle = bench_idle(liver.pid, args.idle_seconds)
+        idle = idle_usage(liver.pid, args.idle_seconds)
         figures["idle"] = idle
         line(
             f"idle daemon over {idle['seconds']:.0f} s",
@@ -781,21 +677,17 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     say("  CPU s: utime + stime from /proc; 'others' is every other process on the machine.")
 
     targets = [
-        ("critical append p99 <= 5 ms", crit["p99_ms"] <= TARGET_CRITICAL_P99_MS, f"{crit['p99_ms']:.2f} ms"),
-        (
+        Target("critical append p99 <= 5 ms", crit["p99_ms"] <= TARGET_CRITICAL_P99_MS, f"{crit['p99_ms']:.2f} ms"),
+        Target(
             "drain >= 3x raw paho",
             ratio >= TARGET_DRAIN_RATIO,
             f"{ratio:.2f}x ({drain['rate']:.0f} vs {raw_mqtt['rate']:.0f}/s)",
         ),
-        ("live p95 <= 100 ms", live["p95_ms"] <= TARGET_LIVE_P95_MS, f"{live['p95_ms']:.1f} ms"),
-        ("idle CPU <= 1 %", idle["cpu_pct"] <= TARGET_IDLE_CPU_PCT, f"{idle['cpu_pct']:.2f} %"),
-        ("idle RSS <= 60 MB", idle["rss_mb"] <= TARGET_IDLE_RSS_MB, f"{idle['rss_mb']:.1f} MB"),
+        Target("live p95 <= 100 ms", live["p95_ms"] <= TARGET_LIVE_P95_MS, f"{live['p95_ms']:.1f} ms"),
+        Target("idle CPU <= 1 %", idle["cpu_pct"] <= TARGET_IDLE_CPU_PCT, f"{idle['cpu_pct']:.2f} %"),
+        Target("idle RSS <= 60 MB", idle["rss_mb"] <= TARGET_IDLE_RSS_MB, f"{idle['rss_mb']:.1f} MB"),
     ]
-    say()
-    say("targets")
-    for name, ok, value in targets:
-        say(f"  {verdict(ok)}  {name:<30} {value}")
-    figures["targets"] = {name: {"pass": ok, "value": value} for name, ok, value in targets}
+    figures["targets"] = report_targets(targets)
     return figures
 
 
@@ -812,35 +704,14 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="override a [sync] setting of both devices, e.g. --sync max_inflight=32",
     )
-    parser.add_argument("--quick", action="store_true", help="a fast smoke run: 10k events, 5 s idle, fewer samples")
-    parser.add_argument("--json", type=Path, metavar="FILE", help="also write the figures as JSON")
-    parser.add_argument("--workdir", type=Path, help="work here and keep the files (default: a temp dir, removed)")
+    add_common_arguments(parser)
     args = parser.parse_args(argv)
     quick = args.quick
     args.events = args.events or (10_000 if quick else 100_000)
     args.idle_seconds = args.idle_seconds if args.idle_seconds is not None else (5.0 if quick else 30.0)
     args.samples = args.samples or (500 if quick else 2000)
     args.paho_messages = args.paho_messages or (5000 if quick else 20_000)
-
-    if args.workdir:
-        work = args.workdir
-        work.mkdir(parents=True, exist_ok=True)
-    else:
-        work = Path(tempfile.mkdtemp(prefix="commune-edge-bench-"))
-    try:
-        figures = run(args, work)
-    except (TimeoutError, RuntimeError) as exc:
-        say(f"benchmark failed: {exc}; logs in {work}")
-        args.workdir = work  # keep the logs
-        return 1
-    finally:
-        if not args.workdir:
-            shutil.rmtree(work, ignore_errors=True)
-    if args.json:
-        args.json.write_text(json.dumps(figures, indent=2, default=str) + "\n", encoding="utf-8")
-    # A missed target is a finding, not a failure of the benchmark: the exit status says only
-    # whether every figure could be measured.
-    return 0
+    return run_in_workdir(args, run, "commune-edge-bench-")
 
 
 if __name__ == "__main__":

@@ -18,10 +18,7 @@ the ACK the moment the simulated MCU has parsed it.
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -38,7 +35,7 @@ from edge.commands.registry import CommandRegistry
 from edge.config import EdgeConfig, parse_config
 from edge.services.rating import RatingService
 from edge.store import Outbox
-from sim.bench_pipeline import line, percentile, say, verdict
+from sim.bench.common import Target, add_common_arguments, line, report_targets, run_in_workdir, say, stats_ms
 from sim.counter import watched_mock_factory
 from sim.gpio_panel import SimGpioPanel
 from sim.serial_mcu import SerialMcu
@@ -46,16 +43,6 @@ from sim.serial_mcu import SerialMcu
 TARGET_GPIO_LED_P99_MS = 20.0
 TARGET_SERIAL_ACK_P99_MS = 30.0
 WAIT_S = 10.0
-
-
-def stats_ms(samples: list[float]) -> dict[str, float]:
-    ms = [s * 1000 for s in samples]
-    return {
-        "samples": len(ms),
-        "p50_ms": percentile(ms, 50),
-        "p99_ms": percentile(ms, 99),
-        "max_ms": max(ms) if ms else float("nan"),
-    }
 
 
 def counter_config(work: Path, profile: Path | str, port: str | None = None) -> EdgeConfig:
@@ -250,11 +237,6 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         f"p50 {led['p50_ms']:.2f} / p99 {led['p99_ms']:.2f} ms",
         f"max {led['max_ms']:.2f}; {led['p99_ms'] - base['p99_ms']:+.2f} ms p99 over baseline",
     )
-    ok_gpio = led["p99_ms"] <= TARGET_GPIO_LED_P99_MS
-    say(
-        f"  {verdict(ok_gpio)}  GPIO press -> LED p99 {led['p99_ms']:.2f} ms "
-        f"(target <= {TARGET_GPIO_LED_P99_MS:.0f} ms)"
-    )
 
     say()
     say("serial (simulated MCU on a pseudo-terminal, pyserial)")
@@ -268,37 +250,30 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         f"max {ack['max_ms']:.2f}; {ack['p99_ms'] - sbase['p99_ms']:+.2f} ms p99 over baseline; "
         f"{sours['ratings']} ratings committed",
     )
-    ok_serial = ack["p99_ms"] <= TARGET_SERIAL_ACK_P99_MS
-    say(
-        f"  {verdict(ok_serial)}  serial press -> ACK p99 {ack['p99_ms']:.2f} ms "
-        f"(target <= {TARGET_SERIAL_ACK_P99_MS:.0f} ms)"
+    figures["targets"] = report_targets(
+        [
+            Target(
+                f"GPIO press -> LED p99 <= {TARGET_GPIO_LED_P99_MS:.0f} ms",
+                led["p99_ms"] <= TARGET_GPIO_LED_P99_MS,
+                f"{led['p99_ms']:.2f} ms",
+            ),
+            Target(
+                f"serial press -> ACK p99 <= {TARGET_SERIAL_ACK_P99_MS:.0f} ms",
+                ack["p99_ms"] <= TARGET_SERIAL_ACK_P99_MS,
+                f"{ack['p99_ms']:.2f} ms",
+            ),
+        ]
     )
-    figures["pass"] = {"gpio_led_p99": ok_gpio, "serial_ack_p99": ok_serial}
     return figures
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=int, default=None, help="presses per figure (default 1000)")
-    parser.add_argument("--quick", action="store_true", help="a fast smoke run: 200 presses per figure")
-    parser.add_argument("--json", type=Path, metavar="FILE", help="also write the figures as JSON")
-    parser.add_argument("--workdir", type=Path, help="work here and keep the files (default: a temp dir, removed)")
+    add_common_arguments(parser)
     args = parser.parse_args(argv)
     args.samples = args.samples or (200 if args.quick else 1000)
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="commune-edge-bench-panel-"))
-    work.mkdir(parents=True, exist_ok=True)
-    try:
-        figures = run(args, work)
-    except TimeoutError as exc:
-        say(f"benchmark failed: {exc}; files in {work}")
-        return 1
-    finally:
-        if not args.workdir:
-            shutil.rmtree(work, ignore_errors=True)
-    if args.json:
-        args.json.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
-    # A missed target is a finding, not a failure of the benchmark.
-    return 0
+    return run_in_workdir(args, run, "commune-edge-bench-panel-", failures=(TimeoutError,))
 
 
 if __name__ == "__main__":
