@@ -59,6 +59,12 @@ class MosquittoBroker:
     port: int = field(default_factory=free_port)
     tls: BrokerTls | None = None
     extra_config: str = ""
+    #: Mosquitto's ``max_packet_size``: a client that sends a larger packet is disconnected (the limit
+    #: is also announced to MQTT 5 clients in CONNACK).
+    max_packet_size: int | None = None
+    #: Mosquitto's ``message_size_limit``: a larger publish is refused (an MQTT 5 QoS 1 publisher gets
+    #: a PUBACK with an error code) and the client stays connected.
+    message_size_limit: int | None = None
     #: A complete configuration to run instead of the generated one, e.g. the shipped template
     #: (``edge.broker_config``) rendered for this broker's ``port``. Give ``tls`` too when it has a TLS
     #: listener, so that ``url`` says ``mqtts``.
@@ -105,6 +111,10 @@ class MosquittoBroker:
                 lines.append(f"acl_file {self.tls.acl_file}")
         else:
             lines.append("allow_anonymous true")
+        if self.max_packet_size is not None:
+            lines.append(f"max_packet_size {self.max_packet_size}")
+        if self.message_size_limit is not None:
+            lines.append(f"message_size_limit {self.message_size_limit}")
         if self.extra_config:
             lines.append(self.extra_config)
         conf.write_text("\n".join(lines) + "\n")
