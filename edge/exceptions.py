@@ -75,6 +75,11 @@ class MessageRefused(LinkError):
     sending it again will not help."""
 
 
+class PacketTooLarge(MessageRefused):
+    """The message is larger than the broker takes (over the Maximum Packet Size it announced, or it
+    dropped the connection for the size): it can only go out smaller, split or not at all."""
+
+
 # -- commands --------------------------------------------------------------------------------
 
 
