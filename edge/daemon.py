@@ -97,7 +97,7 @@ class Daemon:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         config.store.state_dir.mkdir(parents=True, exist_ok=True)
-        self.outbox = Outbox(config.db_path, max_bytes=config.store.max_bytes, keep_acked_s=config.store.keep_acked_s)
+        self.outbox = Outbox.from_config(config, owner=True)
         self.boot = next_boot(config.store.state_dir)
         will = Will(self.topics.status, self._status(online=False))
         self.link = MqttLink(link_settings(config, will))

@@ -50,6 +50,15 @@ class StoreFull(StoreError):
     """The disk is full: the event was not committed (and the caller must not acknowledge it)."""
 
 
+class EventTooLarge(StoreError, ValueError):
+    """An event whose data is over the store's size cap: no broker would take it, so it is refused."""
+
+    def __init__(self, message: str, *, size: int, limit: int) -> None:
+        super().__init__(message)
+        self.size = size
+        self.limit = limit
+
+
 # -- messages and the link -------------------------------------------------------------------
 
 

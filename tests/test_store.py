@@ -101,7 +101,7 @@ def test_corrupt_database_is_quarantined_not_deleted(tmp_path: Path) -> None:
         outbox.append("rating", {"score": 3})
     garbage = b"this is not a database" * 500
     db.write_bytes(garbage)
-    with Outbox(db) as outbox:
+    with Outbox(db, owner=True) as outbox:
         assert outbox.quarantined is not None
         assert outbox.quarantined.read_bytes() == garbage  # moved aside, never deleted
         assert outbox.epoch != old_epoch

@@ -46,7 +46,14 @@ def load(args: argparse.Namespace) -> EdgeConfig:
 
 
 def open_outbox(config: EdgeConfig) -> Outbox:
-    return Outbox(config.db_path, max_bytes=config.store.max_bytes, keep_acked_s=config.store.keep_acked_s)
+    """The device's store for appending next to a running daemon (``edge emit``)."""
+    return Outbox.from_config(config)
+
+
+def open_outbox_readonly(config: EdgeConfig) -> Outbox:
+    """The device's store for reading only (``edge status``, ``edge events``): never creates,
+    changes or moves the file, whatever state it is in."""
+    return Outbox.open_readonly(config.db_path, max_bytes=config.store.max_bytes)
 
 
 def add_common(p: argparse.ArgumentParser, json_flag: bool = False) -> None:

@@ -7,7 +7,16 @@ import os
 import time
 from typing import Any
 
-from edge.cli.common import CliError, add_common, json_object_arg, load, open_outbox, out, print_json
+from edge.cli.common import (
+    CliError,
+    add_common,
+    json_object_arg,
+    load,
+    open_outbox,
+    open_outbox_readonly,
+    out,
+    print_json,
+)
 from edge.config import EdgeConfig
 from edge.store import PRIORITIES, Outbox
 
@@ -57,7 +66,7 @@ def status_report(config: EdgeConfig, outbox: Outbox) -> dict[str, Any]:
 
 def cmd_status(args: argparse.Namespace) -> int:
     config = load(args)
-    with open_outbox(config) as outbox:
+    with open_outbox_readonly(config) as outbox:
         report = status_report(config, outbox)
     if args.json:
         print_json(report)
@@ -83,7 +92,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_events(args: argparse.Namespace) -> int:
     config = load(args)
-    with open_outbox(config) as outbox:
+    with open_outbox_readonly(config) as outbox:
         events = outbox.list_events(type=args.type, state=args.state, since=args.since, limit=args.limit)
     if args.json:
         print_json([e.as_dict() for e in events])

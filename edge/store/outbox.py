@@ -10,6 +10,11 @@ lock uncontended inside the process, so a critical append is never stuck behind 
 back-off. Other processes (``edge emit`` while ``edge run`` runs) are ordinary SQLite writers;
 after a commit they poke the daemon through a datagram socket in the state directory so it does
 not have to poll.
+
+One process owns the store: ``edge run`` opens it with ``owner=True``, which takes the state
+directory's lock, binds the store to the machine, and is the only opener that may move a corrupt
+file aside. ``edge emit`` appends next to it; ``edge status`` and ``edge events`` only read
+(:meth:`Outbox.open_readonly`).
 """
 
 from __future__ import annotations
@@ -29,11 +34,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from queue import Empty, SimpleQueue
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from edge.clock import ClockMonitor, now_iso
-from edge.exceptions import StoreCorrupt, StoreError, StoreFull
+from edge.exceptions import EventTooLarge, StoreCorrupt, StoreError, StoreFull
 from edge.ids import new_id
+from edge.store.host import DaemonLock, TimeSource, fingerprint, machine_identity, private_dir, private_file
+from edge.store.salvage import Salvage, salvage
+
+if TYPE_CHECKING:
+    from edge.config import EdgeConfig
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +69,17 @@ DEFAULT_PRIORITY: dict[str, Priority] = {
 
 WAKE_SOCKET = "wake.sock"
 _GROUP_MAX = 512
+
+#: The largest event ``data`` (as JSON, in bytes) a store accepts by default. An event's envelope in
+#: a batch adds under 400 bytes, so a batch carrying one event this large stays under 64 KiB, the
+#: smallest packet limit met in practice (a broker's ``max_packet_size 65536``; the device's own
+#: ``mqtt.max_incoming_bytes``). An event that no broker will take must be refused at append: stored,
+#: it would sit at the head of the queue and hold back every event behind it.
+DEFAULT_MAX_EVENT_BYTES = 60 * 1024
+#: How long a caller waits for the writer thread before the store gives up on the request.
+WAIT_TIMEOUT_S = 60.0
+#: How long a process that is not the daemon waits for ``edge run`` to move a corrupt file aside.
+CORRUPT_WAIT_S = 15.0
 _TYPE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_.-")
 
 _SCHEMA = """
@@ -79,11 +100,15 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_pending ON events (seq) WHERE acked_at IS NULL;
 CREATE INDEX IF NOT EXISTS events_evictable ON events (priority, seq) WHERE acked_at IS NULL;
 CREATE INDEX IF NOT EXISTS events_acked ON events (acked_at) WHERE acked_at IS NOT NULL;
+-- A dedupe key lives until ``live_until`` on the boot clock of ``boot`` (see _rebase_dedupe);
+-- ``expires`` is the same moment on the wall clock, for people reading the table.
 CREATE TABLE IF NOT EXISTS dedupe (
-    key     TEXT PRIMARY KEY,
-    id      TEXT NOT NULL,
-    seq     INTEGER NOT NULL,
-    expires REAL NOT NULL
+    key        TEXT PRIMARY KEY,
+    id         TEXT NOT NULL,
+    seq        INTEGER NOT NULL,                     -- 0: the event is not in this store (recovered key)
+    expires    REAL NOT NULL,
+    boot       TEXT,
+    live_until REAL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS counters (
     name  TEXT PRIMARY KEY,
@@ -109,6 +134,8 @@ CREATE TABLE IF NOT EXISTS replies (
 """
 
 T = TypeVar("T")
+#: An event ready to insert: id, type, priority code, ts, clock_synced, data JSON, dedupe key, TTL.
+_Row = tuple[str, str, int, str, int, str, str | None, float]
 
 
 @dataclass(frozen=True)
@@ -123,6 +150,8 @@ class Committed:
 
 @dataclass(frozen=True)
 class StoredEvent:
+    """One event as stored."""
+
     seq: int
     id: str
     type: str
@@ -160,6 +189,8 @@ class StoredEvent:
 
 @dataclass(frozen=True)
 class StoreStats:
+    """The figures ``edge status`` shows about the store."""
+
     epoch: str
     depth: int
     depth_by_priority: dict[str, int]
@@ -180,6 +211,8 @@ class StoreStats:
 
 @dataclass(frozen=True)
 class NewEvent:
+    """An event to append (see :meth:`Outbox.append` for the fields)."""
+
     type: str
     data: Mapping[str, Any]
     priority: Priority | None = None
@@ -212,17 +245,49 @@ def ranges_of(seqs: Iterable[int]) -> list[tuple[int, int]]:
     return out
 
 
-def _translate(exc: sqlite3.Error) -> StoreError:
+def _primary_code(exc: BaseException) -> int | None:
+    """SQLite's primary result code of ``exc``. Python 3.11 reports extended codes
+    (``SQLITE_IOERR_WRITE``, ``SQLITE_BUSY_RECOVERY``...), whose low byte is the primary code."""
     code = getattr(exc, "sqlite_errorcode", None)
+    return None if code is None else int(code) & 0xFF
+
+
+def _is_corruption(exc: BaseException) -> bool:
+    """Only a damaged file is corruption; I/O errors, read-only files, locks and permissions are not."""
+    return _primary_code(exc) in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+
+
+def _translate(exc: sqlite3.Error) -> StoreError:
+    code = _primary_code(exc)
     if code == sqlite3.SQLITE_FULL:
         return StoreFull(f"disk full, event not stored: {exc}")
     if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
         return StoreCorrupt(f"event store is corrupt: {exc}")
-    return StoreError(f"event store error: {exc}")
+    return StoreError(f"event store error: {exc} ({getattr(exc, 'sqlite_errorname', 'no code')})")
+
+
+def max_event_bytes_for(config: EdgeConfig) -> int:
+    """The event size cap for a device: below ``sync.batch_max_bytes`` and never above
+    :data:`DEFAULT_MAX_EVENT_BYTES`, so one event always fits in a batch the broker accepts."""
+    return min(config.sync.batch_max_bytes, DEFAULT_MAX_EVENT_BYTES)
+
+
+def _upsert_meta(conn: sqlite3.Connection, key: str, value: str) -> None:
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (key, value),
+    )
 
 
 class Outbox:
-    """The durable event queue of one device. Thread-safe; use as a context manager."""
+    """The durable event queue of one device. Thread-safe; use as a context manager.
+
+    ``owner`` is for the daemon: it takes ``daemon.lock`` in the state directory (a second
+    ``edge run`` fails with a clear error), binds the store to this machine and ``device_id``
+    (``machine_id`` overrides what is read from the system), tightens the modes of existing files,
+    and moves a corrupt database aside, copying what it can still read into the new one. Any other
+    process that finds the file corrupt waits a little for the daemon to do that, then gives up.
+    """
 
     def __init__(
         self,
@@ -231,49 +296,140 @@ class Outbox:
         max_bytes: int = 512 * 1024 * 1024,
         keep_acked_s: float = 86400,
         clock: ClockMonitor | None = None,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        owner: bool = False,
+        device_id: str | None = None,
+        machine_id: str | None = None,
+        time_source: TimeSource | None = None,
+        readonly: bool = False,
     ) -> None:
         self.path = Path(path)
         self.max_bytes = max_bytes
         self.keep_acked_s = keep_acked_s
+        self.max_event_bytes = max_event_bytes
         self.clock = clock or ClockMonitor()
+        self.time = time_source or TimeSource()
+        self.owner = owner and not readonly
+        self.readonly = readonly
+        self.device_id = device_id
+        #: Set when this start moved a corrupt database aside: where it went, and what was read from it.
         self.quarantined: Path | None = None
+        self.salvaged: Salvage | None = None
+        #: Set when this start found the store bound to another machine or device id.
+        self.moved: dict[str, Any] | None = None
+        self.wait_timeout_s = WAIT_TIMEOUT_S
+        self._identity = machine_id if machine_id is not None else machine_identity()
         self._listeners: list[Callable[[int], None]] = []
         self._queue: SimpleQueue[_Op | None] = SimpleQueue()
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
+        self._state_lock = threading.Lock()
         self._closed = False
+        self._writer_stopped: str | None = None
+        self._thread: threading.Thread | None = None
+        self._lock: DaemonLock | None = None
+        self._wake_sock: socket.socket | None = None
         self._over_cap_warned = False
+        self._cap_failing = False
         self._appended_bytes = 0
         self._size_checked_at = 0.0
+        self._owns_wake_socket = False
+        self._sync_mode = "FULL"
+
+        if readonly:
+            if not self.path.is_file():
+                raise StoreError(f"no event store at {self.path} yet (edge run or edge emit creates it)")
+            self.epoch: str = self.get_meta("epoch") or ""
+            return
+
+        private_dir(self.path.parent, tighten=self.owner)
+        try:
+            if self.owner:
+                self._lock = DaemonLock(self.path.parent)
+            private_file(self.path, tighten=self.owner)
+            self._writer_conn = self._open_writer()
+            self.epoch = self._init_meta()
+        except BaseException:
+            if self._lock is not None:
+                self._lock.release()
+            raise
         self._wake_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._wake_sock.setblocking(False)
-        self._owns_wake_socket = False
-
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._writer_conn = self._open_checked()
-        except StoreCorrupt as exc:
-            self.quarantined = self._quarantine()
-            log.error("event store %s was corrupt (%s); moved aside to %s", self.path, exc, self.quarantined)
-            self._writer_conn = self._open_checked()
-        self.epoch: str = self._init_meta()
         self._thread = threading.Thread(target=self._writer_loop, name="outbox-writer", daemon=True)
         self._thread.start()
         if self.quarantined is not None:
-            self.bump("quarantines")
-            self.append(
-                "security",
-                {"kind": "store_quarantined", "path": str(self.quarantined), "new_epoch": self.epoch},
-                "critical",
-            )
+            self._report_quarantine()
+        if self.moved is not None:
+            self.bump("store_moves")
+            self.append("security", {"kind": "store_moved", **self.moved}, "critical")
+
+    @classmethod
+    def from_config(cls, config: EdgeConfig, *, owner: bool = False) -> Outbox:
+        """The store of the device ``config`` describes (``owner=True`` for ``edge run``)."""
+        return cls(
+            config.db_path,
+            max_bytes=config.store.max_bytes,
+            keep_acked_s=config.store.keep_acked_s,
+            max_event_bytes=max_event_bytes_for(config),
+            owner=owner,
+            device_id=config.device.id,
+        )
+
+    @classmethod
+    def open_readonly(cls, path: str | os.PathLike[str], *, max_bytes: int = 512 * 1024 * 1024) -> Outbox:
+        """The store at ``path`` for reading only (``edge status``, ``edge events``): never creates
+        the file, never writes to it, never moves it aside, binds no socket, starts no thread."""
+        return cls(path, max_bytes=max_bytes, readonly=True)
 
     # -- opening, integrity and quarantine ------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=15.0)
-        conn.execute("PRAGMA busy_timeout = 15000")
+        try:
+            if self.readonly:
+                conn = sqlite3.connect(
+                    f"{self.path.resolve().as_uri()}?mode=ro",
+                    uri=True,
+                    isolation_level=None,
+                    check_same_thread=False,
+                    timeout=15.0,
+                )
+            else:
+                conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=15.0)
+            conn.execute("PRAGMA busy_timeout = 15000")
+        except sqlite3.Error as exc:
+            raise _translate(exc) from exc
         return conn
+
+    def _open_writer(self) -> sqlite3.Connection:
+        """The writer connection, after moving a corrupt file aside (owner) or waiting for the
+        daemon to do so (anyone else)."""
+        try:
+            return self._open_checked()
+        except StoreCorrupt as exc:
+            if not self.owner:
+                return self._wait_for_repair(exc)
+            problem = exc
+        self.quarantined = self._quarantine()
+        log.error("event store %s was corrupt (%s); moved aside to %s", self.path, problem, self.quarantined)
+        private_file(self.path, tighten=True)
+        conn = self._open_checked()
+        self.salvaged = salvage(self.quarantined, _check_type)
+        return conn
+
+    def _wait_for_repair(self, exc: StoreCorrupt) -> sqlite3.Connection:
+        # ``edge emit`` started next to an ``edge run`` that is still starting: the daemon moves the
+        # file aside within moments. Two processes renaming one file would be worse than waiting.
+        log.warning("event store %s is corrupt (%s); waiting for edge run to move it aside", self.path, exc)
+        deadline = time.monotonic() + CORRUPT_WAIT_S
+        while time.monotonic() < deadline:
+            time.sleep(0.25)
+            try:
+                private_file(self.path, tighten=False)
+                return self._open_checked()
+            except StoreCorrupt as again:
+                exc = again
+        raise StoreCorrupt(f"{exc}; edge run moves a corrupt store aside when it starts") from exc
 
     def _open_checked(self) -> sqlite3.Connection:
         conn = self._connect()
@@ -283,7 +439,8 @@ class Outbox:
             conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if mode != "wal":
-                raise StoreCorrupt(f"cannot switch {self.path} to WAL (mode {mode})")
+                # A read-only file or directory: trouble, but the file is not damaged.
+                raise StoreError(f"cannot switch {self.path} to WAL (mode {mode}); is it writable?")
             conn.execute("PRAGMA synchronous = FULL")
             # Keep the WAL small next to the cap: it counts against it and is reused, not shrunk,
             # between checkpoints.
@@ -294,46 +451,213 @@ class Outbox:
             if check != [("ok",)]:
                 raise StoreCorrupt("; ".join(str(r[0]) for r in check[:3]))
             conn.executescript(_SCHEMA)
-        except sqlite3.DatabaseError as exc:
+            self._migrate(conn)
+        except sqlite3.Error as exc:
             conn.close()
-            code = getattr(exc, "sqlite_errorcode", None)
-            if code in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_CANTOPEN):
-                raise _translate(exc) from exc  # trouble, but not corruption: never quarantine for it
-            raise StoreCorrupt(str(exc)) from exc
-        except StoreCorrupt:
+            if _is_corruption(exc):
+                raise StoreCorrupt(f"event store is corrupt: {exc}") from exc
+            # I/O errors, read-only files, BUSY_RECOVERY, CANTOPEN, permissions: the file stays
+            # where it is and the caller hears why (the daemon exits; systemd tries again).
+            raise _translate(exc) from exc
+        except StoreError:
             conn.close()
             raise
         self._sync_mode = "FULL"
         return conn
 
-    def _quarantine(self) -> Path:
-        """Rename the corrupt database (and its WAL and shared-memory files) aside; never delete."""
-        stamp = time.strftime("%Y%m%dT%H%M%S")
-        target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{secrets.token_hex(3)}")
-        for suffix in ("-wal", "-shm", ""):
-            src = Path(str(self.path) + suffix)
-            if src.exists():
-                os.replace(src, Path(str(target) + suffix))
-        return target
-
-    def _init_meta(self) -> str:
-        conn = self._writer_conn
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        """Bring a store written by an earlier version up to the current schema."""
+        columns = {r[1] for r in conn.execute("PRAGMA table_info(dedupe)")}
+        if {"boot", "live_until"} <= columns:
+            return
         conn.execute("BEGIN IMMEDIATE")
         try:
-            row = conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
-            if row is None:
-                epoch = secrets.token_hex(8)
-                conn.execute("INSERT INTO meta (key, value) VALUES ('epoch', ?)", (epoch,))
-                conn.execute("INSERT INTO meta (key, value) VALUES ('created', ?)", (now_iso(),))
-            else:
-                epoch = row[0]
+            # Read again under the write lock: another process may have just done it.
+            columns = {r[1] for r in conn.execute("PRAGMA table_info(dedupe)")}
+            for name, kind in (("boot", "TEXT"), ("live_until", "REAL")):
+                if name not in columns:
+                    conn.execute(f"ALTER TABLE dedupe ADD COLUMN {name} {kind}")
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        return str(epoch)
+
+    def _quarantine(self) -> Path:
+        """Rename the corrupt database (and its WAL and shared-memory files) aside; never delete."""
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{secrets.token_hex(3)}")
+        try:
+            for suffix in ("-wal", "-shm", ""):
+                src = Path(str(self.path) + suffix)
+                if src.exists():
+                    os.replace(src, Path(str(target) + suffix))
+        except OSError as exc:
+            raise StoreError(f"cannot move the corrupt event store {self.path} aside: {exc}") from exc
+        return target
+
+    def _init_meta(self) -> str:
+        conn = self._writer_conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                row = conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+                if row is None:
+                    epoch = secrets.token_hex(8)
+                    _upsert_meta(conn, "epoch", epoch)
+                    _upsert_meta(conn, "created", now_iso())
+                else:
+                    epoch = str(row[0])
+                if self.owner:
+                    epoch = self._bind(conn, epoch)
+                self._rebase_dedupe(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            conn.close()
+            raise _translate(exc) from exc
+        return epoch
+
+    def _bind(self, conn: sqlite3.Connection, epoch: str) -> str:
+        """Record which machine and device id this store belongs to; on another one, start a new epoch.
+
+        A cloned card carries the epoch with it, and an ``evtack`` for one copy would then mark the
+        other copy's events as delivered. The new epoch separates them; every event the store still
+        keeps is made pending again, because the store cannot tell its own acknowledgements from
+        ones meant for the other copy, and the collector keeps events by id, so an event it already
+        has is counted once however often it comes.
+        """
+        identity = self._identity or (f"device={self.device_id}" if self.device_id else None)
+        machine = fingerprint(identity) if identity else None
+        known = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('machine', 'device')").fetchall())
+        changes: dict[str, Any] = {}
+        if machine is not None and known.get("machine") not in (None, machine):
+            changes["old_machine"], changes["new_machine"] = known["machine"], machine
+        if self.device_id is not None and known.get("device") not in (None, self.device_id):
+            changes["old_device"], changes["new_device"] = known["device"], self.device_id
+        if changes:
+            new_epoch = secrets.token_hex(8)
+            again = conn.execute("UPDATE events SET acked_at = NULL WHERE acked_at IS NOT NULL").rowcount
+            pending = conn.execute("SELECT COUNT(*) FROM events WHERE acked_at IS NULL").fetchone()[0]
+            _upsert_meta(conn, "epoch", new_epoch)
+            self.moved = {
+                **changes,
+                "old_epoch": epoch,
+                "new_epoch": new_epoch,
+                "pending": int(pending),
+                "made_pending_again": int(again),
+            }
+            log.error(
+                "event store %s was last used by another %s: new epoch %s, %d events to send again",
+                self.path,
+                " and ".join(k[4:] for k in changes if k.startswith("new_")),
+                new_epoch,
+                pending,
+            )
+            epoch = new_epoch
+        if machine is not None:
+            _upsert_meta(conn, "machine", machine)
+        if self.device_id is not None:
+            _upsert_meta(conn, "device", self.device_id)
+        return epoch
+
+    def _rebase_dedupe(self, conn: sqlite3.Connection) -> None:
+        """Carry dedupe keys of an earlier boot over to this boot's clock.
+
+        A key lives for its TTL of the machine's running time: within a boot that is measured on
+        the boot clock, which NTP and fake-hwclock never move. Across a power cut the time spent
+        off cannot be known (the wall clock may be the guess fake-hwclock restored), so it is not
+        counted: a key keeps what it had left when the store last saw the old boot, and may outlive
+        its TTL by the downtime, never fall short of it.
+        """
+        boot, now = self.time.boot(), self.time.since_boot()
+        row = conn.execute("SELECT value FROM meta WHERE key = 'uptime_seen'").fetchone()
+        seen_boot, _, seen_up = (str(row[0]) if row else "").partition(" ")
+        try:
+            seen = float(seen_up)
+        except ValueError:
+            seen_boot, seen = "", 0.0
+        conn.execute(
+            "UPDATE dedupe SET live_until = :now + max(0, CASE "
+            "  WHEN boot IS NULL OR live_until IS NULL THEN expires - :wall "  # a store from before boot clocks
+            "  WHEN boot = :seen_boot THEN live_until - :seen "
+            "  ELSE live_until END), boot = :boot "  # an old boot whose end was never seen: keep it all
+            "WHERE boot IS NOT :boot",
+            {"now": now, "wall": self.time.wall(), "seen_boot": seen_boot, "seen": seen, "boot": boot},
+        )
+        _upsert_meta(conn, "uptime_seen", f"{boot} {now!r}")
+
+    def _report_quarantine(self) -> None:
+        """Copy what was read from the quarantined file into the new store and say so."""
+        assert self.quarantined is not None
+        found = self.salvaged or Salvage()
+
+        def copy(conn: sqlite3.Connection) -> list[Committed]:
+            committed = [
+                self._insert(conn, (e.id, e.type, e.priority, e.ts, e.clock_synced, e.data, None, 0.0))
+                for e in found.events
+            ]
+            new_seq = {e.id: c.seq for e, c in zip(found.events, committed, strict=True)}
+            for key, event_id, _old_seq, expires, old_boot, live_until in found.dedupe:
+                conn.execute(
+                    "INSERT OR IGNORE INTO dedupe (key, id, seq, expires, boot, live_until) VALUES (?, ?, ?, ?, ?, ?)",
+                    (key, event_id, new_seq.get(event_id, 0), expires, old_boot, live_until),
+                )
+            conn.executemany(
+                "INSERT OR IGNORE INTO commands (cmd_id, name, exp, state, reason, result, updated) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [r for r in found.commands if len(r) == 7],
+            )
+            conn.executemany(
+                "INSERT INTO replies (topic, payload, retain) VALUES (?, ?, ?)",
+                [r for r in found.replies if len(r) == 3],
+            )
+            for name, value in found.counters.items():
+                self._bump(conn, name, value)
+            if found.uptime_seen:
+                _upsert_meta(conn, "uptime_seen", found.uptime_seen)
+            # The copied keys may come from an earlier boot: put them on this boot's clock now.
+            self._rebase_dedupe(conn)
+            return committed
+
+        try:
+            self._submit(copy, appends=True)
+        except (StoreError, sqlite3.Error, ValueError) as exc:
+            # The store itself is healthy: run on, and let the report below say nothing came across.
+            log.error("copying events out of %s failed: %s", self.quarantined, exc)
+            found = Salvage(readable=found.readable, unreadable=found.unreadable + len(found.events))
+        self.bump("quarantines")
+        if found.events:
+            self.bump("recovered_events", len(found.events))
+        if found.unreadable:
+            self.bump("unreadable_events", found.unreadable)
+        self.append(
+            "security",
+            {
+                "kind": "store_quarantined",
+                "path": str(self.quarantined),
+                "new_epoch": self.epoch,
+                "readable": found.readable,
+                "recovered": len(found.events),
+                "unreadable": found.unreadable,
+            },
+            "critical",
+        )
+        log.error(
+            "recovered %d pending events from %s; %d rows could not be read",
+            len(found.events),
+            self.quarantined,
+            found.unreadable,
+        )
 
     # -- the writer thread ----------------------------------------------------------------------
+
+    def alive(self) -> bool:
+        """Whether the writer thread runs (for the daemon's watchdog): if not, every write fails."""
+        return self._thread is not None and self._thread.is_alive()
 
     def _submit(
         self,
@@ -343,47 +667,108 @@ class Outbox:
         appends: bool = False,
         txn: bool = True,
     ) -> T:
-        if self._closed:
-            raise StoreError("event store is closed")
         fut: Future[T] = Future()
-        self._queue.put(_Op(fn, durable, fut, appends, txn))
-        return fut.result()
+        with self._state_lock:
+            if self.readonly:
+                raise StoreError(f"event store {self.path} is open read-only")
+            if self._closed:
+                raise StoreError("event store is closed")
+            if self._writer_stopped is not None:
+                raise StoreError(f"event store writer stopped: {self._writer_stopped}")
+            self._queue.put(_Op(fn, durable, fut, appends, txn))
+        try:
+            return fut.result(timeout=self.wait_timeout_s)
+        except TimeoutError:
+            if fut.cancel():
+                raise StoreError(
+                    f"event store writer did not get to the request within {self.wait_timeout_s:.0f} s; "
+                    "withdrawn, nothing was written"
+                ) from None
+            raise StoreError(
+                f"event store write still running after {self.wait_timeout_s:.0f} s (is the disk stalled?); "
+                "it may yet be committed"
+            ) from None
 
     def _writer_loop(self) -> None:
         conn = self._writer_conn
         carry: _Op | None = None
-        while True:
-            first = carry if carry is not None else self._queue.get()
-            carry = None
-            if first is None:
-                break
-            if not first.txn:
-                self._run_alone(conn, first)
-                continue
-            group = [first]
-            stop = False
-            while len(group) < _GROUP_MAX:
+        current: list[_Op] = []
+        reason = "closed"
+        try:
+            while True:
+                first = carry if carry is not None else self._queue.get()
+                carry = None
+                if first is None:
+                    break
+                group = [first]
+                stop = False
+                while first.txn and len(group) < _GROUP_MAX:
+                    try:
+                        nxt = self._queue.get_nowait()
+                    except Empty:
+                        break
+                    if nxt is None:
+                        stop = True
+                        break
+                    if not nxt.txn:
+                        carry = nxt
+                        break
+                    group.append(nxt)
+                # A request whose caller gave up waiting is withdrawn here, before it can commit.
+                current = [op for op in group if op.future.set_running_or_notify_cancel()]
                 try:
-                    nxt = self._queue.get_nowait()
+                    if not current:
+                        pass
+                    elif not first.txn:
+                        self._run_alone(conn, current[0])
+                    else:
+                        self._run_group(conn, current)
+                except Exception as exc:
+                    # Whatever failed (after a commit, or around one), the thread must live on:
+                    # a dead writer would leave every later append waiting.
+                    log.exception("event store writer: a request failed outside its transaction")
+                    self._recover(conn)
+                    err = _translate(exc) if isinstance(exc, sqlite3.Error) else StoreError(f"event store: {exc}")
+                    for op in current:
+                        if not op.future.done():
+                            op.future.set_exception(err)
+                current = []
+                if stop:
+                    break
+        except BaseException as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            log.critical("event store writer stopped: %s", reason)
+            raise
+        finally:
+            with self._state_lock:
+                self._writer_stopped = reason
+            err = StoreError(f"event store writer stopped: {reason}")
+            for op in current:
+                if not op.future.done():
+                    op.future.set_exception(err)
+            while True:
+                try:
+                    left = self._queue.get_nowait()
                 except Empty:
                     break
-                if nxt is None:
-                    stop = True
-                    break
-                if not nxt.txn:
-                    carry = nxt
-                    break
-                group.append(nxt)
-            self._run_group(conn, group)
-            if stop:
-                break
-        conn.close()
+                if left is not None and left.future.set_running_or_notify_cancel():
+                    left.future.set_exception(err)
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+
+    @staticmethod
+    def _recover(conn: sqlite3.Connection) -> None:
+        """Leave no transaction open behind a failure, or every later BEGIN would fail too."""
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
 
     def _run_alone(self, conn: sqlite3.Connection, op: _Op) -> None:
         """Maintenance (eviction, checkpoints) that manages its own transactions."""
         try:
             op.future.set_result(op.fn(conn))
         except Exception as exc:
+            self._recover(conn)
             op.future.set_exception(_translate(exc) if isinstance(exc, sqlite3.Error) else exc)
 
     def _set_sync(self, conn: sqlite3.Connection, durable: bool) -> None:
@@ -395,14 +780,13 @@ class Outbox:
             self._sync_mode = mode
 
     def _run_group(self, conn: sqlite3.Connection, group: list[_Op]) -> None:
-        self._set_sync(conn, any(op.durable for op in group))
         try:
+            self._set_sync(conn, any(op.durable for op in group))
             conn.execute("BEGIN IMMEDIATE")
             results = [op.fn(conn) for op in group]
             conn.execute("COMMIT")
         except Exception as exc:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
+            self._recover(conn)
             if len(group) > 1:
                 # One bad request must not fail its neighbours: run them one by one.
                 for op in group:
@@ -418,12 +802,14 @@ class Outbox:
             self._after_append(conn, max(appended))
 
     def _after_append(self, conn: sqlite3.Connection, last_seq: int) -> None:
+        """After a commit that appended: its callers already have their answer (the events are on
+        disk), so nothing here may fail them or stop the writer."""
         for listener in list(self._listeners):
             try:
                 listener(last_seq)
             except Exception:
                 log.exception("outbox listener failed")
-        if not self._owns_wake_socket:
+        if not self._owns_wake_socket and self._wake_sock is not None:
             with contextlib.suppress(OSError):
                 self._wake_sock.sendto(b"!", str(self.path.parent / WAKE_SOCKET))
         # Measuring the size costs a few pragmas and a stat(), so it is done once per 1 % of the
@@ -432,8 +818,20 @@ class Outbox:
         if self._appended_bytes >= self.max_bytes // 100 or now - self._size_checked_at >= 1.0:
             self._appended_bytes = 0
             self._size_checked_at = now
-            if self._used_bytes(conn) > self.max_bytes:
-                self._enforce_cap(conn)
+            try:
+                if self._used_bytes(conn) > self.max_bytes:
+                    self._enforce_cap(conn)
+            except Exception as exc:
+                # E.g. SQLITE_FULL while checkpointing on a nearly full card. Appends go on (each is
+                # refused with StoreFull if it cannot be committed); the cap is tried again later.
+                self._recover(conn)
+                if not self._cap_failing:
+                    log.error("event store: enforcing the byte cap failed, will retry: %s", exc)
+                    self._cap_failing = True
+            else:
+                if self._cap_failing:
+                    log.info("event store: the byte cap is enforced again")
+                    self._cap_failing = False
 
     # -- size cap and eviction ------------------------------------------------------------------
 
@@ -516,12 +914,21 @@ class Outbox:
 
     # -- appending ------------------------------------------------------------------------------
 
-    def _prepare(self, event: NewEvent) -> tuple[str, str, int, str, int, str, str | None, float]:
+    def _prepare(self, event: NewEvent) -> _Row:
         _check_type(event.type)
         priority = event.priority or DEFAULT_PRIORITY.get(event.type, "normal")
         if priority not in _PRIORITY_CODE:
             raise ValueError(f"priority must be one of {', '.join(PRIORITIES)}: {priority!r}")
         data = json.dumps(event.data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        # A code point is at most 4 bytes in UTF-8: most events need no encoding to be measured.
+        if len(data) * 4 > self.max_event_bytes:
+            size = len(data.encode("utf-8"))
+            if size > self.max_event_bytes:
+                raise EventTooLarge(
+                    f"{event.type} event data is {size:,} bytes; the limit is {self.max_event_bytes:,}",
+                    size=size,
+                    limit=self.max_event_bytes,
+                )
         return (
             new_id(),
             event.type,
@@ -533,8 +940,7 @@ class Outbox:
             event.dedupe_ttl_s,
         )
 
-    @staticmethod
-    def _insert(conn: sqlite3.Connection, row: tuple[str, str, int, str, int, str, str | None, float]) -> Committed:
+    def _insert(self, conn: sqlite3.Connection, row: _Row) -> Committed:
         event_id, etype, prio, ts, synced, data, dedupe_key, ttl = row
         if dedupe_key is not None:
             seen = conn.execute("SELECT id, seq FROM dedupe WHERE key = ?", (dedupe_key,)).fetchone()
@@ -547,8 +953,8 @@ class Outbox:
         seq = int(cur.lastrowid or 0)
         if dedupe_key is not None:
             conn.execute(
-                "INSERT INTO dedupe (key, id, seq, expires) VALUES (?, ?, ?, ?)",
-                (dedupe_key, event_id, seq, time.time() + ttl),
+                "INSERT INTO dedupe (key, id, seq, expires, boot, live_until) VALUES (?, ?, ?, ?, ?, ?)",
+                (dedupe_key, event_id, seq, self.time.wall() + ttl, self.time.boot(), self.time.since_boot() + ttl),
             )
         return Committed(event_id, seq)
 
@@ -564,7 +970,11 @@ class Outbox:
         """Commit one event and return once it is on disk.
 
         ``dedupe_key`` makes the append idempotent: if an event with that key was committed
-        within ``dedupe_ttl_s``, nothing is added and the earlier event is returned.
+        within ``dedupe_ttl_s`` (of the machine's running time, whatever the wall clock does),
+        nothing is added and the earlier event is returned.
+
+        Raises :class:`EventTooLarge` if the JSON of ``data`` is over ``max_event_bytes``,
+        :class:`StoreFull` if the disk is full, :class:`StoreError` if it could not be committed.
         """
         return self.append_many([NewEvent(type, data, priority, dedupe_key, dedupe_ttl_s)])[0]
 
@@ -607,7 +1017,7 @@ class Outbox:
             return 0
 
         def op(conn: sqlite3.Connection) -> int:
-            now = time.time()
+            now = self.time.wall()
             n = 0
             for a, b in spans:
                 cur = conn.execute(
@@ -651,25 +1061,28 @@ class Outbox:
 
     def housekeeping(self) -> int:
         """Forget acknowledged events older than ``keep_acked_s`` and expired dedupe keys."""
-        cutoff = time.time() - self.keep_acked_s
+        cutoff = self.time.wall() - self.keep_acked_s
 
         def op(conn: sqlite3.Connection) -> int:
             n = conn.execute("DELETE FROM events WHERE acked_at IS NOT NULL AND acked_at < ?", (cutoff,)).rowcount
-            conn.execute("DELETE FROM dedupe WHERE expires < ?", (time.time(),))
+            self._forget_dedupe(conn)
             return n
 
         removed = self._submit(op, durable=False)
         self.enforce_cap()
         return removed
 
+    def _forget_dedupe(self, conn: sqlite3.Connection) -> None:
+        # Only keys of this boot, on the boot clock: a wall clock stepped forward by NTP after a
+        # power cut would otherwise expire every key at once. Keys of an earlier boot wait for the
+        # next start to carry them over (_rebase_dedupe).
+        boot, now = self.time.boot(), self.time.since_boot()
+        conn.execute("DELETE FROM dedupe WHERE boot = ? AND live_until < ?", (boot, now))
+        _upsert_meta(conn, "uptime_seen", f"{boot} {now!r}")
+
     def set_meta(self, key: str, value: str) -> None:
-        self._submit(
-            lambda conn: conn.execute(
-                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                (key, value),
-            ),
-            durable=False,
-        )
+        """Set one ``meta`` value (the daemon's pid, the link state...)."""
+        self._submit(lambda conn: _upsert_meta(conn, key, value), durable=False)
 
     def add_listener(self, listener: Callable[[int], None]) -> None:
         """Call ``listener(last_seq)`` on the writer thread after every commit that appended events."""
@@ -683,6 +1096,8 @@ class Outbox:
             path.unlink()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         sock.bind(str(path))
+        # Sending to it needs write permission; only the store's own user writes events.
+        os.chmod(path, 0o600)
         self._owns_wake_socket = True
         return sock
 
@@ -807,18 +1222,28 @@ class Outbox:
     # -- lifetime -------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Finish queued writes and close every connection. Idempotent."""
+        """Finish queued writes, close every connection and let go of the daemon lock. Idempotent."""
         if self._closed:
             return
-        self._closed = True
-        self._queue.put(None)
-        self._thread.join()
+        if self.alive():
+            # The last boot-clock reading this boot, for carrying dedupe keys over a power cut.
+            with contextlib.suppress(StoreError):
+                self._submit(self._forget_dedupe, durable=False)
+        with self._state_lock:
+            self._closed = True
+            if self._thread is not None:
+                self._queue.put(None)
+        if self._thread is not None:
+            self._thread.join()
         with self._readers_lock:
             for conn in self._readers:
                 with contextlib.suppress(sqlite3.Error):
                     conn.close()
             self._readers.clear()
-        self._wake_sock.close()
+        if self._wake_sock is not None:
+            self._wake_sock.close()
+        if self._lock is not None:
+            self._lock.release()
 
     def __enter__(self) -> Outbox:
         return self

@@ -1,0 +1,175 @@
+"""What the event store needs from the machine it runs on: private files, the daemon's lock, which
+machine and which boot this is, and a clock that wall-clock jumps do not move.
+
+The state directory holds officer ids, so it is kept from other users whatever the process umask
+(``edge emit`` from a shell has 0022; systemd's default is the same). A card cloned into a second Pi
+carries the store, its epoch and usually ``/etc/machine-id`` with it, so the store is bound to a
+fingerprint of the hardware serial number as well as the machine id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edge.exceptions import StoreError
+
+log = logging.getLogger(__name__)
+
+DIR_MODE = 0o750
+FILE_MODE = 0o640
+LOCK_FILE = "daemon.lock"
+
+#: Where the machine's identity is read from, in order. The device-tree serial is the SoC's own
+#: serial number on a Raspberry Pi: unlike the two machine-id files it does not travel with a
+#: cloned card.
+HARDWARE_SERIAL_FILES = (Path("/sys/firmware/devicetree/base/serial-number"),)
+MACHINE_ID_FILES = (Path("/etc/machine-id"), Path("/var/lib/dbus/machine-id"))
+_BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
+#: The machine id "should be considered confidential" (machine-id(5)): only a keyed hash of it is
+#: stored or reported, as sd_id128_get_machine_app_specific() does.
+_FINGERPRINT_KEY = b"commune-edge event store binding"
+
+#: A random id for this process, used as the boot id where the kernel does not give one.
+_PROCESS_BOOT = secrets.token_hex(16)
+
+
+def _read_first(paths: tuple[Path, ...]) -> str | None:
+    for path in paths:
+        try:
+            value = path.read_bytes().strip(b"\x00\n\r\t ").decode("ascii", "replace")
+        except OSError:
+            continue
+        if value:
+            return value
+    return None
+
+
+def machine_identity() -> str | None:
+    """The raw identity of this machine (hardware serial and machine id), or None if neither can be read."""
+    parts = []
+    serial = _read_first(HARDWARE_SERIAL_FILES)
+    if serial:
+        parts.append(f"serial={serial}")
+    machine = _read_first(MACHINE_ID_FILES)
+    if machine:
+        parts.append(f"machine-id={machine}")
+    return " ".join(parts) or None
+
+
+def fingerprint(identity: str) -> str:
+    """A keyed hash of a machine identity: safe to store and to report, useless elsewhere."""
+    return hmac.new(_FINGERPRINT_KEY, identity.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
+
+
+def boot_id() -> str:
+    """This boot of the kernel (changes at every power-up), or a per-process id where there is none."""
+    return _read_first((_BOOT_ID_FILE,)) or _PROCESS_BOOT
+
+
+def since_boot() -> float:
+    """Seconds since the machine booted, counting suspend; never set by NTP or fake-hwclock."""
+    try:
+        return time.clock_gettime(time.CLOCK_BOOTTIME)
+    except (AttributeError, OSError):
+        return time.monotonic()
+
+
+@dataclass(frozen=True)
+class TimeSource:
+    """Where the store reads the time. ``wall`` stamps rows for people (``acked_at``); how long a
+    dedupe key lives is measured on ``since_boot`` within one ``boot``, so a clock that jumps
+    (fake-hwclock, then NTP) cannot cut it short."""
+
+    wall: Callable[[], float] = field(default=time.time)
+    since_boot: Callable[[], float] = field(default=since_boot)
+    boot: Callable[[], str] = field(default=boot_id)
+
+
+# -- files ---------------------------------------------------------------------------------------
+
+
+def _owned(st: os.stat_result) -> bool:
+    return st.st_uid == os.geteuid()
+
+
+def private_dir(path: Path, *, tighten: bool) -> None:
+    """Create ``path`` with mode 0750 whatever the umask; with ``tighten``, take group write and
+    every permission of others away from an existing one we own (``mkdir`` by a shell makes 0755)."""
+    try:
+        path.mkdir(mode=DIR_MODE, parents=True)
+    except FileExistsError:
+        if not path.is_dir():
+            raise StoreError(f"state directory {path} exists and is not a directory") from None
+        if tighten:
+            st = path.stat()
+            if _owned(st) and stat.S_IMODE(st.st_mode) & ~DIR_MODE:
+                os.chmod(path, stat.S_IMODE(st.st_mode) & DIR_MODE)
+        return
+    except OSError as exc:
+        raise StoreError(f"cannot create the state directory {path}: {exc.strerror or exc}") from exc
+    # mkdir's mode passes through the umask; set it outright.
+    os.chmod(path, DIR_MODE)
+
+
+def private_file(path: Path, *, tighten: bool) -> None:
+    """Create an empty ``path`` (an empty file is an empty SQLite database) with mode 0640, before
+    SQLite would create it with 0644 & ~umask; SQLite gives its -wal and -shm files the mode of the
+    database. With ``tighten``, narrow an existing file we own to 0640 and its -wal/-shm with it."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+    except FileExistsError:
+        if tighten:
+            for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+                with contextlib.suppress(FileNotFoundError):
+                    st = p.stat()
+                    if _owned(st) and stat.S_IMODE(st.st_mode) & ~FILE_MODE:
+                        os.chmod(p, stat.S_IMODE(st.st_mode) & FILE_MODE)
+        return
+    except OSError as exc:
+        raise StoreError(f"cannot create the event store {path}: {exc.strerror or exc}") from exc
+    try:
+        os.fchmod(fd, FILE_MODE)
+    finally:
+        os.close(fd)
+
+
+class DaemonLock:
+    """``flock`` on ``state_dir/daemon.lock``, held by the one ``edge run`` that owns the store for
+    as long as it runs. The kernel drops it when the process dies, so a crash leaves nothing stale."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / LOCK_FILE
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+        except OSError as exc:
+            raise StoreError(f"cannot open {self.path}: {exc.strerror or exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise StoreError(f"another edge run (pid {holder}) holds {self.path}") from None
+        except OSError as exc:
+            os.close(fd)
+            raise StoreError(f"cannot lock {self.path}: {exc.strerror or exc}") from exc
+        os.fchmod(fd, FILE_MODE)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        """Let go of the lock. Idempotent."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)  # closing the only descriptor releases the flock
