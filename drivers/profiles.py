@@ -1,5 +1,8 @@
 """Hardware profiles for rating panels (``firmware_config/*.yaml``), in the spirit of ESPHome.
 
+The pin, board-table, port and file helpers here are shared with the relay board profiles
+(:mod:`drivers.relay.profile`, ``firmware_config/relays/``).
+
 A profile says what is wired where: which buttons exist, which score, machine label and Vietnamese
 text each one stands for, and either the GPIO pins (``kind: gpio``) or the serial microcontroller's
 identity and settings (``kind: serial``). Shorthand is normalised (``pin: 17`` → ``{number: 17}``),
@@ -407,12 +410,30 @@ def profile_problems(
             )
         return found
 
+    pins = ((path, pin, isinstance(pin, OutputPin) and pin.shared) for path, pin in profile.pins())
+    return found + gpio_pin_problems(profile.board, pins, resources=resources, holder_prefix=holder_prefix)
+
+
+def gpio_pin_problems(
+    board_name: str,
+    pins: Iterable[tuple[str, PinSpec, bool]],
+    *,
+    resources: Resources | None = None,
+    holder_prefix: str = "",
+) -> list[tuple[str, str]]:
+    """Check ``(key_path, pin, shared)`` triples against a board's pin table and reserve them.
+
+    Shared by every profile that puts things on GPIO pins (panels, relay boards): a pin that is not on
+    the header, is reserved or is special without ``allow_special``, or is already held in
+    ``resources`` (a private registry if none) is a ``(key_path, message)`` problem.
+    """
     try:
-        board = load_board(profile.board)
+        board = load_board(board_name)
     except BadProfile as exc:
-        return found + exc.problems
+        return list(exc.problems)
+    found: list[tuple[str, str]] = []
     registry = resources if resources is not None else Resources()
-    for path, pin in profile.pins():
+    for path, pin, shared in pins:
         bp = board.gpio.get(pin.number)
         if bp is None:
             usable = _ranges(n for n in sorted(board.gpio) if not board.gpio[n].reserved)
@@ -424,7 +445,6 @@ def profile_problems(
         if bp.special and not pin.allow_special:
             found.append((path, f"GPIO {pin.number} is {bp.special}; set allow_special: true to use it anyway"))
             continue
-        shared = isinstance(pin, OutputPin) and pin.shared
         try:
             registry.reserve("gpio", pin.number, holder_prefix + path, shared=shared)
         except ResourceBusy as exc:
@@ -463,33 +483,46 @@ def parse_profile(data: Any, source: str = "") -> Profile:
     return profile
 
 
-def resolve_profile_path(name_or_path: str | Path) -> Path:
-    """A profile name (``gpio-4btn-rpi``) → ``firmware_config/gpio-4btn-rpi.yaml``; a path stays a path."""
+def resolve_profile_path(name_or_path: str | Path, directory: Path | None = None) -> Path:
+    """A profile name (``gpio-4btn-rpi``) → ``firmware_config/gpio-4btn-rpi.yaml``; a path stays a path.
+
+    ``directory`` is where names are looked up (default: ``firmware_config/``, the panels).
+    """
     text = str(name_or_path)
     if isinstance(name_or_path, Path) or "/" in text or text.endswith((".yaml", ".yml")):
         return Path(text).expanduser()
-    return firmware_config_dir() / f"{text}.yaml"
+    return (directory if directory is not None else firmware_config_dir()) / f"{text}.yaml"
 
 
-def load_profile(name_or_path: str | Path) -> Profile:
-    """Load and validate a profile by name or path. Raises :exc:`BadProfile` with key-path problems."""
-    path = resolve_profile_path(name_or_path)
+def read_profile_data(name_or_path: str | Path, directory: Path | None = None) -> tuple[Any, str]:
+    """The YAML data of a profile by name (looked up in ``directory``) or path, and where it came from.
+
+    Raises :exc:`BadProfile`: key ``profile`` (without a source) when there is no such file or it cannot
+    be read, key ``(top level)`` (with the file as source) when it is not YAML.
+    """
+    path = resolve_profile_path(name_or_path, directory)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        shipped = ", ".join(list_profiles()) or "none"
+        where = directory if directory is not None else firmware_config_dir()
+        shipped = ", ".join(sorted(p.stem for p in where.glob("*.yaml"))) or "none"
         raise BadProfile([("profile", f"no profile {str(name_or_path)!r} (shipped: {shipped})")]) from None
     except OSError as exc:
         raise BadProfile([("profile", f"cannot read {path}: {exc.strerror}")]) from None
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text), str(path)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
+        where_line = f" at line {mark.line + 1}" if mark is not None else ""
         raise BadProfile(
-            [("(top level)", f"not valid YAML{where}: {getattr(exc, 'problem', exc)}")], str(path)
+            [("(top level)", f"not valid YAML{where_line}: {getattr(exc, 'problem', exc)}")], str(path)
         ) from None
-    return parse_profile(data, source=str(path))
+
+
+def load_profile(name_or_path: str | Path) -> Profile:
+    """Load and validate a profile by name or path. Raises :exc:`BadProfile` with key-path problems."""
+    data, source = read_profile_data(name_or_path)
+    return parse_profile(data, source=source)
 
 
 def check_panel(
@@ -523,20 +556,32 @@ def check_panel(
             found.append(("port", "a GPIO panel has no serial port; remove port"))
         return found
     if port:
-        if port.startswith("usb:"):
-            try:
-                UsbId.model_validate(port)
-            except ValidationError as exc:
-                found.append(("port", problems(exc)[0][1]))
-        elif not port.startswith("/"):
-            found.append(("port", f"{port!r} is not a device path (/dev/...) or usb:VID:PID"))
-        if resources is not None and not any(k == "port" for k, _ in found):
-            try:
-                resources.reserve("serial", port, f"{holder}port")
-            except ResourceBusy as exc:
-                found.append(("port", str(exc)))
+        problem = serial_port_problem(port, resources=resources, holder=f"{holder}port")
+        if problem:
+            found.append(("port", problem))
     elif prof.usb is None:
         found.append(
             ("port", "a serial panel needs a port (e.g. /dev/serial/by-id/..., or usb:VID:PID) or usb: in its profile")
         )
     return found
+
+
+def serial_port_problem(port: str, *, resources: Resources | None = None, holder: str = "port") -> str | None:
+    """What is wrong with a configured serial ``port`` (a device path or ``usb:VID:PID``), or None.
+
+    A well-formed port is reserved in ``resources`` (if given) for ``holder``; a port another section
+    holds is a problem naming that section's key path.
+    """
+    if port.startswith("usb:"):
+        try:
+            UsbId.model_validate(port)
+        except ValidationError as exc:
+            return problems(exc)[0][1]
+    elif not port.startswith("/"):
+        return f"{port!r} is not a device path (/dev/...) or usb:VID:PID"
+    if resources is not None:
+        try:
+            resources.reserve("serial", port, holder)
+        except ResourceBusy as exc:
+            return str(exc)
+    return None

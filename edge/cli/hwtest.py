@@ -5,6 +5,11 @@ turn, beeps, then reports every button pressed until each has been pressed once 
 seconds pass). Nothing is recorded: these presses are not ratings. Stop ``edge run`` first; the
 panel has one user at a time. ``--sim`` runs the same test on a simulated panel, with a simulated
 technician pressing each button.
+
+``edge test relays`` opens the relay board the config's [relays] (or ``--profile``/``--port``) names,
+which opens every relay, then closes and opens each relay in turn (the amplifier first, then each
+zone) and prints what it did and, when the board can tell, what the board reports. ``--sim`` runs it
+on simulated GPIO pins or a simulated serial board.
 """
 
 from __future__ import annotations
@@ -13,7 +18,9 @@ import argparse
 import queue
 import threading
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
+from functools import partial
 from typing import Any
 
 from edge.cli.common import CliError, out, print_json
@@ -164,8 +171,97 @@ def cmd_test_speaker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_test_relays(args: argparse.Namespace) -> int:
+    from drivers.relay import AMPLIFIER, RelayFault, load_relay_profile, open_relays
+    from drivers.relay.profile import GpioRelayProfile
+    from drivers.resources import Resources
+
+    if args.profile:
+        profile_name, port, unit = args.profile, args.port, args.modbus_unit
+    else:
+        config = load_config(args.config)
+        if config.relays is None:
+            raise CliError("no [relays] in the config; name a relay profile with --profile")
+        profile_name = config.relays.profile
+        port = args.port or config.relays.port
+        unit = args.modbus_unit if args.modbus_unit is not None else config.relays.modbus_unit
+    profile = load_relay_profile(profile_name)
+    say = (lambda text: None) if args.json else out
+    report: dict[str, Any] = {"profile": profile.model, "kind": profile.kind, "readback": profile.readback}
+    clicked: list[str] = []
+    report["clicked"] = clicked
+
+    with ExitStack() as stack:
+        pin_factory = None
+        look: Callable[[], dict[str, bool]] | None = None  # --sim: the simulated hardware, seen from outside
+        if args.sim:
+            if isinstance(profile, GpioRelayProfile):
+                from gpiozero.pins.mock import MockFactory
+
+                from sim.gpio_relays import SimGpioRelays
+
+                pin_factory = MockFactory()
+                look = SimGpioRelays(profile, pin_factory).states
+            else:
+                from sim.serial_relay import simulated_board
+
+                board = stack.enter_context(simulated_board(profile))
+                port, unit = board.path, None
+                look = partial(board.named_states, profile)
+        try:
+            bank = stack.enter_context(
+                open_relays(profile, port=port, modbus_unit=unit, pin_factory=pin_factory, resources=Resources())
+            )
+        except RelayFault as exc:
+            raise CliError(str(exc)) from None
+        report["where"] = bank.where
+        say(
+            f"relay board {profile.model} ({profile.kind} on {bank.where}): amplifier and {len(bank.zones)} zones; "
+            f"readback {'on' if profile.readback else 'off'}"
+        )
+        if bank.problem:
+            raise CliError(bank.problem)
+        say("every relay open")
+
+        def board_says(relay: str) -> str:
+            notes = []
+            if profile.readback:
+                notes.append(f"the board reads {'closed' if bank.states()[relay] else 'open'}")
+            if look is not None:
+                seen = [name for name, on in look().items() if on]
+                report.setdefault("seen", []).append(seen)
+                notes.append(f"simulated board: {', '.join(seen) + ' closed' if seen else 'all open'}")
+            return f" ({'; '.join(notes)})" if notes else ""
+
+        try:
+            for relay in (AMPLIFIER, *bank.zones):
+                label = "amplifier" if relay == AMPLIFIER else f"zone {relay}"
+                if relay == AMPLIFIER:
+                    bank.amplifier(True)
+                else:
+                    bank.set_zones([relay])
+                say(f"{label}: closed{board_says(relay)}")
+                time.sleep(args.click_s)
+                if relay == AMPLIFIER:
+                    bank.amplifier(False)
+                else:
+                    bank.set_zones([])
+                say(f"{label}: open{board_says(relay)}")
+                clicked.append(relay)
+        except RelayFault as exc:
+            report["problem"] = str(exc)
+        report["ok"] = "problem" not in report
+    if args.json:
+        print_json(report)
+    elif not report["ok"]:
+        raise CliError(f"stopped after {len(clicked)} relays: {report['problem']}")
+    else:
+        out(f"all {len(clicked)} relays clicked; every relay open")
+    return 0 if report["ok"] else 1
+
+
 def register(sub: Any) -> None:
-    p = sub.add_parser("test", help="exercise one piece of hardware (panel, speaker)")
+    p = sub.add_parser("test", help="exercise one piece of hardware (panel, relays, speaker)")
     tsub = p.add_subparsers(dest="part", metavar="PART", required=True)
 
     q = tsub.add_parser("panel", help="light each LED in turn, then report each button pressed")
@@ -178,6 +274,16 @@ def register(sub: Any) -> None:
     q.add_argument("--connect-timeout", type=float, default=10.0, help="seconds to wait for the panel")
     q.add_argument("--json", action="store_true", help="print a JSON report at the end")
     q.set_defaults(func=cmd_test_panel)
+
+    q = tsub.add_parser("relays", help="click each relay in turn (amplifier, then each zone)")
+    q.add_argument("--config", metavar="FILE", help="config file whose [relays] to test")
+    q.add_argument("--profile", help="test this relay profile instead of the config's")
+    q.add_argument("--port", help="serial port (LCUS and Modbus boards)")
+    q.add_argument("--modbus-unit", type=int, help="Modbus unit id instead of the profile's")
+    q.add_argument("--sim", action="store_true", help="test simulated relays (GPIO pins or a serial board)")
+    q.add_argument("--click-s", type=float, default=1.0, help="seconds each relay stays closed")
+    q.add_argument("--json", action="store_true", help="print a JSON report at the end")
+    q.set_defaults(func=cmd_test_relays)
 
     q = tsub.add_parser("speaker", help="play a tone (or spoken text) on the counter speaker")
     q.add_argument("--config", metavar="FILE", help="config file whose rating.feedback.audio_device to use")

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from edge.config.commands import CommandsConfig
 from edge.config.counter import PanelConfig, RatingConfig
 from edge.config.device import DeviceConfig, HealthConfig, StoreConfig
 from edge.config.mqtt import MqttConfig, SyncConfig
+from edge.config.relays import RelaysConfig
 from edge.model import EdgeModel
 
 
@@ -30,6 +32,9 @@ class EdgeConfig(EdgeModel):
     rating: RatingConfig = Field(
         default_factory=RatingConfig, description="Rating windows, misuse rules, officers and feedback."
     )
+    relays: RelaysConfig | None = Field(
+        default=None, description="The relay board (loudspeaker devices): amplifier power and speaker zones."
+    )
 
     @field_validator("panel")
     @classmethod
@@ -39,6 +44,38 @@ class EdgeConfig(EdgeModel):
             raise ValueError("a rating panel needs the 'counter' role in device.roles")
         return value
 
+    @model_validator(mode="after")
+    def _one_user_per_resource(self) -> EdgeConfig:
+        """Every pin and port is reserved in one registry, so a pin the panel and the relays both use is
+        an error naming both key paths (``relays.profile: zones[0].pin: GPIO 17 is used by
+        panel.buttons[0].pin``)."""
+        from drivers.profiles import check_panel  # drivers import the config's base model, not the reverse
+        from drivers.relay.profile import check_relays
+        from drivers.resources import Resources
+
+        found: list[tuple[tuple[str, ...], str]] = []
+        if self.relays is not None and "loudspeaker" not in self.device.roles:
+            found.append((("relays",), "a relay board needs the 'loudspeaker' role in device.roles"))
+        resources = Resources()
+        if self.panel is not None:
+            for key, msg in check_panel(self.panel.profile, self.panel.port, resources=resources):
+                found.append(_section_problem("panel", key, msg, ("port",)))
+        if self.relays is not None:
+            relays = self.relays
+            for key, msg in check_relays(relays.profile, relays.port, relays.modbus_unit, resources=resources):
+                found.append(_section_problem("relays", key, msg, ("port", "modbus_unit")))
+        if found:
+            raise ValidationError.from_exception_data(
+                type(self).__name__,
+                [
+                    InitErrorDetails(
+                        type=PydanticCustomError("resource_clash", "{message}", {"message": msg}), loc=loc, input=None
+                    )
+                    for loc, msg in found
+                ],
+            )
+        return self
+
     @property
     def client_id(self) -> str:
         return self.mqtt.client_id or self.device.id
@@ -46,3 +83,11 @@ class EdgeConfig(EdgeModel):
     @property
     def db_path(self) -> Path:
         return self.store.state_dir / "events.db"
+
+
+def _section_problem(section: str, key: str, msg: str, own_keys: tuple[str, ...]) -> tuple[tuple[str, ...], str]:
+    """A section check's ``(key, message)`` as a location: the section's own keys stay keys, a key inside
+    the profile is reported under ``<section>.profile`` (as the section's own validators do)."""
+    if key in own_keys or key == "profile":
+        return (section, key), msg
+    return (section, "profile"), f"{key}: {msg}"
