@@ -12,6 +12,7 @@ from edge.config.counter import PanelConfig, RatingConfig
 from edge.config.device import DeviceConfig, HealthConfig, StoreConfig
 from edge.config.mqtt import MqttConfig, SyncConfig
 from edge.config.relays import RelaysConfig
+from edge.config.speech import SpeechConfig
 from edge.model import EdgeModel
 
 
@@ -34,6 +35,9 @@ class EdgeConfig(EdgeModel):
     )
     relays: RelaysConfig | None = Field(
         default=None, description="The relay board (loudspeaker devices): amplifier power and speaker zones."
+    )
+    speech: SpeechConfig = Field(
+        default_factory=SpeechConfig, description="How announcement text is spoken (loudspeaker devices)."
     )
 
     @field_validator("panel")

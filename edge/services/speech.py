@@ -12,12 +12,8 @@ rating service turns both into ``panel`` events.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
-import os
 import queue
-import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -28,10 +24,10 @@ from typing import Any
 from drivers.audio import AudioPlayer, AudioUnavailable, BadAudio, Clip, open_player
 from drivers.resources import Resources
 from edge.config import RatingFeedbackConfig
+from edge.speech import EspeakEngine, SpeechUnavailable, render_cached
 
 log = logging.getLogger(__name__)
 
-ESPEAK = "espeak-ng"
 #: A speaker that could not be opened is tried again at the next thank-you, at most this often.
 RETRY_S = 30.0
 
@@ -40,38 +36,10 @@ PlayedCallback = Callable[[str, float], None]
 PlayerFactory = Callable[[str | int | None, Resources, str], AudioPlayer]
 
 
-class SpeechUnavailable(AudioUnavailable):
-    """The text could not be turned into sound (espeak-ng missing or failing)."""
-
-
 def render_tts(text: str, voice: str, speed_wpm: int, cache_dir: Path) -> Path:
-    """The WAV of ``text`` spoken by espeak-ng ``voice``, rendered once and cached by content."""
-    digest = hashlib.sha256(f"{voice}\0{speed_wpm}\0{text}".encode()).hexdigest()[:16]
-    path = cache_dir / f"thanks-{voice}-{digest}.wav"
-    if path.exists():
-        return path
-    exe = shutil.which(ESPEAK)
-    if exe is None:
-        raise SpeechUnavailable("espeak-ng is not installed (apt-get install espeak-ng)")
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    try:
-        proc = subprocess.run(
-            [exe, "-v", voice, "-s", str(speed_wpm), "-w", str(tmp), "--stdin"],
-            input=text.encode("utf-8"),
-            capture_output=True,
-            timeout=60,
-        )
-        if proc.returncode != 0 or not tmp.exists() or tmp.stat().st_size <= 44:
-            err = proc.stderr.decode(errors="replace").strip() or f"exit status {proc.returncode}"
-            raise SpeechUnavailable(f"espeak-ng could not render voice {voice}: {err}")
-        os.replace(tmp, path)  # atomic: a half-written WAV is never cached
-    except subprocess.TimeoutExpired:
-        raise SpeechUnavailable("espeak-ng did not finish rendering within 60 s") from None
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-    return path
+    """The WAV of ``text`` spoken by espeak-ng ``voice``, normalised, rendered once and cached by content."""
+    engine = EspeakEngine(voice=voice, speed_wpm=speed_wpm)
+    return render_cached(engine, text, voice=voice, speed_wpm=speed_wpm, cache_dir=cache_dir)
 
 
 @dataclass
