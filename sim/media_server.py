@@ -264,7 +264,9 @@ class MediaServer:
             self._server.socket = ctx.wrap_socket(self._server.socket, server_side=True, do_handshake_on_connect=False)
         self.host = host
         self.port = int(self._server.server_address[1])
-        self._thread = threading.Thread(target=self._server.serve_forever, name="media-server", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="media-server", daemon=True
+        )
         self._thread.start()
 
     def url(self, path: str, *, host: str | None = None) -> str:

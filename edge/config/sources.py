@@ -39,6 +39,8 @@ def normalise_host_entry(entry: str) -> str:
     text = entry.strip().lower()
     if not text:
         raise ValueError("an empty host entry")
+    if "/" in text or "@" in text:
+        raise ValueError(f"{entry!r}: write the host alone (no scheme, path or user), e.g. 'media.gia-ray.gov.vn'")
     port: int | None = None
     if text.startswith("["):
         host, sep, rest = text[1:].partition("]")
