@@ -118,7 +118,10 @@ class SpeechEngine(ABC):
         return proc.stderr.decode("utf-8", errors="replace")
 
 
-def _last_lines(stderr: bytes, lines: int = 3) -> str:
-    """The end of a program's error output: a Python traceback's last lines say what went wrong."""
-    text = stderr.decode("utf-8", errors="replace").strip()
-    return " | ".join(text.splitlines()[-lines:])
+def _last_lines(stderr: bytes, lines: int = 2) -> str:
+    """The end of a program's error output, which says what went wrong (a Python traceback: its last line)."""
+    text = stderr.decode("utf-8", errors="replace")
+    found = [line.strip() for line in text.splitlines() if line.strip(" \t^~")]
+    if "Traceback (most recent call last)" in text:
+        found = found[-1:]
+    return " | ".join(found[-lines:])

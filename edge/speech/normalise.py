@@ -55,7 +55,7 @@ _PHONE_WORDS = (
 )
 _GROUPED = r"(?:\+84|\(0\d{1,3}\)|\d)(?:[ .\-]?\d)+"
 _PHONE_CONTEXT = re.compile(
-    rf"(?<!\w)({_PHONE_WORDS})(\s*:?\s*)({_GROUPED}(?:(?:\s*[,/]\s*|\s+hoặc\s+|\s+và\s+){_GROUPED})*)"
+    rf"(?<!\w)({_PHONE_WORDS}(?:\s+(?:ngay|số|tới|đến|cho))*)(\s*:?\s*)({_GROUPED}(?:(?:\s*[,/]\s*|\s+hoặc\s+|\s+và\s+){_GROUPED})*)"
     r"(?![\w]|[.,]\d)"
 )
 _PHONE_BARE = re.compile(r"(?<![\w.,/:+])((?:\+84|\(0\d{1,3}\)|0)(?:[ .\-]?\d){8,11})(?![\w]|[.,]\d)")
@@ -310,7 +310,8 @@ _DATE_MONTH_YEAR = re.compile(rf"{_NOT_BEFORE}(\d{{1,2}})/(\d{{4}}){_NOT_AFTER}"
 _RANGE = re.compile(r"(?<=\d)([hg'p]?)\s*-\s*(?=\d)")
 #: Words after which a date needs no "ngày" of its own: the word is there, or the date is a name (đường 3/2).
 _DAY_WORDS = re.compile(r"(?<!\w)(?i:ngày|mùng|mồng|đường|phố|công\s+viên|quảng\s+trường)\s*$")
-_MONTH_WORD = re.compile(r"(?i:tháng)\s*$")
+#: "tháng 1/2026" and "quý 1/2026" (a quarter) need no "tháng" of their own.
+_MONTH_WORD = re.compile(r"(?<!\w)(?i:tháng|quý)\s*$")
 
 
 def _valid_date(day: int, month: int) -> bool:
@@ -460,7 +461,6 @@ UNITS = {
     "l": "lít",
     "h": "giờ",
 }
-_CURRENCY = {"đồng"}
 _UNIT = "|".join(re.escape(u) for u in sorted(UNITS, key=len, reverse=True))
 _NUMBER = re.compile(
     r"(?<![\w.,/])(?:(?<![^\s(])(?P<neg>-))?"
@@ -471,9 +471,16 @@ _NUMBER = re.compile(
     r"|(?P<dotted>\d+\.\d+)"
     r"|(?P<int>\d+))"
     r"(?!\d|[.,]\d)"
-    rf"(?:\s?(?P<unit>{_UNIT})(?!\w)(?:\s*/\s*(?P<per>[^\W\d_]+\d?))?)?"
+    rf"(?:\s?(?P<unit>{_UNIT})(?!\w))?"
 )
-_PER_UNIT = re.compile(rf"^(?:{_UNIT})$")
+#: "30.000đ/hộ/tháng", "3 buổi/ngày": a slash before one of these is a rate, said "mỗi".
+_RATE = re.compile(
+    r"(?<=\w)\s*/\s*(?=(?:ngày|tháng|năm|tuần|quý|giờ|phút|người|hộ|khẩu|lượt|lần|buổi|suất|ca|con|cái|chiếc|xe|"
+    r"bao|kg|tấn|lít|ha|km|m2|m²|m3|m³|em|trẻ|cháu|học\s+sinh)(?!\w))"
+)
+
+
+_RATE_UNIT = re.compile(r"(?<!\w)mỗi (kg|km|ha|m2|m²|m3|m³)(?!\w)")
 
 
 def _say_integer(digits: str, style: NumberStyle) -> str:
@@ -504,15 +511,15 @@ def _numbers(text: str, style: NumberStyle) -> str:
         unit = g["unit"]
         if unit is not None:
             said += " " + UNITS[unit]
-            per = g["per"]
-            if per is not None:
-                if UNITS[unit] in _CURRENCY:
-                    said += " một " + (UNITS[per] if _PER_UNIT.match(per) else per)
-                else:
-                    said += " trên " + (UNITS[per] if _PER_UNIT.match(per) else per)
+        after = m.string[m.end() : m.end() + 1]
+        if after.isalpha():
+            said += " "  # 1A: "một A", not "mộtA"
         return said
 
-    return _NUMBER.sub(say, text)
+    text = _RATE.sub(" mỗi ", text)
+    text = _NUMBER.sub(say, text)
+    # What follows a rate's "mỗi" may be a unit written short (đồng mỗi kg).
+    return _RATE_UNIT.sub(lambda m: f"mỗi {UNITS[m.group(1)]}", text)
 
 
 # -- 9. symbols and tidying --------------------------------------------------------------------

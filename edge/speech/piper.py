@@ -114,9 +114,9 @@ class PiperEngine(SpeechEngine):
 
     def identity(self) -> str:
         self.voice_config()
-        stat = self.model.stat()
-        # A voice replaced at the same path (a better model provisioned) must render again.
-        return f"{self.model.resolve()} {stat.st_size} {stat.st_mtime_ns}"
+        # A voice replaced at the same path (a better model provisioned, its config edited) renders again.
+        files = (self.model, self.config_path)
+        return " ".join(f"{p.resolve()} {p.stat().st_size} {p.stat().st_mtime_ns}" for p in files)
 
     def _speaker(self, config: dict[str, Any], voice: str | None) -> int | None:
         """A speaker of a multi-speaker model, by name; the espeak-ng voice names mean the model's own voice.
