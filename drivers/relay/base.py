@@ -30,6 +30,7 @@ so a slow callback never delays switching and never blocks the watchdog.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import queue
@@ -131,8 +132,8 @@ class RelayBank:
         self._lock = threading.RLock()
         self._wake = threading.Condition(self._lock)
         self._states = dict.fromkeys(profile.relay_names, False)
-        # Relays whose real state is unknown (never written, or the last write failed): written even
-        # when the wanted state equals the remembered one.
+        # Relays whose real state is unknown (never written, or a fault since): written even when the
+        # wanted state equals the remembered one.
         self._unsure: set[str] = set(profile.relay_names)
         self._amp_on_since: float | None = None
         self._off_pending = False
@@ -212,7 +213,16 @@ class RelayBank:
             self._check_open()
             self._off_pending = True
             try:
-                self._apply([(name, False) for name in (*self.zones, AMPLIFIER)], force=True)
+                try:
+                    self._apply([(name, False) for name in self.zones], force=True, settle=False)
+                except RelayFault as exc:
+                    # Cutting the amplifier's power is what silences the horns: try it even when a
+                    # zone relay failed, then report the first fault.
+                    with contextlib.suppress(RelayFault):
+                        self._apply([(AMPLIFIER, False)], force=True, settle=False)
+                    self._fault(exc)
+                    raise
+                self._apply([(AMPLIFIER, False)], force=True)
             except RelayFault:
                 self._next_off_retry = time.monotonic() + self._off_retry_s
                 self._wake.notify_all()
@@ -306,8 +316,12 @@ class RelayBank:
         if self._closed:
             raise RelayFault(f"the relay bank on {self.where} is closed")
 
-    def _apply(self, changes: list[tuple[str, bool]], *, force: bool = False) -> None:
-        """Write ``changes`` in order, then confirm them by reading back if the board can."""
+    def _apply(self, changes: list[tuple[str, bool]], *, force: bool = False, settle: bool = True) -> None:
+        """Write ``changes`` in order, then confirm them by reading back if the board can.
+
+        ``force`` writes relays the bank believes are already right; ``settle`` clears the problem on
+        success (False: the caller has more to do before it knows).
+        """
         changed: list[tuple[str, bool]] = []
         try:
             written: dict[str, bool] = {}
@@ -336,7 +350,8 @@ class RelayBank:
             raise
         finally:
             self._announce(changed)
-        self._fine()
+        if settle:
+            self._fine()
 
     def _take_reading(self, changed: list[tuple[str, bool]], expect: dict[str, bool] | None = None) -> None:
         reading = self._backend.read()
@@ -361,6 +376,10 @@ class RelayBank:
                 )
 
     def _fault(self, exc: RelayFault) -> None:
+        # After a fault nothing the bank remembers can be trusted: the board may have missed writes,
+        # or lost power with its USB cable and come back with every relay open. Each relay is written
+        # again the next time an operation names it.
+        self._unsure.update(self._states)
         self._stats.faults += 1
         message = str(exc)
         if message != self._problem:
