@@ -1,4 +1,11 @@
-"""``edge run``: the device daemon, wiring the outbox, the MQTT link and the services together."""
+"""``edge run``: the device daemon, wiring the outbox, the MQTT link and the services together.
+
+A :class:`~edge.supervisor.Supervisor` watches every loop the device stands on (the outbox writer,
+the MQTT link, the uplink, the reply sender, the command channel, the periodic loops); if one dies,
+``edge run`` logs "<name> thread died: <exception>", stops what it can and exits 1, and systemd starts
+it again. It also does the daemon's small bookkeeping that must stay off the network thread
+(recording the link state and the oversized-message count in the store).
+"""
 
 from __future__ import annotations
 
@@ -26,6 +33,7 @@ from edge.keys import load_trusted_keys
 from edge.services import LIVE_KEYS, Service, ServiceContext, build_services
 from edge.store import Outbox
 from edge.store.journal import CommandJournal
+from edge.supervisor import Supervisor, WatchedThread
 from edge.sync import LinkSettings, MqttLink, Uplink, Will
 from edge.sync.replies import ReplySender
 from edge.sync.uplink import status_payload
@@ -34,6 +42,8 @@ from edge.topics import Topics
 log = logging.getLogger(__name__)
 
 HOUSEKEEPING_INTERVAL_S = 60.0
+#: How long a daemon that lost one of its loops may take to stop the others before it exits anyway.
+FAILED_STOP_TIMEOUT_S = 30.0
 
 
 def next_boot(state_dir: Path) -> int:
@@ -95,7 +105,12 @@ class Daemon:
         self.topics = Topics(config.mqtt.root, config.device.commune, config.device.id)
         self.started = time.monotonic()
         self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
+        self._threads: list[WatchedThread] = []
+        # Written by the network thread, recorded in the store by the supervisor's chore.
+        self._link_state = ("down", now_iso())
+        self._link_state_recorded: tuple[str, str] | None = None
+        self._oversized_unrecorded = 0
+        self.supervisor = Supervisor()
         config.store.state_dir.mkdir(parents=True, exist_ok=True)
         self.outbox = Outbox.from_config(config, owner=True)
         self.boot = next_boot(config.store.state_dir)
@@ -138,16 +153,27 @@ class Daemon:
         self.services: list[Service] = build_services(
             ServiceContext(config, self.outbox, self.registry, process_resources())
         )
+        self._watch()
+
+    def _watch(self) -> None:
+        sup = self.supervisor
+        sup.watch("outbox writer", self.outbox.alive)
+        sup.watch("mqtt-link", self.link.alive, lambda: self.link.failure)
+        sup.watch("uplink", self.uplink.alive, lambda: self.uplink.failure)
+        sup.watch("replies", self.replies.alive, lambda: self.replies.failure)
+        # The channel's intake thread: verification, the replay check and the journal write.
+        sup.watch_thread("commands", lambda: self.channel._thread)
+        sup.chore("recording the link state", self._record_link_state)
 
     def _status(self, online: bool) -> bytes:
         return status_payload(online, self.boot, __version__, list(self.config.device.roles), now_iso())
 
     def _on_connect(self) -> None:
         self.link.publish(self.topics.status, self._status(online=True), qos=1, retain=True)
-        self._record_link("up")
+        self._link_state = ("up", now_iso())
 
     def _on_oversized(self, topic: str, size: int) -> None:
-        self.outbox.bump("rejected_oversized")
+        self._oversized_unrecorded += 1  # network thread: counted in the store by the chore
         self.channel.on_oversized(topic, size)
 
     def _apply_config(self, new: EdgeConfig, changed: set[str]) -> None:
@@ -165,11 +191,19 @@ class Daemon:
             service.reconfigure(new)
 
     def _on_disconnect(self) -> None:
-        self._record_link("down")
+        self._link_state = ("down", now_iso())
 
-    def _record_link(self, state: str) -> None:
-        with contextlib.suppress(Exception):
-            self.outbox.set_meta("link", f"{state} {now_iso()}")
+    def _record_link_state(self) -> None:
+        """The supervisor's chore (about once a second): the link state and the count of oversized
+        messages go into the store here, not on the network thread, which must never wait for SQLite."""
+        state = self._link_state
+        if state != self._link_state_recorded:
+            self.outbox.set_meta("link", f"{state[0]} {state[1]}")
+            self._link_state_recorded = state
+        n = self._oversized_unrecorded
+        if n:
+            self.outbox.bump("rejected_oversized", n)
+            self._oversized_unrecorded -= n
 
     def _every(self, interval: Callable[[], float], fn: Callable[[], Any], name: str, first: float = 0.0) -> None:
         def loop() -> None:
@@ -186,9 +220,10 @@ class Daemon:
                     if self._stop.wait(min(left, 5.0)):
                         return
 
-        t = threading.Thread(target=loop, name=name, daemon=True)
+        t = WatchedThread(loop, name)
         t.start()
         self._threads.append(t)
+        self.supervisor.watch_thread(name, lambda: t)
 
     def report_health(self) -> None:
         self.outbox.append(
@@ -210,7 +245,7 @@ class Daemon:
 
     def start(self) -> Daemon:
         self.outbox.set_meta("daemon", f"{os.getpid()} {now_iso()} {self.boot}")
-        self._record_link("down")
+        self._record_link_state()
         wake = self.outbox.bind_wake_socket()
         self.uplink.start(wake)
         self.replies.start()
@@ -220,6 +255,7 @@ class Daemon:
         self.link.start()
         self._every(lambda: self.config.health.interval_s, self.report_health, "health")
         self._every(lambda: HOUSEKEEPING_INTERVAL_S, self.housekeeping, "housekeeping", first=HOUSEKEEPING_INTERVAL_S)
+        self.supervisor.start()
         log.info(
             "device %s/%s started (boot %d, epoch %s, broker %s)",
             self.config.device.commune,
@@ -235,6 +271,7 @@ class Daemon:
         if self._stop.is_set():
             return
         self._stop.set()
+        self.supervisor.stop()  # what is stopped below is meant to end
         if self.link.connected.is_set():
             with contextlib.suppress(LinkError, TimeoutError, Exception):
                 self.link.publish(self.topics.status, self._status(online=False), retain=True).result(2.0)
@@ -254,19 +291,50 @@ class Daemon:
         self.outbox.close()
         log.info("stopped")
 
+    def wait(self, stop: threading.Event, timeout: float | None = None) -> str | None:
+        """Block until ``stop`` is set ("stopped"), a configuration change needs a restart
+        ("restart"), or a loop has died ("failed"); None if ``timeout`` passes first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self.supervisor.failed.is_set():
+                return "failed"
+            if stop.is_set():
+                return "stopped"
+            if self.restart_requested.is_set():
+                return "restart"
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+            stop.wait(0.5)
+
+    def stop_after_failure(self) -> None:
+        """Stop what still runs, but give up after :data:`FAILED_STOP_TIMEOUT_S`: with a loop dead,
+        some part may no longer answer, and the process must end for systemd to start it again."""
+        stopper = threading.Thread(target=self.stop, name="stop", daemon=True)
+        stopper.start()
+        stopper.join(FAILED_STOP_TIMEOUT_S)
+        if stopper.is_alive():
+            log.error("not everything stopped within %.0f s; exiting anyway", FAILED_STOP_TIMEOUT_S)
+
     def run(self) -> int:
-        """Run until SIGTERM or SIGINT, restarting in-process when a configuration change needs it."""
+        """Run until SIGTERM or SIGINT (0), restarting in-process when a configuration change needs it;
+        1 if one of the daemon's loops died."""
         signalled = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: signalled.set())
         daemon: Daemon = self
         while True:
             daemon.start()
+            outcome = None
             try:
-                while not signalled.is_set() and not daemon.restart_requested.is_set():
-                    signalled.wait(0.5)
+                outcome = daemon.wait(signalled)
             finally:
-                daemon.stop()
+                if outcome == "failed":
+                    daemon.stop_after_failure()
+                else:
+                    daemon.stop()
+            if outcome == "failed":
+                log.critical("exiting: %s", daemon.supervisor.reason)
+                return 1
             if signalled.is_set() or daemon.next_config is None:
                 return 0
             log.info("restarting with the new configuration")

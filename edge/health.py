@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.store import Outbox
+from edge.sync.undeliverable import undeliverable_count
 
 _THERMAL = Path("/sys/class/thermal/thermal_zone0/temp")
 
@@ -45,6 +46,7 @@ def health_data(outbox: Outbox, started_monotonic: float, extra: dict[str, Any] 
         "oldest_pending_age_s": None if age is None else round(age, 1),
         "store_bytes": stats.db_bytes,
         "evictions": stats.evictions,
+        "undeliverable": undeliverable_count(outbox),
         "clock_synced": outbox.clock.synced(),
         **(extra or {}),
     }

@@ -49,18 +49,43 @@ class EventBatch(EdgeModel):
         return self
 
 
+#: A collector's reason for rejecting events: a short countable word (``schema``, ``malformed``...).
+RejectReason = Annotated[str, StringConstraints(pattern=r"^[a-z_]{1,32}$")]
+
+
 class EvtAck(EdgeModel):
+    """``evtack``: what the collector did with a device's events.
+
+    ``ranges`` are stored. ``rejected`` (added to contract version 1 in a backward-compatible way:
+    absent means none) will never be stored, for ``reason``: the device sets them aside as
+    undeliverable and stops sending them. A collector sends ``ranges`` always, empty when it only
+    rejects, so a device that predates ``rejected`` ignores such an answer and nothing else changes.
+    """
+
     v: Literal[1] = Field(description="Contract version.")
     epoch: Epoch = Field(description="The epoch the ranges refer to.")
     ranges: list[tuple[int, int]] = Field(
-        min_length=1, max_length=MAX_ACK_RANGES, description="Inclusive [from_seq, to_seq] ranges now stored."
+        max_length=MAX_ACK_RANGES, description="Inclusive [from_seq, to_seq] ranges now stored."
+    )
+    rejected: list[tuple[int, int]] = Field(
+        default_factory=list,
+        max_length=MAX_ACK_RANGES,
+        description="Inclusive [from_seq, to_seq] ranges the collector will never store (see reason).",
+    )
+    reason: RejectReason | None = Field(default=None, description="Why the rejected ranges were rejected.")
+    detail: str | None = Field(
+        default=None, max_length=500, description="The first problem found, for people (key path first)."
     )
 
     @model_validator(mode="after")
     def _ordered_ranges(self) -> EvtAck:
-        for a, b in self.ranges:
+        for a, b in [*self.ranges, *self.rejected]:
             if a < 1 or b < a:
                 raise ValueError(f"bad range [{a}, {b}]")
+        if not self.ranges and not self.rejected:
+            raise ValueError("an evtack acknowledges or rejects at least one range")
+        if self.rejected and self.reason is None:
+            raise ValueError("rejected ranges need a reason")
         return self
 
 

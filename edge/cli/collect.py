@@ -30,6 +30,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
         cert_file=args.cert,
         key_file=args.key,
         max_message_bytes=args.max_message_bytes,
+        max_queued_bytes=args.max_queued_bytes,
+        store_retry_s=args.store_retry_s,
     ).start()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -38,6 +40,9 @@ def cmd_collect(args: argparse.Namespace) -> int:
     last = time.monotonic()
     try:
         while not stop.wait(0.5):
+            if collector.failed.is_set():
+                # Already logged by the supervisor; the summary still goes to stdout below.
+                break
             now = time.monotonic()
             if args.summary_interval and now - last >= args.summary_interval:
                 last = now
@@ -47,6 +52,9 @@ def cmd_collect(args: argparse.Namespace) -> int:
     finally:
         collector.stop()
     out(json.dumps(collector.summary(), ensure_ascii=False))
+    if collector.failed.is_set():
+        log.error("collector stopped: %s", collector.supervisor.reason)
+        return 1
     return 0
 
 
@@ -61,6 +69,19 @@ def register(sub: Any) -> None:
     p.add_argument("--cert", type=Path, help="client certificate (mqtts)")
     p.add_argument("--key", type=Path, help="client key (mqtts)")
     p.add_argument("--max-message-bytes", type=int, default=4 * 1024 * 1024)
+    p.add_argument(
+        "--max-queued-bytes",
+        type=int,
+        default=256 * 1024 * 1024,
+        help="messages waiting to be stored take at most this much memory; past it the oldest is dropped "
+        "(its device sends it again)",
+    )
+    p.add_argument(
+        "--store-retry-s",
+        type=float,
+        default=60.0,
+        help="a database that keeps failing this long ends the collector (exit 1, for systemd to restart it)",
+    )
     p.add_argument("--summary-interval", type=float, default=60.0, help="seconds between summary log lines")
     p.add_argument("--duration", type=float, default=None, help="exit after this many seconds")
     p.set_defaults(func=cmd_collect, default_log="INFO")

@@ -19,6 +19,7 @@ from edge.cli.common import (
 )
 from edge.config import EdgeConfig
 from edge.store import PRIORITIES, Outbox
+from edge.sync.undeliverable import undeliverable, undeliverable_count
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -61,6 +62,8 @@ def status_report(config: EdgeConfig, outbox: Outbox) -> dict[str, Any]:
         "evictions": stats.evictions,
         "store": {"path": str(outbox.path), "epoch": stats.epoch, "bytes": stats.db_bytes, "cap": stats.max_bytes},
         "counters": stats.counters,
+        "undeliverable_total": undeliverable_count(outbox),
+        "undeliverable": undeliverable(outbox),
     }
 
 
@@ -86,6 +89,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"evictions   bulk {report['evictions']['bulk']}, normal {report['evictions']['normal']}",
         f"store       {report['store']['bytes']} of {report['store']['cap']} bytes, epoch {report['store']['epoch']}",
     ]
+    if report["undeliverable_total"]:
+        lines.append(f"set aside   {report['undeliverable_total']} undeliverable event(s), see --json")
     out("\n".join(lines))
     return 0
 

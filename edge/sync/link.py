@@ -5,7 +5,14 @@ number, futures for publishes (resolved on PUBACK), and a handler call per incom
 The network loop runs in one thread that also owns reconnection, with capped exponential backoff
 and jitter so that a commune's devices do not all knock on the broker at once after an outage.
 
-paho keeps its outgoing queue in memory only; durability is the outbox's job, never this one's.
+paho keeps its outgoing queue in memory only; durability is the outbox's job, never this one's. So
+resending is the callers' job too: every new connection starts with paho's in-flight state empty
+(paho would otherwise send its own copies again after a reconnect, behind the back of callers whose
+futures already failed), and a publish future is keyed by (connection generation, message id), so
+an acknowledgement can only ever resolve the publish it belongs to.
+
+Futures resolve on the network thread and run their done-callbacks there: a callback must only
+hand the outcome over (a queue, an event), never touch SQLite or block.
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ import logging
 import random
 import ssl
 import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -27,11 +36,17 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge.config import BrokerAddress
-from edge.exceptions import LinkError, MessageRefused
+from edge.exceptions import LinkError, MessageRefused, PacketTooLarge
+from edge.supervisor import WatchedThread, thread_alive, thread_failure
 
 log = logging.getLogger(__name__)
 
 MessageHandler = Callable[[str, bytes], None]
+
+#: Acknowledgements that arrived before ``publish()`` registered their future wait here, at most this
+#: many (the oldest go first, counted as ``stats.stale_pubacks``). Only publishes in progress can
+#: legitimately have one, so a handful is the real need.
+EARLY_MAX = 256
 
 
 @dataclass(frozen=True)
@@ -59,6 +74,10 @@ class LinkSettings:
     max_incoming_bytes: int = 64 * 1024
     reconnect_min_s: float = 0.5
     reconnect_max_s: float = 60.0
+    #: The reconnect backoff starts again from ``reconnect_min_s`` only after a connection has stayed
+    #: up this long: two devices cloned from one SD card (one client id) then take each other over
+    #: ever more rarely instead of every half second.
+    stable_after_s: float = 30.0
     max_inflight: int = 100
     will: Will | None = None
 
@@ -70,6 +89,11 @@ class LinkStats:
     connect_failures: int = 0
     oversized_dropped: int = 0
     handler_errors: int = 0
+    #: Acknowledgements that matched no publish of this connection (dropped, never resolving another).
+    stale_pubacks: int = 0
+    #: Publishes refused for their size, by this link (over the broker's announced maximum) or by the
+    #: broker (it dropped the connection over the packet).
+    too_large: int = 0
     last_error: str = ""
     subscriptions: list[tuple[str, int]] = field(default_factory=list)
 
@@ -103,15 +127,19 @@ class MqttLink:
         self.stats = LinkStats()
         self.connected = threading.Event()
         self.generation = 0  # counts successful connections; lets users notice a reconnect
+        #: The Maximum Packet Size the broker announced in its CONNACK (None: it set no limit).
+        self.max_packet_bytes: int | None = None
         self._handlers: list[tuple[str, MessageHandler]] = []
         self._on_connect_hooks: list[Callable[[], None]] = []
         self._on_disconnect_hooks: list[Callable[[], None]] = []
         self.on_oversized: Callable[[str, int], None] | None = None
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread: WatchedThread | None = None
         self._lock = threading.Lock()
-        self._pending: dict[int, Future[ReasonCode | None]] = {}
-        self._early: dict[int, ReasonCode | None] = {}
+        # Both keyed by (generation, mid): a message id is only unique within one connection.
+        self._pending: dict[tuple[int, int], Future[ReasonCode | None]] = {}
+        self._early: OrderedDict[tuple[int, int], tuple[float, ReasonCode | None]] = OrderedDict()
+        self._connected_at: float | None = None
         self._backoff = Backoff(settings.reconnect_min_s, settings.reconnect_max_s)
         self._client = self._make_client()
 
@@ -174,9 +202,17 @@ class MqttLink:
             self.stats.last_error = f"connection refused: {reason}"
             log.warning("broker %s refused the connection: %s", self.settings.address, reason)
             return
-        self._backoff.reset()
+        # paho is about to send its own copies of whatever was in flight on the last connection.
+        # Their futures failed when it dropped and their owners send them again (the uplink from the
+        # outbox, the reply sender from the journal): one owner of resends, and no PUBACK of an old
+        # copy can turn up on this connection.
+        client.drop_out_messages()
+        self.max_packet_bytes = getattr(properties, "MaximumPacketSize", None)
+        with self._lock:
+            self._early.clear()
+            self.generation += 1
+        self._connected_at = time.monotonic()
         self.stats.connects += 1
-        self.generation += 1
         for topic_filter, qos in self.stats.subscriptions:
             client.subscribe(topic_filter, qos)
         self.connected.set()
@@ -196,11 +232,23 @@ class MqttLink:
             self.stats.disconnects += 1
             self.stats.last_error = f"disconnected: {reason}"
             log.warning("disconnected from %s: %s", self.settings.address, reason)
+        # In wire order: the broker acknowledges in order, so the first of these still waiting is the
+        # packet it was reading when it gave up.
+        unacknowledged = [m.mid for m in client.drop_out_messages()]
+        too_large = getattr(flags, "is_disconnect_packet_from_server", False) and _is_packet_too_large(reason)
         with self._lock:
             pending, self._pending = self._pending, {}
             self._early.clear()
-        for fut in pending.values():
-            if not fut.done():
+            generation = self.generation
+        culprit = next(((generation, mid) for mid in unacknowledged if (generation, mid) in pending), None)
+        for key, fut in pending.items():
+            if fut.done():
+                continue
+            if too_large and key == culprit:
+                # The broker announced no limit (or a larger one) and dropped us over this packet.
+                self.stats.too_large += 1
+                fut.set_exception(PacketTooLarge(f"the broker dropped the connection over this message: {reason}"))
+            else:
                 fut.set_exception(LinkError(f"disconnected before the broker acknowledged: {reason}"))
         for hook in self._on_disconnect_hooks:
             try:
@@ -214,14 +262,16 @@ class MqttLink:
         # paho calls this holding its own message lock; publish() never holds self._lock while
         # calling into paho, so taking it here cannot deadlock.
         with self._lock:
-            fut = self._pending.pop(mid, None)
+            key = (self.generation, mid)
+            fut = self._pending.pop(key, None)
             if fut is None:
-                self._early[mid] = reason
+                # publish() has not registered this one yet (or nobody waits for it any more).
+                self._early[key] = (time.monotonic(), reason)
+                while len(self._early) > EARLY_MAX:
+                    self._early.popitem(last=False)
+                    self.stats.stale_pubacks += 1
                 return
-        if reason is not None and reason.is_failure:
-            fut.set_exception(MessageRefused(f"broker refused the message: {reason}"))
-        else:
-            fut.set_result(reason)
+        _resolve(fut, reason)
 
     def _on_subscribe(
         self, client: mqtt.Client, userdata: Any, mid: int, reasons: list[ReasonCode], properties: Any
@@ -260,6 +310,14 @@ class MqttLink:
 
     # -- publishing -----------------------------------------------------------------------------
 
+    def max_payload_bytes(self, topic: str) -> int | None:
+        """The largest payload the broker takes on ``topic`` (None: no announced limit)."""
+        limit = self.max_packet_bytes
+        if limit is None:
+            return None
+        # Fixed header (up to 5 bytes), topic, packet id, and room for the expiry property.
+        return max(0, limit - 5 - (2 + len(topic.encode())) - 2 - 6)
+
     def publish(
         self,
         topic: str,
@@ -268,8 +326,12 @@ class MqttLink:
         retain: bool = False,
         expiry_s: int | None = None,
     ) -> Future[ReasonCode | None]:
-        """Send a message; the future resolves when the broker acknowledges it (QoS 1) or fails
-        with LinkError if the connection drops first."""
+        """Send a message; the future resolves when the broker acknowledges it (QoS 1), fails with
+        PacketTooLarge if the broker will not take it at its size, with MessageRefused if the broker
+        refuses it, or with LinkError if the connection drops first.
+
+        The future resolves on the network thread: done-callbacks must be quick and must not touch
+        SQLite (hand the outcome to a thread of your own)."""
         props = None
         if expiry_s is not None:
             props = Properties(PacketTypes.PUBLISH)
@@ -278,30 +340,60 @@ class MqttLink:
         if not self.connected.is_set():
             fut.set_exception(LinkError("not connected"))
             return fut
-        info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
+        data = payload.encode() if isinstance(payload, str) else payload
+        size = _packet_bytes(topic, len(data), qos, props)
+        limit = self.max_packet_bytes
+        if limit is not None and size > limit:
+            # MQTT 5: a client must not send a packet over the maximum the server announced (the
+            # broker would drop the connection, and the same packet would go out again after it).
+            self.stats.too_large += 1
+            fut.set_exception(PacketTooLarge(f"a {size}-byte packet, over the broker's maximum of {limit} bytes"))
+            return fut
+        with self._lock:
+            generation = self.generation
+        started = time.monotonic()
+        info = self._client.publish(topic, data, qos=qos, retain=retain, properties=props)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             fut.set_exception(LinkError(f"publish failed: {mqtt.error_string(info.rc)}"))
             return fut
+        if qos == 0:
+            fut.set_result(None)  # nothing will acknowledge it; "handed to the network thread" is all
+            return fut
+        key = (generation, info.mid)
         with self._lock:
-            if info.mid in self._early:
-                reason = self._early.pop(info.mid)
-                early = True
+            if self.generation != generation or not self.connected.is_set():
+                # The connection changed under this publish: whether it went out on the old one or
+                # the new one, its acknowledgement can no longer be told apart. Its owner resends.
+                lost = True
             else:
-                self._pending[info.mid] = fut
-                early = False
-        if early:
-            if reason is not None and reason.is_failure:
-                fut.set_exception(MessageRefused(f"broker refused the message: {reason}"))
-            else:
-                fut.set_result(reason)
+                lost = False
+                early = self._early.pop(key, None)
+                if early is not None and early[0] < started:
+                    self.stats.stale_pubacks += 1  # from before this publish: not ours
+                    early = None
+                if early is None:
+                    self._pending[key] = fut
+        if lost:
+            fut.set_exception(LinkError("the connection changed while publishing"))
+        elif early is not None:
+            _resolve(fut, early[1])
         return fut
 
     # -- the network thread ---------------------------------------------------------------------
 
     def start(self) -> MqttLink:
-        self._thread = threading.Thread(target=self._run, name="mqtt-link", daemon=True)
+        self._thread = WatchedThread(self._run, "mqtt-link")
         self._thread.start()
         return self
+
+    def alive(self) -> bool:
+        """Whether the network thread runs (until ``stop()``)."""
+        return thread_alive(self._thread)
+
+    @property
+    def failure(self) -> BaseException | None:
+        """What the network thread died of, if it did."""
+        return thread_failure(self._thread)
 
     def wait_connected(self, timeout: float) -> bool:
         return self.connected.wait(timeout)
@@ -322,6 +414,7 @@ class MqttLink:
             properties=self._connect_properties(),
         )
         while not self._stop.is_set():
+            self._connected_at = None
             try:
                 self._client.reconnect()
             except (OSError, ssl.SSLError, ValueError) as exc:
@@ -336,6 +429,11 @@ class MqttLink:
                     # loop() failed without paho calling on_disconnect (e.g. a socket error).
                     lost = ReasonCode(PacketTypes.DISCONNECT, "Unspecified error")
                     self._on_disconnect(self._client, None, None, lost, None)
+            up = self._connected_at
+            if up is not None and time.monotonic() - up >= s.stable_after_s:
+                # Only a connection that lasted earns a quick reconnect; one that is taken over
+                # (or refused) right away keeps backing off.
+                self._backoff.reset()
             if self._stop.wait(self._backoff.next()):
                 break
 
@@ -351,3 +449,30 @@ class MqttLink:
         with contextlib.suppress(Exception):
             self._client.loop(timeout=0.1)
         self.connected.clear()
+
+
+def _resolve(fut: Future[ReasonCode | None], reason: ReasonCode | None) -> None:
+    if fut.done():
+        return
+    if reason is not None and reason.is_failure:
+        fut.set_exception(MessageRefused(f"broker refused the message: {reason}"))
+    else:
+        fut.set_result(reason)
+
+
+def _is_packet_too_large(reason: ReasonCode | None) -> bool:
+    return reason is not None and reason.value == 0x95
+
+
+def _varint_bytes(n: int) -> int:
+    size = 1
+    while n >= 128:
+        n //= 128
+        size += 1
+    return size
+
+
+def _packet_bytes(topic: str, payload_len: int, qos: int, props: Properties | None) -> int:
+    """The size of the PUBLISH packet paho will send (what a broker's Maximum Packet Size limits)."""
+    remaining = 2 + len(topic.encode()) + (2 if qos else 0) + len(props.pack() if props else b"\x00") + payload_len
+    return 1 + _varint_bytes(remaining) + remaining

@@ -3,6 +3,10 @@
 A reply leaves the journal only when the broker has acknowledged it (PUBACK), so an ack written just
 before a power cut is sent after the restart. Replies go out in the order they were written, which
 keeps ``accepted`` ahead of ``succeeded`` for one command.
+
+The outcome of a publish arrives on the link's network thread; it is handed to this sender's own
+thread, which does the SQLite work (deleting the delivered reply), so the network thread never waits
+for a commit and keepalives and other acknowledgements go on while the SD card is slow.
 """
 
 from __future__ import annotations
@@ -10,10 +14,12 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+from collections import OrderedDict, deque
 from concurrent.futures import Future
 
 from edge.exceptions import LinkError, MessageRefused, StoreError
 from edge.store.journal import CommandJournal, Reply
+from edge.supervisor import WatchedThread, thread_alive, thread_failure
 from edge.sync.link import MqttLink
 from edge.topics import Topics
 
@@ -22,6 +28,9 @@ log = logging.getLogger(__name__)
 #: A reply refused by the broker is refused again on every try (it is an ACL decision), so after
 #: this many refusals it is dropped, with an error in the log and a counter.
 MAX_REFUSALS = 3
+#: Replies whose refusals are being counted, at most (the oldest count is forgotten first: that reply
+#: then gets its few tries again, nothing worse).
+REFUSALS_TRACKED = 1000
 
 
 class ReplySender:
@@ -36,37 +45,47 @@ class ReplySender:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._inflight: set[int] = set()
-        self._refusals: dict[int, int] = {}
+        # Publish outcomes, from the network thread; at most one per reply in flight, so bounded
+        # by the replies sent (one pass sends at most a page of them per connection).
+        self._done: deque[tuple[Reply, BaseException | None]] = deque()
+        self._refusals: OrderedDict[int, int] = OrderedDict()
         self._generation = -1
         self._last_id = 0
-        self._thread: threading.Thread | None = None
+        self._thread: WatchedThread | None = None
         link.on_connect(self.wake)
 
     def wake(self) -> None:
         self._wake.set()
 
     def _on_done(self, reply: Reply, fut: Future[object]) -> None:
-        with self._lock:
-            self._inflight.discard(reply.id)
-        exc = fut.exception()
-        try:
+        # Network thread: hand over, nothing more.
+        self._done.append((reply, fut.exception()))
+        self._wake.set()
+
+    def _record_outcomes(self) -> None:
+        while self._done:
+            reply, exc = self._done.popleft()
+            with self._lock:
+                self._inflight.discard(reply.id)
             if exc is None:
+                self._refusals.pop(reply.id, None)
                 self.journal.reply_sent(reply.id)
                 self.sent += 1
-                return
+                continue
             if isinstance(exc, MessageRefused):
-                n = self._refusals[reply.id] = self._refusals.get(reply.id, 0) + 1
+                n = self._refusals.pop(reply.id, 0) + 1
                 if n >= MAX_REFUSALS:
                     log.error("the broker refuses the reply on %s (%s); dropping it", reply.topic, exc)
                     self.journal.reply_sent(reply.id)
                     self.journal.outbox.bump("replies_refused")
-                    return
+                    continue
+                self._refusals[reply.id] = n
+                while len(self._refusals) > REFUSALS_TRACKED:
+                    self._refusals.popitem(last=False)
             # Not delivered: send it again on the next pass (or the next connection).
             with self._lock:
                 self._last_id = min(self._last_id, reply.id - 1)
             self._wake.set()
-        except StoreError:
-            log.exception("could not record a reply as sent")
 
     def _pass(self) -> None:
         if not self.link.connected.is_set():
@@ -100,14 +119,24 @@ class ReplySender:
             if self._stop.is_set():
                 break
             try:
+                self._record_outcomes()
                 self._pass()
             except StoreError:
-                log.exception("reading replies failed")
+                log.exception("reading or recording replies failed")
             except Exception:
                 log.exception("sending replies failed")
 
+    def alive(self) -> bool:
+        """Whether the sending thread runs (until ``stop()``)."""
+        return thread_alive(self._thread)
+
+    @property
+    def failure(self) -> BaseException | None:
+        """What the sending thread died of, if it did."""
+        return thread_failure(self._thread)
+
     def start(self) -> ReplySender:
-        self._thread = threading.Thread(target=self._run, name="replies", daemon=True)
+        self._thread = WatchedThread(self._run, "replies")
         self._thread.start()
         return self
 

@@ -14,26 +14,51 @@ The uplink follows the collector's presence (``{root}/{commune}/server/status``,
 will). While the collector is known to be offline nothing is sent; when it comes back, sending
 starts again from the oldest pending event. With no presence published at all, the uplink simply
 relies on the ack timeout.
+
+No event may hold the others up. Batches are kept under the broker's announced Maximum Packet Size;
+a batch the broker will not take at its size (it dropped the connection over it) is split, and one
+event that is too large on its own is set aside as undeliverable (:mod:`edge.sync.undeliverable`),
+as are events the collector answers with a rejection. A batch refused for another reason (the ACL,
+a quota) is not the events' fault: it stays pending and is tried again later, outside the window.
 """
 
 from __future__ import annotations
 
 import bisect
+import functools
 import logging
 import socket
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from edge.config import SyncConfig
-from edge.exceptions import BadMessage, LinkError, StoreError
+from edge.exceptions import BadMessage, LinkError, MessageRefused, PacketTooLarge, StoreError
 from edge.messages import DeviceStatus, EvtAck, ServerStatus, parse
 from edge.store import Outbox, StoredEvent
+from edge.supervisor import WatchedThread, thread_alive, thread_failure
 from edge.sync.link import MqttLink
+from edge.sync.undeliverable import set_aside
 from edge.topics import Topics
 
 log = logging.getLogger(__name__)
+
+#: Bounds of what the network thread hands over. Both drop the oldest (and count it): a lost evtack
+#: only means its events are sent again and acknowledged again, and a lost refusal only means its
+#: batch waits for the ack timeout and is refused again. Blocking instead would stall the network
+#: thread, and with it keepalives and every other acknowledgement.
+ACKS_MAX = 1000
+REFUSALS_MAX = 1000
+#: Batches refused for a reason other than size wait this many ack timeouts before they are tried
+#: again, at most this many of them (the oldest is forgotten first: its events stay pending in the
+#: store and go out again with the next connection).
+PARK_TIMEOUTS = 3
+PARKED_MAX = 256
+#: Room for an event's envelope in a batch (id, seq, type, priority, ts, clock_synced, separators)
+#: on top of its data; generous, so that a batch's estimate is never below its real size.
+EVENT_OVERHEAD_BYTES = 250
 
 
 @dataclass
@@ -42,6 +67,7 @@ class Batch:
     seqs: list[int]
     sent_at: float
     sends: int = 1
+    bytes: int = 0
 
 
 @dataclass
@@ -53,6 +79,15 @@ class UplinkStats:
     evtacks: int = 0
     evtack_rejected: dict[str, int] = field(default_factory=dict)
     last_ack_at: float | None = None
+    #: Batches split because the broker would not take them at their size.
+    split_batches: int = 0
+    #: Events set aside as undeliverable (too large for the broker, or rejected by the collector).
+    set_aside: int = 0
+    #: Batches the broker refused for another reason (tried again later).
+    refused: int = 0
+    acks_dropped: int = 0
+    refusals_dropped: int = 0
+    parked_dropped: int = 0
 
     def reject(self, reason: str) -> None:
         self.evtack_rejected[reason] = self.evtack_rejected.get(reason, 0) + 1
@@ -80,7 +115,12 @@ class Uplink:
         self.stats = UplinkStats()
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._acks: deque[bytes] = deque()
+        self._acks: deque[bytes] = deque(maxlen=ACKS_MAX)
+        self._refusals: deque[tuple[Batch, MessageRefused]] = deque(maxlen=REFUSALS_MAX)
+        self._parked: OrderedDict[int, tuple[float, Batch]] = OrderedDict()  # first seq -> (retry at, batch)
+        # A size the broker did not take (it dropped the connection over it without announcing a
+        # limit): later batches stay under it.
+        self._learned_max_bytes: int | None = None
         # Server presence (retained, with a will): None until seen. While the collector is known
         # to be offline nothing is sent, so no resend round can straddle its return.
         self._server_online: bool | None = None
@@ -90,7 +130,7 @@ class Uplink:
         self._tail = 0  # backlog lane: last seq sent
         self._head_mark = 0  # backlog ends here; the live lane starts after it
         self._head = 0  # live lane: last seq sent
-        self._thread: threading.Thread | None = None
+        self._thread: WatchedThread | None = None
         self._wake_sock: socket.socket | None = None
         self._prefix = (
             f'{{"v":1,"device":"{topics.device}","commune":"{topics.commune}","epoch":"{outbox.epoch}","events":['
@@ -112,8 +152,20 @@ class Uplink:
         self._wake.set()
 
     def _on_evtack(self, topic: str, payload: bytes) -> None:
+        if len(self._acks) == ACKS_MAX:
+            self.stats.acks_dropped += 1  # the append below pushes the oldest out
         self._acks.append(payload)
         self._wake.set()
+
+    def _on_published(self, batch: Batch, fut: Future[object]) -> None:
+        # Network thread: only hand a refusal over. A lost connection needs nothing here (every
+        # pending event goes out again on the next one), and success waits for the evtack.
+        exc = fut.exception()
+        if isinstance(exc, MessageRefused):
+            if len(self._refusals) == REFUSALS_MAX:
+                self.stats.refusals_dropped += 1
+            self._refusals.append((batch, exc))
+            self._wake.set()
 
     def _on_server_status(self, topic: str, payload: bytes) -> None:
         try:
@@ -157,39 +209,121 @@ class Uplink:
                 log.info("ignored an evtack for epoch %s (ours is %s)", ack.epoch, self.outbox.epoch)
                 continue
             ranges = sorted(ack.ranges)
-            n = self.outbox.mark_acked(ranges)
+            n = self.outbox.mark_acked(ranges) if ranges else 0
             self.stats.evtacks += 1
             self.stats.events_acked += n
             self.stats.last_ack_at = time.time()
-            starts = [a for a, _ in ranges]
+            if ack.rejected:
+                reason = f"{ack.reason}: {ack.detail}" if ack.detail else str(ack.reason)
+                self.stats.set_aside += len(set_aside(self.outbox, ack.rejected, "collector", reason))
+            done = sorted([*ranges, *ack.rejected])
+            starts = [a for a, _ in done]
             for first, batch in list(self._inflight.items()):
-                if all(_covered(starts, ranges, s) for s in batch.seqs):
+                if all(_covered(starts, done, s) for s in batch.seqs):
                     del self._inflight[first]
+
+    # -- refusals -------------------------------------------------------------------------------
+
+    def _handle_refusals(self) -> None:
+        while self._refusals:
+            batch, exc = self._refusals.popleft()
+            if self._inflight.get(batch.seqs[0]) is not batch:
+                continue  # acknowledged, resent or forgotten meanwhile
+            del self._inflight[batch.seqs[0]]
+            self._refused(batch, exc)
+
+    def _refused(self, batch: Batch, exc: MessageRefused) -> None:
+        """The broker will not take ``batch`` (already out of the window)."""
+        events = self.outbox.pending_in(batch.seqs)
+        if not events:
+            return
+        if not isinstance(exc, PacketTooLarge):
+            # Not the events' fault (the ACL, a quota): they stay pending and are tried again later,
+            # outside the window so that other types keep flowing.
+            self.stats.refused += 1
+            log.warning("the broker refused a batch of %d %s event(s): %s", len(events), batch.type, exc)
+            self._parked[batch.seqs[0]] = (time.monotonic() + PARK_TIMEOUTS * self.settings.ack_timeout_s, batch)
+            while len(self._parked) > PARKED_MAX:
+                self._parked.popitem(last=False)
+                self.stats.parked_dropped += 1
+            return
+        if len(events) == 1:
+            done = set_aside(
+                self.outbox, [(events[0].seq, events[0].seq)], "broker", f"too large for the broker: {exc}"
+            )
+            self.stats.set_aside += len(done)
+            return
+        self.stats.split_batches += 1
+        if self._learned_max_bytes is None or batch.bytes <= self._learned_max_bytes:
+            self._learned_max_bytes = max(1024, batch.bytes - 1)
+        log.warning("the broker will not take a %d-byte batch (%s); splitting it", batch.bytes, exc)
+        if self.link.connected.is_set():
+            half = len(events) // 2
+            self._publish(events[:half])
+            self._publish(events[half:])
+        # Otherwise the next connection sends everything pending again, under the learned size.
+
+    def _retry_parked(self) -> None:
+        now = time.monotonic()
+        while self._parked:
+            first, (retry_at, batch) = next(iter(self._parked.items()))
+            if retry_at > now:
+                return
+            del self._parked[first]
+            events = self.outbox.pending_in(batch.seqs)
+            if events:
+                self._publish(events)
 
     # -- sending --------------------------------------------------------------------------------
 
     def _publish(self, events: list[StoredEvent]) -> None:
         """Publish events (one type, seq order) as one batch and track it."""
         payload = self._prefix + ",".join(e.wire_json() for e in events).encode() + b"]}"
-        fut = self.link.publish(self.topics.evt(events[0].type), payload, qos=1)
-        if fut.done() and fut.exception() is not None:
-            raise LinkError(str(fut.exception()))
         first = events[0].seq
         old = self._inflight.get(first)
-        self._inflight[first] = Batch(
-            events[0].type, [e.seq for e in events], time.monotonic(), sends=old.sends + 1 if old else 1
+        batch = Batch(
+            events[0].type,
+            [e.seq for e in events],
+            time.monotonic(),
+            sends=old.sends + 1 if old else 1,
+            bytes=len(payload),
         )
+        fut = self.link.publish(self.topics.evt(events[0].type), payload, qos=1)
+        if fut.done():
+            exc = fut.exception()
+            if isinstance(exc, MessageRefused):
+                self._inflight.pop(first, None)
+                self._refused(batch, exc)
+                return
+            if exc is not None:
+                raise LinkError(str(exc))
+        self._inflight[first] = batch
+        fut.add_done_callback(functools.partial(self._on_published, batch))
         self.stats.batches_sent += 1
         self.stats.events_sent += len(events)
 
+    def _max_batch_bytes(self, event_type: str) -> int:
+        limit = self.settings.batch_max_bytes
+        broker = self.link.max_payload_bytes(self.topics.evt(event_type))
+        if broker is not None:
+            limit = min(limit, broker - len(self._prefix) - 2)
+        if self._learned_max_bytes is not None:
+            limit = min(limit, self._learned_max_bytes - len(self._prefix) - 2)
+        return limit
+
     def _split(self, events: list[StoredEvent]) -> list[list[StoredEvent]]:
-        """Group a seq-ordered chunk into batches of one type, within the size limits."""
+        """Group a seq-ordered chunk into batches of one type, within the size limits (the
+        configured ones and the broker's); an event over the limit on its own goes alone."""
         by_type: dict[str, list[list[StoredEvent]]] = {}
         sizes: dict[str, int] = {}
-        limit_n, limit_b = self.settings.batch_max_events, self.settings.batch_max_bytes
+        limits: dict[str, int] = {}
+        limit_n = self.settings.batch_max_events
         for ev in events:
             groups = by_type.setdefault(ev.type, [[]])
-            size = len(ev.data_json) + 200
+            limit_b = limits.get(ev.type)
+            if limit_b is None:
+                limit_b = limits[ev.type] = self._max_batch_bytes(ev.type)
+            size = len(ev.data_json.encode()) + EVENT_OVERHEAD_BYTES
             if groups[-1] and (len(groups[-1]) >= limit_n or sizes[ev.type] + size > limit_b):
                 groups.append([])
                 sizes[ev.type] = 0
@@ -240,11 +374,15 @@ class Uplink:
         """Forget what is in flight and send every pending event again, oldest first."""
         self._generation = self.link.generation
         self._inflight.clear()
+        self._parked.clear()
         self._tail = 0
         self._head_mark = self._head = self.outbox.last_seq()
 
     def _step(self) -> None:
         self._handle_acks()
+        # Before a reconnect clears the window: a batch the broker dropped the connection over
+        # teaches the size to stay under on the next one.
+        self._handle_refusals()
         if not self.link.connected.is_set():
             return
         if self._server_online is False:
@@ -253,15 +391,18 @@ class Uplink:
             self._restart_lanes = False
             self._new_connection()
         self._resend_due()
+        self._retry_parked()
         self._head = self._send_lane(self._head, None)
         if self._tail < self._head_mark:
             self._tail = self._send_lane(self._tail, self._head_mark)
 
     def _next_timeout(self) -> float:
-        if not self._inflight:
+        due = [b.sent_at + self.settings.ack_timeout_s for b in self._inflight.values()]
+        if self._parked:
+            due.append(next(iter(self._parked.values()))[0])
+        if not due:
             return self.poll_interval_s
-        oldest = min(b.sent_at for b in self._inflight.values())
-        return max(0.01, min(self.poll_interval_s, oldest + self.settings.ack_timeout_s - time.monotonic()))
+        return max(0.01, min(self.poll_interval_s, min(due) - time.monotonic()))
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -285,7 +426,7 @@ class Uplink:
     # -- lifetime -------------------------------------------------------------------------------
 
     def start(self, wake_socket: socket.socket | None = None) -> Uplink:
-        self._thread = threading.Thread(target=self._run, name="uplink", daemon=True)
+        self._thread = WatchedThread(self._run, "uplink")
         self._thread.start()
         if wake_socket is not None:
             self._wake_sock = wake_socket
@@ -299,6 +440,15 @@ class Uplink:
             self._thread.join(5)
         if self._wake_sock is not None:
             self._wake_sock.close()
+
+    def alive(self) -> bool:
+        """Whether the sending thread runs (until ``stop()``)."""
+        return thread_alive(self._thread)
+
+    @property
+    def failure(self) -> BaseException | None:
+        """What the sending thread died of, if it did."""
+        return thread_failure(self._thread)
 
     @property
     def inflight(self) -> int:
