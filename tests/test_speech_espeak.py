@@ -74,10 +74,10 @@ def test_espeak_ng_is_given_the_normalised_text(tmp_path: Path) -> None:
 def test_a_rendered_text_is_reused_and_any_change_renders_anew(tmp_path: Path) -> None:
     engine = EspeakEngine()
     first = render_cached(engine, MEETING, cache_dir=tmp_path)
-    before = first.stat()
+    before, content = first.stat(), first.read_bytes()
     again = render_cached(engine, MEETING, cache_dir=tmp_path)
     assert again == first
-    assert (again.stat().st_ino, again.stat().st_mtime_ns) == (before.st_ino, before.st_mtime_ns)  # not rewritten
+    assert again.stat().st_ino == before.st_ino and again.read_bytes() == content  # not rendered again
     # The same words written differently are the same sound, so the same file.
     assert render_cached(engine, MEETING.replace("8h30", "8:30"), cache_dir=tmp_path) == first
 
@@ -88,6 +88,29 @@ def test_a_rendered_text_is_reused_and_any_change_renders_anew(tmp_path: Path) -
     assert measure(faster)[0] < measure(first)[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in (first, faster, southern, other))
     assert all(p.suffix == ".wav" and len(p.stem) == 64 for p in tmp_path.iterdir())  # no temporary files left
+
+
+def test_the_cache_keeps_to_its_size_dropping_the_least_recently_played(tmp_path: Path) -> None:
+    engine = EspeakEngine()
+    texts = [f"Thông báo số {n}: họp tổ dân phố lúc {n}h ngày {n}/3." for n in range(1, 6)]
+    paths = [render_cached(engine, t, cache_dir=tmp_path) for t in texts]
+    for age, path in enumerate(reversed(paths), start=1):
+        os.utime(path, (path.stat().st_atime, path.stat().st_mtime - 60 * age))  # rendered a minute apart
+    render_cached(engine, texts[0], cache_dir=tmp_path)  # the oldest is played again: now the most recent
+    stale = tmp_path / ".cut-short.123.456.tmp.wav"  # a render a power cut interrupted
+    stale.write_bytes(b"RIFF")
+    os.utime(stale, (0, 0))
+    sizes = {p: p.stat().st_size for p in paths}
+
+    engine.cache_max_bytes = sizes[paths[0]] + sizes[paths[4]] + sizes[paths[3]] + 1
+    newest = render_cached(engine, "Một thông báo mới.", cache_dir=tmp_path)
+    left = set(tmp_path.iterdir())
+    assert newest in left and paths[0] in left  # just rendered; just played
+    assert not stale.exists()
+    assert paths[1] not in left and paths[2] not in left  # the least recently used went first
+    assert sum(p.stat().st_size for p in left) <= engine.cache_max_bytes
+    # A pruned text is rendered again, to the same file name.
+    assert render_cached(engine, texts[1], cache_dir=tmp_path) == paths[1]
 
 
 def test_the_southern_voice_reads_numbers_the_southern_way(tmp_path: Path) -> None:
@@ -183,6 +206,7 @@ def test_the_engine_is_chosen_by_configuration(tmp_path: Path) -> None:
     espeak = make_engine(SpeechConfig(voice="vi-vn-x-central", speed_wpm=170, max_chars=500))
     assert isinstance(espeak, EspeakEngine)
     assert (espeak.voice, espeak.speed_wpm, espeak.max_chars) == ("vi-vn-x-central", 170, 500)
+    assert espeak.cache_max_bytes == 500_000_000
     piper = make_engine(SpeechConfig(engine="piper", piper_model=tmp_path / "vi.onnx", piper_binary="/opt/piper"))
     assert isinstance(piper, PiperEngine)
     assert (piper.model, piper.binary) == (tmp_path / "vi.onnx", "/opt/piper")

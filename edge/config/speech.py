@@ -46,6 +46,13 @@ class SpeechConfig(EdgeModel):
         le=20000,
         description="Longest announcement text accepted for speech, in characters (about 2000 is 3 minutes).",
     )
+    cache_max_mb: int = Field(
+        default=500,
+        ge=1,
+        le=100_000,
+        description="Rendered speech kept on disk, in MB; beyond it the least recently played renders are "
+        "deleted (and rendered again if asked for).",
+    )
     render_timeout_s: float = Field(
         default=300.0, gt=0, le=3600, description="A rendering that takes longer than this fails."
     )

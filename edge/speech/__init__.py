@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from edge.speech.cache import cache_key, render_cached, speech_text
+from edge.speech.cache import cache_key, prune_cache, render_cached, speech_text
 from edge.speech.engine import ESPEAK_VOICES, SpeechEngine, SpeechUnavailable, TextTooLong
 from edge.speech.espeak import EspeakEngine
 from edge.speech.normalise import normalise_vi
@@ -35,6 +35,7 @@ __all__ = [
     "cache_key",
     "make_engine",
     "normalise_vi",
+    "prune_cache",
     "read_digits",
     "read_number",
     "render_cached",
@@ -60,6 +61,7 @@ def make_engine(settings: SpeechConfig) -> SpeechEngine:
             numbers=settings.numbers,
             max_chars=settings.max_chars,
             timeout_s=settings.render_timeout_s,
+            cache_max_bytes=settings.cache_max_mb * 1_000_000,
         )
     return EspeakEngine(
         voice=settings.voice,
@@ -67,4 +69,5 @@ def make_engine(settings: SpeechConfig) -> SpeechEngine:
         numbers=settings.numbers,
         max_chars=settings.max_chars,
         timeout_s=settings.render_timeout_s,
+        cache_max_bytes=settings.cache_max_mb * 1_000_000,
     )

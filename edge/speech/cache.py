@@ -8,6 +8,8 @@ import json
 import logging
 import os
 import threading
+import time
+from collections.abc import Collection
 from pathlib import Path
 
 import soundfile as sf
@@ -16,6 +18,9 @@ from edge.speech.engine import SpeechEngine, SpeechUnavailable, TextTooLong
 from edge.speech.normalise import normalise_vi
 
 log = logging.getLogger(__name__)
+
+#: A temporary render this old was cut short (the process died): nobody will finish it.
+STALE_TMP_S = 3600.0
 
 
 def speech_text(engine: SpeechEngine, text: str, *, voice: str | None = None) -> str:
@@ -59,6 +64,8 @@ def render_cached(
     spoken = speech_text(engine, text, voice=chosen_voice)
     path = cache_dir / f"{cache_key(engine, spoken, chosen_voice, speed)}.wav"
     if path.is_file() and path.stat().st_size > 44:
+        with contextlib.suppress(OSError):
+            os.utime(path)  # recently used: the last to be pruned
         return path
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = cache_dir / f".{path.stem}.{os.getpid()}.{threading.get_ident()}.tmp.wav"
@@ -78,7 +85,51 @@ def render_cached(
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
     log.info("rendered %d characters with %s voice %s to %s", len(spoken), engine.name, chosen_voice, path.name)
+    if engine.cache_max_bytes is not None:
+        prune_cache(cache_dir, engine.cache_max_bytes, keep=(path,))
     return path
+
+
+def prune_cache(cache_dir: Path, max_bytes: int, *, keep: Collection[Path] = ()) -> list[Path]:
+    """Delete the least recently used renders until the cache holds at most ``max_bytes``; the deleted.
+
+    A render is deterministic, so a deleted one is simply rendered again when next asked for: call
+    :func:`render_cached` right before playing rather than holding on to an old path. ``keep`` is
+    never deleted. Temporary files older than an hour (a render cut short by a power loss) go too.
+    """
+    removed: list[Path] = []
+    kept = {p.name for p in keep}
+    now = time.time()
+    renders: list[tuple[float, int, Path]] = []
+    try:
+        entries = list(cache_dir.iterdir())
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        try:
+            stat = entry.stat()
+        except FileNotFoundError:
+            continue  # another thread got there first
+        if entry.name.endswith(".tmp.wav"):
+            if now - stat.st_mtime > STALE_TMP_S:
+                with contextlib.suppress(FileNotFoundError):
+                    entry.unlink()
+                removed.append(entry)
+        elif entry.suffix == ".wav":
+            renders.append((stat.st_mtime, stat.st_size, entry))
+    total = sum(size for _, size, _ in renders)
+    for _, size, entry in sorted(renders):
+        if total <= max_bytes:
+            break
+        if entry.name in kept:
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            entry.unlink()
+        removed.append(entry)
+        total -= size
+    if removed:
+        log.info("speech cache: removed %d files, %d bytes remain in %s", len(removed), total, cache_dir)
+    return removed
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -57,12 +57,15 @@ class SpeechEngine(ABC):
         numbers: NumberChoice = "auto",
         max_chars: int = 2000,
         timeout_s: float = 300.0,
+        cache_max_bytes: int | None = None,
     ) -> None:
         self.voice = voice
         self.speed_wpm = speed_wpm
         self.numbers: NumberChoice = numbers
         self.max_chars = max_chars
         self.timeout_s = timeout_s
+        #: :func:`edge.speech.render_cached` prunes its cache to this after each new render; None: never.
+        self.cache_max_bytes = cache_max_bytes
 
     @abstractmethod
     def identity(self) -> str:

@@ -25,9 +25,17 @@ class EspeakEngine(SpeechEngine):
         numbers: NumberChoice = "auto",
         max_chars: int = 2000,
         timeout_s: float = 300.0,
+        cache_max_bytes: int | None = None,
         binary: str = "espeak-ng",
     ) -> None:
-        super().__init__(voice=voice, speed_wpm=speed_wpm, numbers=numbers, max_chars=max_chars, timeout_s=timeout_s)
+        super().__init__(
+            voice=voice,
+            speed_wpm=speed_wpm,
+            numbers=numbers,
+            max_chars=max_chars,
+            timeout_s=timeout_s,
+            cache_max_bytes=cache_max_bytes,
+        )
         self.binary = binary
 
     def _executable(self) -> str:

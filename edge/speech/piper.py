@@ -49,10 +49,18 @@ class PiperEngine(SpeechEngine):
         numbers: NumberChoice = "auto",
         max_chars: int = 2000,
         timeout_s: float = 300.0,
+        cache_max_bytes: int | None = None,
         model_key: str = "speech.piper_model",
         binary_key: str = "speech.piper_binary",
     ) -> None:
-        super().__init__(voice=voice, speed_wpm=speed_wpm, numbers=numbers, max_chars=max_chars, timeout_s=timeout_s)
+        super().__init__(
+            voice=voice,
+            speed_wpm=speed_wpm,
+            numbers=numbers,
+            max_chars=max_chars,
+            timeout_s=timeout_s,
+            cache_max_bytes=cache_max_bytes,
+        )
         self.model = Path(model)
         self.binary = binary
         self._model_key = model_key
