@@ -152,7 +152,18 @@ def played(tmp_path: Path, *args: str) -> tuple[dict[str, object], Clip]:
 
 def test_a_tone_goes_through_portaudio_and_alsa_and_is_measured_in_the_wav(tmp_path: Path) -> None:
     report, clip = played(tmp_path, "--tone", "1000", "--seconds", "0.5")
-    assert report == {"device": "default", "seconds": 0.5, "rate": 16000, "stopped": False}
+    assert report["device"] == "default" and report["seconds"] == 0.5
+    sine_dbfs = 20 * np.log10(0.5 / np.sqrt(2))  # a sine of peak 0.5
+    assert report["items"] == [
+        {
+            "what": "tone 1000 Hz",
+            "seconds": 0.5,
+            "rate": 16000,
+            "stopped": False,
+            "level_dbfs": pytest.approx(sine_dbfs, abs=0.05),
+            "peak_dbfs": pytest.approx(20 * np.log10(0.5), abs=0.05),
+        }
+    ]
     assert clip.rate == 16000 and clip.channels == 1
     samples = clip.samples[:8000, 0].astype(np.float64)  # ALSA may pad the end with silence
     peak_hz = np.argmax(np.abs(np.fft.rfft(samples))) * clip.rate / len(samples)

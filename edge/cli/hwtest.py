@@ -1,4 +1,4 @@
-"""``edge test panel`` and ``edge test speaker``: a technician exercises one piece of hardware.
+"""``edge test panel``, ``relays`` and ``speaker``: a technician exercises one piece of hardware.
 
 ``edge test panel`` opens the panel the config (or ``--profile``/``--port``) names, lights each LED in
 turn, beeps, then reports every button pressed until each has been pressed once (or ``--listen``
@@ -10,6 +10,11 @@ technician pressing each button.
 which opens every relay, then closes and opens each relay in turn (the amplifier first, then each
 zone) and prints what it did and, when the board can tell, what the board reports. ``--sim`` runs it
 on simulated GPIO pins or a simulated serial board.
+
+``edge test speaker`` plays a tone on the output the config's [speaker] (or, on a counter,
+``rating.feedback.audio_device``) names, then, on a loudspeaker, the Vietnamese test sentence as the
+[speech] engine says it, and prints for each the seconds played and the level sent (RMS and peak
+dBFS, after the gain and ``speaker.max_volume_db``) and, with a capture device, the level heard.
 """
 
 from __future__ import annotations
@@ -142,32 +147,80 @@ def _simulated_technician(technician: Any, buttons: int) -> None:
         technician.press(number)
 
 
+#: What ``edge test speaker`` says on a loudspeaker after the tone: plain Vietnamese a passer-by
+#: recognises as a test, with numbers to hear each word clearly.
+TEST_SENTENCE = "Alô, alô. Đây là loa truyền thanh thông minh của khu phố, đang thử loa. Một, hai, ba, bốn, năm."
+
+
 def cmd_test_speaker(args: argparse.Namespace) -> int:
-    from drivers.audio import Clip, open_player
+    import tempfile
+    from pathlib import Path
+
+    from drivers.audio import Clip, PcmSource, PlayResult, open_file_source, open_player
+    from drivers.audio.capture import LevelMeter
     from drivers.resources import Resources
+    from edge.config import config_path
+    from edge.config.speech import SpeechConfig
 
-    device: str | int | None = args.device
-    if device is None and args.config:
-        device = load_config(args.config).rating.feedback.audio_device
-    if isinstance(device, str) and device.isdigit():
-        device = int(device)
-    if args.text is not None:
-        import tempfile
-        from pathlib import Path
+    # The config is read when one is named or installed; a bare `edge test speaker` works without.
+    config = load_config(args.config) if args.config or config_path().exists() else None
+    speaker = config.speaker if config is not None else None
+    device: str | None = args.device
+    if device is None and config is not None:
+        device = speaker.device if speaker is not None else config.rating.feedback.audio_device
+    capture = args.capture or (speaker.capture_device if speaker is not None else None)
+    gain_db = min(args.gain_db, speaker.max_volume_db if speaker is not None else 0.0)
+    sentence = args.sentence if args.sentence is not None else speaker is not None and args.text is None
 
-        from edge.services.speech import render_tts
+    items: list[tuple[str, Callable[[], PcmSource]]] = []
+    if args.text is None:
+        items.append((f"tone {args.tone:g} Hz", lambda: Clip.tone(args.tone, args.seconds).source()))
+    text = args.text if args.text is not None else TEST_SENTENCE if sentence else None
+    if text is not None:
+        from edge.speech import make_engine, render_cached
 
-        clip = Clip.from_wav(render_tts(args.text, args.voice, 150, Path(tempfile.mkdtemp(prefix="edge-tts-"))))
-    else:
-        clip = Clip.tone(args.tone, args.seconds)
-    with open_player(device, resources=Resources(), holder="test") as player:
-        result = player.play(clip)
-        name = player.device_name
-    report = {"device": name, "seconds": round(result.seconds, 3), "rate": result.rate, "stopped": result.stopped}
+        engine = make_engine(config.speech if config is not None else SpeechConfig())
+        wav = render_cached(engine, text, voice=args.voice, cache_dir=Path(tempfile.mkdtemp(prefix="edge-tts-")))
+        items.append((f"speech: {text}", partial(open_file_source, wav)))
+
+    resources = Resources()
+    report: dict[str, Any] = {"items": []}
+    with ExitStack() as stack:
+        player = stack.enter_context(open_player(device, resources=resources, holder="test"))
+        meter = stack.enter_context(LevelMeter(capture, resources=resources, holder="test")) if capture else None
+        report["device"] = player.device_name
+        if meter is not None:
+            report["capture_device"] = meter.device_name
+        for what, open_source in items:
+            src = open_source()
+            try:
+                if meter is not None:
+                    meter.start()
+                result: PlayResult = player.play_source(src, gain_db=gain_db)
+            finally:
+                heard = meter.stop() if meter is not None else None
+                src.close()
+            entry = {
+                "what": what,
+                "seconds": round(result.seconds, 3),
+                "rate": result.rate,
+                "stopped": result.stopped,
+                "level_dbfs": result.rms_dbfs,
+                "peak_dbfs": result.peak_dbfs,
+            }
+            if meter is not None:
+                entry["heard_dbfs"] = heard
+            report["items"].append(entry)
+            if not args.json:
+                heard_text = f", heard at {heard} dBFS" if meter is not None else ""
+                out(
+                    f"{what}: {entry['seconds']} s at {result.rate} Hz on {player.device_name}, "
+                    f"level {result.rms_dbfs} dBFS (peak {result.peak_dbfs}){heard_text}"
+                )
+    report["seconds"] = round(sum(i["seconds"] for i in report["items"]), 3)
+    report["gain_db"] = gain_db
     if args.json:
         print_json(report)
-    else:
-        out(f"played {report['seconds']} s at {result.rate} Hz on {name}")
     return 0
 
 
@@ -285,12 +338,20 @@ def register(sub: Any) -> None:
     q.add_argument("--json", action="store_true", help="print a JSON report at the end")
     q.set_defaults(func=cmd_test_relays)
 
-    q = tsub.add_parser("speaker", help="play a tone (or spoken text) on the counter speaker")
-    q.add_argument("--config", metavar="FILE", help="config file whose rating.feedback.audio_device to use")
-    q.add_argument("--device", help="output device (name or index; default: the system default)")
+    q = tsub.add_parser("speaker", help="play a tone, then the Vietnamese test sentence (loudspeakers), and measure")
+    q.add_argument("--config", metavar="FILE", help="config whose [speaker] (or rating.feedback.audio_device) to use")
+    q.add_argument("--device", help="output device (name or index; default: the config's, else the system default)")
+    q.add_argument("--capture", metavar="DEVICE", help="also measure what this input hears (default: the config's)")
     q.add_argument("--tone", type=float, default=440.0, help="tone frequency in Hz")
     q.add_argument("--seconds", type=float, default=1.0, help="tone length")
-    q.add_argument("--text", help="speak this text with espeak-ng instead of a tone")
-    q.add_argument("--voice", default="vi", help="espeak-ng voice for --text")
+    q.add_argument(
+        "--sentence",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="say the Vietnamese test sentence after the tone (default: yes with a [speaker] section)",
+    )
+    q.add_argument("--text", help="speak this text (as the [speech] engine says it) instead of the tone")
+    q.add_argument("--voice", help="voice for the speech (default: the [speech] voice)")
+    q.add_argument("--gain-db", type=float, default=0.0, help="gain in dB (capped by speaker.max_volume_db)")
     q.add_argument("--json", action="store_true", help="print JSON")
     q.set_defaults(func=cmd_test_speaker)

@@ -12,6 +12,7 @@ from edge.config.counter import PanelConfig, RatingConfig
 from edge.config.device import DeviceConfig, HealthConfig, StoreConfig
 from edge.config.mqtt import MqttConfig, SyncConfig
 from edge.config.relays import RelaysConfig
+from edge.config.speaker import SpeakerConfig
 from edge.config.speech import SpeechConfig
 from edge.model import EdgeModel
 
@@ -35,6 +36,10 @@ class EdgeConfig(EdgeModel):
     )
     relays: RelaysConfig | None = Field(
         default=None, description="The relay board (loudspeaker devices): amplifier power and speaker zones."
+    )
+    speaker: SpeakerConfig | None = Field(
+        default=None,
+        description="The loudspeaker's sound card and optional capture input; empty: the default output, no self-test.",
     )
     speech: SpeechConfig = Field(
         default_factory=SpeechConfig, description="How announcement text is spoken (loudspeaker devices)."
