@@ -76,6 +76,20 @@ def test_decomposed_unicode_from_some_keyboards_is_read_the_same() -> None:
     assert normalise_vi(unicodedata.normalize("NFD", text)) == normalise_vi(text)
 
 
+VIETNAMESE_TEXT = st.text(
+    alphabet=st.sampled_from(list("0123456789 .,:;/-+%()'\"&hgpđĐ°CkmKPQTXUBNDaăâeêoôơuưyAĂÂÁÀẢÃẠạờởỡợ\n\t")),
+    max_size=80,
+)
+
+
+@given(VIETNAMESE_TEXT)
+def test_any_text_becomes_one_line_of_words(text: str) -> None:
+    said = normalise_vi(text)
+    assert "\n" not in said and said == said.strip()
+    assert not re.search(r"[0-9]", said), said  # no digit is left for the voice to guess at
+    assert "  " not in said
+
+
 # -- numbers -------------------------------------------------------------------------------------
 
 

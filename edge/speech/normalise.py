@@ -480,6 +480,7 @@ _RATE = re.compile(
 )
 
 
+_LEFTOVER_DIGITS = re.compile(r"\d+")
 _RATE_UNIT = re.compile(r"(?<!\w)mỗi (kg|km|ha|m2|m²|m3|m³)(?!\w)")
 
 
@@ -518,6 +519,8 @@ def _numbers(text: str, style: NumberStyle) -> str:
 
     text = _RATE.sub(" mỗi ", text)
     text = _NUMBER.sub(say, text)
+    # Digits in a shape no rule knows (1.50.3, 12a34): said one number at a time, never left to the voice.
+    text = _LEFTOVER_DIGITS.sub(lambda m: f" {_say_integer(m.group(0), style)} ", text)
     # What follows a rate's "mỗi" may be a unit written short (đồng mỗi kg).
     return _RATE_UNIT.sub(lambda m: f"mỗi {UNITS[m.group(1)]}", text)
 
