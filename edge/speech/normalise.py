@@ -39,12 +39,12 @@ _BULLET = re.compile(r"^\s*(?:[-•*+·▪►]|\u2022)\s+")
 
 def _lines(text: str) -> str:
     """Each line a sentence: a listener cannot see the layout, only hear the pauses."""
-    lines = [_BULLET.sub("", raw).strip() for raw in text.splitlines()]
-    lines = [line for line in lines if line]
+    lines = [line for line in (_BULLET.sub("", raw).strip() for raw in text.splitlines()) if line]
+    if not lines:
+        return ""
     # The last line keeps its own ending: a one-line text comes back as it was written.
-    return " ".join(line if line[-1] in ".!?:;,…" else line + "." for line in lines[:-1]) + (
-        (" " if len(lines) > 1 else "") + lines[-1] if lines else ""
-    )
+    ended = [line if line[-1] in ".!?:;,…" else line + "." for line in lines[:-1]]
+    return " ".join([*ended, lines[-1]])
 
 
 # -- 2. phone numbers --------------------------------------------------------------------------
@@ -54,13 +54,14 @@ _PHONE_WORDS = (
     r"Đường\s+dây\s+nóng|tổng\s+đài|Tổng\s+đài|gọi\s+số|Gọi\s+số|gọi|Gọi|Zalo|zalo|fax|Fax)"
 )
 _GROUPED = r"(?:\+84|\(0\d{1,3}\)|\d)(?:[ .\-]?\d)+"
+_LIST_JOINER = r"(?:\s*[,/]\s*|\s+hoặc\s+|\s+và\s+)"
 _PHONE_CONTEXT = re.compile(
-    rf"(?<!\w)({_PHONE_WORDS}(?:\s+(?:ngay|số|tới|đến|cho))*)(\s*:?\s*)({_GROUPED}(?:(?:\s*[,/]\s*|\s+hoặc\s+|\s+và\s+){_GROUPED})*)"
-    r"(?![\w]|[.,]\d)"
+    rf"(?<!\w)({_PHONE_WORDS}(?:\s+(?:ngay|số|tới|đến|cho))*)(\s*:?\s*)"
+    rf"({_GROUPED}(?:{_LIST_JOINER}{_GROUPED})*)(?![\w]|[.,]\d)"
 )
 _PHONE_BARE = re.compile(r"(?<![\w.,/:+])((?:\+84|\(0\d{1,3}\)|0)(?:[ .\-]?\d){8,11})(?![\w]|[.,]\d)")
 _SERVICE = re.compile(r"(?<![\w.,/:])(1[89]00(?:[ .]?\d){4,6})(?![\w]|[.,]\d)")
-_PHONE_SPLIT = re.compile(r"\s*[,/]\s*|\s+hoặc\s+|\s+và\s+")
+_PHONE_SPLIT = re.compile(_LIST_JOINER)
 _PHONE_GLUE = {"SĐT": "số điện thoại", "sđt": "số điện thoại", "ĐT": "điện thoại", "đt": "điện thoại"}
 
 
@@ -314,6 +315,11 @@ _DAY_WORDS = re.compile(r"(?<!\w)(?i:ngày|mùng|mồng|đường|phố|công\s+
 _MONTH_WORD = re.compile(r"(?<!\w)(?i:tháng|quý)\s*$")
 
 
+def _before(m: re.Match[str], chars: int = 40) -> str:
+    """The text just before a match, where a cue word ("ngày", "tháng", "lúc") would stand."""
+    return m.string[max(0, m.start() - chars) : m.start()]
+
+
 def _valid_date(day: int, month: int) -> bool:
     return 1 <= day <= 31 and 1 <= month <= 12
 
@@ -323,7 +329,7 @@ def _full_dates(text: str, style: NumberStyle) -> str:
         day, month, year = int(m.group(1)), int(m.group(3)), int(m.group(4))
         if not _valid_date(day, month):
             return m.group(0)
-        lead = "" if _DAY_WORDS.search(m.string, 0, m.start()) else "ngày "
+        lead = "" if _DAY_WORDS.search(_before(m)) else "ngày "
         return f"{lead}{read_number(day, style)} tháng {read_number(month, style)} năm {read_number(year, style)}"
 
     return _DATE_FULL.sub(say, text)
@@ -339,14 +345,14 @@ def _short_dates(text: str, style: NumberStyle) -> str:
         day, month = int(m.group(1)), int(m.group(2))
         if not _valid_date(day, month):
             return m.group(0)  # a ratio or a house number (24/24, 123/4), read later with "trên"
-        lead = "" if _DAY_WORDS.search(m.string, 0, m.start()) else "ngày "
+        lead = "" if _DAY_WORDS.search(_before(m)) else "ngày "
         return f"{lead}{read_number(day, style)} tháng {read_number(month, style)}"
 
     def month_year(m: re.Match[str]) -> str:
         month, year = int(m.group(1)), int(m.group(2))
         if not 1 <= month <= 12:
             return m.group(0)
-        lead = "" if _MONTH_WORD.search(m.string, 0, m.start()) else "tháng "
+        lead = "" if _MONTH_WORD.search(_before(m)) else "tháng "
         return f"{lead}{read_number(month, style)} năm {read_number(year, style)}"
 
     text = _DATE_MONTH_YEAR.sub(month_year, text)
@@ -379,7 +385,7 @@ def _times(text: str, style: NumberStyle) -> str:
         minute = int(minute_text) if minute_text else 0
         if hour > 24 or minute > 59:
             return m.group(0)  # 48h is a duration: "giờ" is said by the units pass
-        if m.group(3) and minute_text is None and not _TIME_CUE.search(m.string, 0, m.start()):
+        if m.group(3) and minute_text is None and not _TIME_CUE.search(_before(m)):
             return m.group(0)
         explicit = m.group(5) is not None or m.group(0).rstrip().endswith(("p", "'"))
         said = _say_time(hour, minute, style, say_minutes=explicit and minute_text is not None)
