@@ -89,6 +89,12 @@ class PacketTooLarge(MessageRefused):
     dropped the connection for the size): it can only go out smaller, split or not at all."""
 
 
+class DroppedAfterSend(LinkError):
+    """The connection dropped (not for want of keepalives) soon after this message was sent, before
+    the broker acknowledged it. Once, it proves nothing; for the same message on every connection,
+    the broker is refusing it without saying so (over a packet size it did not announce)."""
+
+
 # -- commands --------------------------------------------------------------------------------
 
 
