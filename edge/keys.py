@@ -19,7 +19,6 @@ device (or certificate) that trusted it.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import contextlib
 import hashlib
@@ -36,14 +35,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.x509.oid import NameOID
 
+from edge.commands.jws import b64url_decode, b64url_encode
 from edge.exceptions import EdgeError
 
 log = logging.getLogger(__name__)
 
 #: Device and commune identifiers (DESIGN.md §4); the same rule as :data:`edge.model.Slug`.
 SLUG_RE = re.compile(r"^[a-z0-9-]{1,64}$")
-
-_B64URL_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 class KeyMaterialError(EdgeError, ValueError):
@@ -146,7 +144,7 @@ def public_key_raw(key: Ed25519PublicKey | Ed25519PrivateKey) -> bytes:
 
 def public_key_b64(key: Ed25519PublicKey | Ed25519PrivateKey) -> str:
     """The public key as base64url of its raw 32 bytes, without padding (43 characters)."""
-    return b64url(public_key_raw(key))
+    return b64url_encode(public_key_raw(key))
 
 
 def public_key_pem(key: Ed25519PublicKey | Ed25519PrivateKey) -> str:
@@ -157,38 +155,36 @@ def public_key_pem(key: Ed25519PublicKey | Ed25519PrivateKey) -> str:
 
 def key_id(key: Ed25519PublicKey | Ed25519PrivateKey) -> str:
     """The conventional ``kid`` of a key: base64url of the first 8 bytes of SHA-256(raw public key)."""
-    return b64url(hashlib.sha256(public_key_raw(key)).digest()[:8])
-
-
-def b64url(data: bytes) -> str:
-    """base64url without padding (RFC 7515 §2)."""
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+    return b64url_encode(hashlib.sha256(public_key_raw(key)).digest()[:8])
 
 
 def load_trusted_key(spec: str) -> Ed25519PublicKey:
     """A trusted command-verification key from a config value: a PEM file path or a base64url raw key.
 
-    A value made only of base64url characters that decodes to 32 bytes is a raw key; anything else is a
-    path to a PEM ``PUBLIC KEY`` file. A private key file is refused on purpose: a device must never hold
+    A value that is the base64url of 32 bytes (:func:`edge.commands.jws.b64url_decode`: canonical,
+    though trailing ``=`` are forgiven) is a raw key; anything else is a path to a PEM ``PUBLIC KEY``
+    file. A private key file is refused on purpose: a device must never hold
     the key that signs its commands. Raises :class:`KeyMaterialError` naming the problem.
     """
     spec = spec.strip()
     if not spec:
         raise KeyMaterialError("trusted key: empty value; expected a PEM file path or a base64url raw key")
-    looks_raw = _B64URL_RE.fullmatch(spec.rstrip("=")) is not None and not Path(spec).exists()
-    if looks_raw:
-        body = spec.rstrip("=")
+    body = spec.rstrip("=")
+    if not Path(spec).expanduser().exists():
         try:
-            raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
-        except (binascii.Error, ValueError):
-            raw = b""
-        if len(raw) == 32:
-            return Ed25519PublicKey.from_public_bytes(raw)
-        if len(body) >= 40:
-            # Long enough that it was meant as a key, not a file name: say so instead of "not found".
-            raise KeyMaterialError(
-                f"trusted key {spec!r}: base64url decodes to {len(raw)} bytes; an Ed25519 raw key is 32 bytes"
-            )
+            raw = b64url_decode(body)
+        except ValueError as exc:
+            # Long, and nothing a path has: meant as a key, so say what is wrong with it.
+            if len(body) >= 40 and not any(c in body for c in "/.~"):
+                raise KeyMaterialError(f"trusted key {spec!r}: {exc}") from None
+        else:
+            if len(raw) == 32:
+                return Ed25519PublicKey.from_public_bytes(raw)
+            if len(body) >= 40:
+                # Long enough that it was meant as a key, not a file name: say so instead of "not found".
+                raise KeyMaterialError(
+                    f"trusted key {spec!r}: base64url decodes to {len(raw)} bytes; an Ed25519 raw key is 32 bytes"
+                )
     path = Path(spec).expanduser()
     data = _read(path, "trusted key")
     if b"PRIVATE KEY" in data:

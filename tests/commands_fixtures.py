@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import threading
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,12 +14,20 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge import keys
+from edge.commands.channel import CommandChannel
+from edge.commands.claims import make_claims
+from edge.commands.desired import DesiredConfig, load_effective_config
+from edge.commands.jws import sign, unverified_claims
+from edge.commands.registry import CommandRegistry
 from edge.commands.sender import CommandSender
-from edge.config import BrokerAddress
+from edge.config import BrokerAddress, CommandsConfig, EdgeConfig
 from edge.store import Outbox
-from edge.sync.link import LinkSettings
+from edge.store.journal import CommandJournal
+from edge.sync.link import LinkSettings, MqttLink
+from edge.sync.replies import ReplySender
+from edge.topics import Topics
 from sim.broker import MosquittoBroker
-from sim.harness import EdgeProcess, run_edge, wait_for
+from sim.harness import EdgeProcess, run_edge, wait_for, write_device_config
 from tests.conftest import Device
 
 COMMUNE = "gia-ray"
@@ -82,3 +92,122 @@ def commanded(device: Device, broker: MosquittoBroker, signing_key: Ed25519Priva
         if handle.daemon is not None:
             handle.daemon.stop()
         sender.stop()
+
+
+# -- a command channel in this process ---------------------------------------------------------------
+
+
+@dataclass
+class ChannelRig:
+    """A :class:`CommandChannel` built in this process as the daemon builds it, on a real store and a
+    real broker, with a registry of commands the test chooses; and a server-side sender.
+
+    The handlers run in this process, so a test can hold one (a slow command) and see what else runs
+    meanwhile, or give the channel a time source of its own (a clock that is not synchronised).
+    """
+
+    state_dir: Path
+    outbox: Outbox
+    journal: CommandJournal
+    link: MqttLink
+    replies: ReplySender
+    channel: CommandChannel
+    registry: CommandRegistry
+    sender: CommandSender
+    key: Ed25519PrivateKey
+    kid: str
+    applied: list[tuple[EdgeConfig, set[str]]]
+    stopped: bool = False
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop as the daemon does: the channel, then replies, the link and the store. Idempotent."""
+        if self.stopped:
+            return
+        self.stopped = True
+        self.channel.stop(timeout)
+        self.replies.stop()
+        self.link.stop()
+        self.outbox.close()
+
+    def token(self, name: str, args: dict[str, Any] | None = None, *, life_s: int = 60, **kw: Any) -> str:
+        """A command for this device signed with the trusted key (``now``, ``device``... to vary it)."""
+        claims = make_claims(
+            device=kw.pop("device", DEVICE),
+            commune=kw.pop("commune", COMMUNE),
+            name=name,
+            args=args or {},
+            life_s=life_s,
+            now=kw.pop("now", None),
+        )
+        assert not kw, kw
+        return sign(claims, self.key, self.kid)
+
+    def send(
+        self, name: str, args: dict[str, Any] | None = None, *, topic: str | None = None, **kw: Any
+    ) -> tuple[str, str]:
+        """Publish a signed command on ``cmd/<name>`` (or ``topic``, after the device prefix);
+        returns ``(cmd_id, token)``."""
+        token = self.token(name, args, **kw)
+        self.sender.publish(self.channel.topics.prefix + (topic or f"cmd/{name}"), token)
+        claims = unverified_claims(token)
+        assert claims is not None
+        return str(claims["cmd_id"]), token
+
+    def states(self, cmd_id: str) -> list[str]:
+        return [a["state"] for a in self.sender.acks(cmd_id)]
+
+
+def build_channel(
+    tmp_path: Path,
+    broker: MosquittoBroker,
+    key: Ed25519PrivateKey,
+    register: Callable[[CommandRegistry], None],
+    *,
+    time_source: Any = None,
+    max_life_s: int = 300,
+    sender: CommandSender | None = None,
+) -> ChannelRig:
+    """Wire a channel the way :class:`edge.daemon.Daemon` does and start it (connected).
+
+    ``register`` adds the test's commands; ``config.desired`` is always there. ``time_source`` (an
+    :class:`edge.clock.TimeSource`) replaces the system clock for the command checks.
+    """
+    state = tmp_path / "state"
+    config_file = tmp_path / "edge.toml"
+    if not config_file.exists():
+        write_device_config(config_file, broker.url, state_dir=state)
+    config, base, _ = load_effective_config(config_file)
+    state.mkdir(parents=True, exist_ok=True)
+    outbox = Outbox(config.db_path)
+    if time_source is None:
+        journal = CommandJournal(outbox)
+    else:
+        from edge.clock import CommandClock
+
+        journal = CommandJournal(outbox, CommandClock(outbox, time_source))
+    link = MqttLink(LinkSettings(BrokerAddress.parse(broker.url), DEVICE, clean_start=True, session_expiry_s=0))
+    topics = Topics("vn", COMMUNE, DEVICE)
+    replies = ReplySender(journal, link, topics)
+    applied: list[tuple[EdgeConfig, set[str]]] = []
+    desired = DesiredConfig(config, base, journal, lambda new, changed: applied.append((new, changed)), replies.wake)
+    registry = CommandRegistry()
+    desired.register(registry)
+    register(registry)
+    kid = keys.key_id(key)
+    settings = CommandsConfig(trusted_keys={kid: keys.public_key_b64(key)}, max_life_s=max_life_s)
+    channel = CommandChannel(
+        settings, {kid: key.public_key()}, outbox, journal, link, topics, registry, replies, desired
+    )
+    # A probe subscribed after the channel's own: once a probe comes through, the broker has
+    # processed the channel's subscriptions too (they are sent in order on connect).
+    probed = threading.Event()
+    link.subscribe(f"rig-probe/{uuid.uuid4()}", lambda _t, _p: probed.set())
+    probe_topic = link.stats.subscriptions[-1][0]
+    replies.start()
+    channel.start()
+    link.start()
+    assert link.wait_connected(20), link.stats.last_error
+    if sender is None:
+        sender = sender_for(broker, "server-rig").start()
+    assert wait_for(lambda: probed.is_set() or sender.publish(probe_topic, b"?") or probed.wait(0.5), 20)
+    return ChannelRig(state, outbox, journal, link, replies, channel, registry, sender, key, kid, applied)

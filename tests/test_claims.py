@@ -6,14 +6,13 @@ import uuid
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge.commands import REASONS, Claims, check_claims, make_claims, sign, verify_command
+from edge.clock import CommandTime
+from edge.commands import REASONS, Claims, check_claims, make_claims
 from edge.commands import claims as claims_module
 from edge.exceptions import CommandRejected
-from edge.keys import key_id
 
 DEVICE, COMMUNE = "loa-03", "gia-ray"
 NOW = 1_800_000_000
@@ -198,18 +197,43 @@ def test_make_claims_refuses_what_no_device_would_accept() -> None:
         make_claims(device=DEVICE, commune=COMMUNE, name="device.selftest", life_s=0)
 
 
-def test_verify_command_checks_signature_then_claims() -> None:
-    key = Ed25519PrivateKey.generate()
-    trusted = {key_id(key): key.public_key()}
-    token = sign(make_claims(device=DEVICE, commune=COMMUNE, name="relay.test", now=NOW), key, key_id(key))
-    header, claims = verify_command(token, trusted, device=DEVICE, commune=COMMUNE, now=NOW + 1)
-    assert header["kid"] == key_id(key) and claims.name == "relay.test"
+# -- command time: a clock that is not synchronised ------------------------------------------------
+
+
+def test_with_only_a_lower_bound_nothing_is_from_the_future() -> None:
+    # After a reboot without NTP the device knows only that it is at least NOW; it may be days later.
+    at = CommandTime(NOW, "lower_bound", issued_after=NOW - 3600)
+    assert check(good(iat=NOW + 2 * 86_400, exp=NOW + 2 * 86_400 + 60), now=at).name == "broadcast.play"
+
+
+def test_with_only_a_lower_bound_what_expired_before_it_is_expired() -> None:
+    at = CommandTime(NOW, "lower_bound", issued_after=NOW - 3600)
+    assert reason(good(iat=NOW - 100, exp=NOW - 1), now=at) == "expired"
+
+
+def test_what_was_issued_before_the_last_synchronised_time_is_expired() -> None:
+    at = CommandTime(NOW, "lower_bound", issued_after=NOW + 100, note="clock not synchronised")
+    check(good(iat=NOW + 100 - SKEW, exp=NOW + 200), now=at)  # within the skew of it
     with pytest.raises(CommandRejected) as info:
-        verify_command(token, trusted, device="loa-04", commune=COMMUNE, now=NOW + 1)
-    assert info.value.reason == "wrong_device"
-    with pytest.raises(CommandRejected) as info:
-        verify_command(token, {}, device=DEVICE, commune=COMMUNE, now=NOW + 1)
-    assert info.value.reason == "unknown_key"
+        check(good(iat=NOW + 100 - SKEW - 1, exp=NOW + 200), now=at)
+    assert info.value.reason == "expired"
+    assert "last synchronised" in info.value.detail and "clock not synchronised" in info.value.detail
+
+
+def test_an_estimate_of_the_time_is_judged_as_the_time() -> None:
+    at = CommandTime(NOW, "same_boot")
+    assert reason(good(iat=NOW + SKEW + 1, exp=NOW + SKEW + 61), now=at) == "not_yet_valid"
+    assert reason(good(), now=CommandTime(NOW + 61, "same_boot")) == "expired"
+
+
+def test_without_expiry_everything_else_is_still_checked() -> None:
+    # config.desired newer than the applied version: stale by version, not by time.
+    late = NOW + 86_400
+    assert check(good(), now=late, enforce_exp=False).name == "broadcast.play"
+    assert check(good(), now=CommandTime(late, "lower_bound", issued_after=late), enforce_exp=False)
+    assert reason(good(device="loa-04"), now=late, enforce_exp=False) == "wrong_device"
+    assert reason(good(exp=NOW + MAX_LIFE + 1), now=late, enforce_exp=False) == "too_long_lived"
+    assert reason(good(iat=NOW + SKEW + 1, exp=NOW + SKEW + 61), now=NOW, enforce_exp=False) == "not_yet_valid"
 
 
 # -- fuzz ------------------------------------------------------------------------------------------

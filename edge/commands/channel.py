@@ -1,15 +1,22 @@
 """The command channel: ``cmd/#`` and ``cfg/desired`` in, ``ack`` (and ``cfg/reported``) out.
 
-For each message, on one worker thread, in arrival order:
+For each message, on the intake thread, in arrival order (all quick):
 
-1. signature (:func:`~edge.commands.jws.verify`) and claims (:func:`~edge.commands.claims.check_claims`);
-   a message on ``cmd/<name>`` must carry that name, one on ``cfg/desired`` the name ``config.desired``;
-   a ``cfg/desired`` whose signed version is not newer than the applied one is ignored quietly;
+1. signature (:func:`~edge.commands.jws.verify`) and claims (:func:`~edge.commands.claims.check_claims`)
+   judged by the device's command time (:class:`edge.clock.CommandClock`: the synchronised clock,
+   or after a power cut what the device knows for sure about the time); a message on ``cmd/<name>``
+   must carry that name, one on ``cfg/desired`` the name ``config.desired``; a ``cfg/desired`` whose
+   signed version is not newer than the applied one is ignored quietly, and one that is newer is
+   taken even after its ``exp`` (the retained message is how a device that was off converges; why
+   that is safe: :mod:`edge.commands.desired`);
 2. replay: a ``cmd_id`` already in the journal is not run again; the answer is ``rejected``/``replayed``
    with the earlier outcome in ``result.earlier``;
-3. the handler must exist (``unknown_command``) and take the arguments (``invalid_args``);
-4. the command is written to the journal with an ``accepted`` ack in one durable commit, then run;
-   its outcome and the ``succeeded``/``failed`` ack are committed together.
+3. the handler must exist (``unknown_command``), take the arguments (``invalid_args``) and have room
+   on its lane (``busy``);
+4. the command is written to the journal with an ``accepted`` ack in one durable commit.
+
+Then it runs on its lane (:mod:`edge.commands.runner`), so it waits behind no other command it has
+nothing to do with; its outcome and the ``succeeded``/``failed`` ack are committed together, once.
 
 Acks of commands whose signature verified are durable (the journal keeps them until the broker has
 them). A rejection is also a ``security`` event. A message whose signature does not verify comes from
@@ -34,7 +41,8 @@ from edge.clock import now_iso
 from edge.commands.claims import Claims, check_claims
 from edge.commands.desired import DesiredConfig
 from edge.commands.jws import MAX_TOKEN_BYTES, unverified_claims, verify
-from edge.commands.registry import CommandContext, CommandFailed, CommandRegistry
+from edge.commands.registry import CommandContext, CommandFailed, CommandRegistry, Registration
+from edge.commands.runner import CommandRunner, Job
 from edge.config import CommandsConfig
 from edge.exceptions import CommandRejected, StoreError
 from edge.messages import CommandAck
@@ -46,7 +54,10 @@ from edge.topics import Topics
 
 log = logging.getLogger(__name__)
 
-#: Messages waiting for the worker. Beyond this the newest are dropped and counted: a flood must not
+#: How long :meth:`CommandChannel.stop` waits for running commands by default.
+STOP_WAIT_S = 10.0
+
+#: Messages waiting for the intake thread. Beyond this the newest are dropped and counted: a flood must not
 #: eat the device's memory (the signed commands of a real server never come this fast).
 QUEUE_MAX = 1000
 
@@ -83,7 +94,7 @@ class RejectionBudget:
 
 
 class CommandChannel:
-    """Verifies, journals and runs signed commands for one device."""
+    """Verifies, journals and runs signed commands for one device (judged by ``journal.clock``)."""
 
     def __init__(
         self,
@@ -108,6 +119,8 @@ class CommandChannel:
         self.registry = registry
         self.replies = replies
         self.desired = desired
+        self.clock = journal.clock
+        self.runner = CommandRunner()
         self.max_bytes = min(max_bytes, MAX_TOKEN_BYTES)
         self.budget = RejectionBudget()
         self._queue: deque[tuple[str, bytes | None, int]] = deque()
@@ -137,7 +150,7 @@ class CommandChannel:
             self._queue.append((topic, payload, size))
             self._ready.notify()
 
-    # -- the worker -----------------------------------------------------------------------------
+    # -- intake ---------------------------------------------------------------------------------
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -145,11 +158,12 @@ class CommandChannel:
                 if not self._queue:
                     self._ready.wait(5.0)
                 item = self._queue.popleft() if self._queue else None
-            if item is None:
-                self._flush_suppressed()
-                continue
             try:
-                self._handle(*item)
+                if item is None:
+                    self._flush_suppressed()
+                    self.clock.remember()
+                else:
+                    self._handle(*item)
             except StoreError:
                 log.exception("the event store failed while handling a command")
             except Exception:
@@ -167,7 +181,8 @@ class CommandChannel:
             return
         # From here the message is signed by a trusted key: its cmd_id can be believed.
         args = raw.get("args")
-        if desired_topic and isinstance(args, dict) and self.desired.is_stale(args.get("version")):
+        version = args.get("version") if desired_topic and isinstance(args, dict) else None
+        if self.desired.is_stale(version):
             self.outbox.bump("cfg_desired_unchanged")
             return
         try:
@@ -175,13 +190,16 @@ class CommandChannel:
                 raw,
                 device=self.topics.device,
                 commune=self.topics.commune,
-                now=time.time(),
+                now=self.clock.now(),
                 skew_s=self.settings.clock_skew_s,
                 max_life_s=self.settings.max_life_s,
+                # A newer desired version is stale by version, not by time (edge.commands.desired).
+                enforce_exp=not self.desired.is_newer(version),
             )
         except CommandRejected as exc:
             self._reject_signed(topic, raw, header, exc)
             return
+        self.clock.observe(claims.iat, self.settings.clock_skew_s)
         expected = "config.desired" if desired_topic else topic[len(self._cmd_prefix) :]
         if claims.name != expected:
             wrong = CommandRejected("malformed", f"topic is for {expected!r}, the command is {claims.name!r}")
@@ -195,32 +213,40 @@ class CommandChannel:
         try:
             registration = self.registry.get(claims.name)
             args = registration.parse_args(claims.args)
+            lane = self.runner.lane(registration)
+            if lane.full():
+                raise CommandRejected("busy", f"{lane.name} has {lane.limit} commands waiting")
         except CommandRejected as exc:
             self._reject_signed(topic, raw, header, exc, claims=claims)
             return
-        self._execute(claims, header, registration.handler, args)
-
-    def _execute(self, claims: Claims, header: Mapping[str, Any], handler: Any, args: Any) -> None:
         cmd_id = claims.cmd_id
         if not self.journal.record(
             cmd_id, claims.name, claims.exp, "accepted", reply=("ack", ack_payload(cmd_id, "accepted"), False)
         ):
-            return  # cannot happen with one worker; never run a command twice if it does
+            return  # cannot happen with one intake thread; never run a command twice if it does
+        if desired_topic:
+            self.desired.accepted(version)
         self.replies.wake()
         log.info("command %s %s accepted (kid %s)", claims.name, cmd_id, header.get("kid"))
+        if not lane.submit(Job(cmd_id, claims.name, lambda: self._execute(claims, registration, args))):
+            self._interrupted(cmd_id, claims.name, {}, "the command channel was stopping")
+
+    def _execute(self, claims: Claims, registration: Registration, args: Any) -> None:
+        """Run one accepted command on its lane and journal its outcome (with its ack) once."""
+        cmd_id = claims.cmd_id
 
         def progress(result: Mapping[str, Any]) -> None:
-            self.journal.update(
+            if self.journal.update(
                 cmd_id,
                 "in_progress",
                 result=result,
                 reply=("ack", ack_payload(cmd_id, "in_progress", None, result), False),
-            )
-            self.replies.wake()
+            ):
+                self.replies.wake()
 
         state, reason, result = "succeeded", None, {}
         try:
-            result = dict(handler(args, CommandContext(claims, progress)) or {})
+            result = dict(registration.handler(args, CommandContext(claims, progress)) or {})
         except CommandFailed as exc:
             state, reason, result = (
                 "failed",
@@ -232,33 +258,40 @@ class CommandChannel:
         except Exception as exc:
             log.exception("command %s %s failed", claims.name, cmd_id)
             state, reason, result = "failed", "internal_error", {"detail": f"{type(exc).__name__}: {exc}"}
-        self.journal.update(
+        self.outbox.bump("commands_executed")
+        if not self.journal.update(
             cmd_id,
             state,
             reason=reason,
             result=result,
             reply=("ack", ack_payload(cmd_id, state, reason, result), False),
-        )
+        ):
+            # It was reported interrupted meanwhile (a stop that could not wait for it): one outcome only.
+            log.warning("command %s %s ended %s after it was reported; not reported again", claims.name, cmd_id, state)
+            return
         self.replies.wake()
-        self.outbox.bump("commands_executed")
         log.info("command %s %s %s%s", claims.name, cmd_id, state, f" ({reason})" if reason else "")
+
+    def _interrupted(self, cmd_id: str, name: str, result: Mapping[str, Any], detail: str) -> bool:
+        result = {**result, **_detail(detail)}
+        done = self.journal.update(
+            cmd_id,
+            "failed",
+            reason="interrupted",
+            result=result,
+            reply=("ack", ack_payload(cmd_id, "failed", "interrupted", result), False),
+        )
+        if done:
+            log.warning("command %s %s: %s; reported failed (interrupted)", name, cmd_id, detail)
+            self.replies.wake()
+        return done
 
     def finish_interrupted(self) -> int:
         """At start: commands accepted but never finished (the daemon died mid-way) are reported
         ``failed``/``interrupted``. They are not run again: a loudspeaker must not replay by itself."""
-        unfinished = self.journal.unfinished()
-        for o in unfinished:
-            self.journal.update(
-                o.cmd_id,
-                "failed",
-                reason="interrupted",
-                result=o.result,
-                reply=("ack", ack_payload(o.cmd_id, "failed", "interrupted", o.result), False),
-            )
-            log.warning("command %s %s was interrupted by a restart; reported failed", o.name, o.cmd_id)
-        if unfinished:
-            self.replies.wake()
-        return len(unfinished)
+        return sum(
+            self._interrupted(o.cmd_id, o.name, o.result, "interrupted by a restart") for o in self.journal.unfinished()
+        )
 
     # -- rejections -----------------------------------------------------------------------------
 
@@ -346,13 +379,23 @@ class CommandChannel:
 
     def start(self) -> CommandChannel:
         self.finish_interrupted()
+        self.clock.remember()
         self._thread = threading.Thread(target=self._run, name="commands", daemon=True)
         self._thread.start()
         return self
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = STOP_WAIT_S) -> None:
+        """Stop taking commands; report those that never started ``interrupted``; wait up to
+        ``timeout`` seconds for the running ones (one still running after that is reported
+        ``interrupted`` at the next start, and its own outcome is then dropped). Idempotent."""
+        deadline = time.monotonic() + timeout
         self._stop.set()
         with self._ready:
             self._ready.notify_all()
         if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(10)
+            self._thread.join(max(0.0, deadline - time.monotonic()))
+        for job in self.runner.close():
+            with contextlib.suppress(StoreError):
+                self._interrupted(job.cmd_id, job.name, {}, "the daemon stopped before it ran")
+        if not self.runner.join(max(0.0, deadline - time.monotonic())):
+            log.warning("commands still running after %.0f s; stopping without them", timeout)

@@ -19,6 +19,10 @@ Decisions, and why:
   a device clock that runs behind the server's, so a fresh command is not "from the future". It is
   deliberately **not** added to ``exp``: the seen-set keeps a ``cmd_id`` until ``exp`` and no longer, so
   accepting anything after ``exp`` would reopen the door to replays once the entry is dropped.
+  ``now`` is the device's *command time* (:class:`edge.clock.CommandClock`): the synchronised clock,
+  or, after a power cut without NTP, what the device knows for sure about the time; with only a
+  lower bound, ``not_yet_valid`` cannot be judged, and a command issued before the last synchronised
+  time is ``expired``.
 - **Life.** ``exp - iat`` must be positive and at most ``max_life_s``: a long-lived command is a
   long-lived replay risk, and a stolen one is worth more.
 
@@ -36,7 +40,7 @@ from typing import Annotated, Any
 
 from pydantic import ConfigDict, Field, StrictInt, StringConstraints, ValidationError, field_validator
 
-from edge.commands.jws import MAX_TOKEN_BYTES, verify
+from edge.clock import CommandTime
 from edge.exceptions import CommandRejected
 from edge.model import EdgeModel, Slug, problems, summarize
 
@@ -102,15 +106,23 @@ def check_claims(
     *,
     device: str,
     commune: str,
-    now: float,
+    now: float | CommandTime,
     skew_s: float = DEFAULT_CLOCK_SKEW_S,
     max_life_s: float = DEFAULT_MAX_LIFE_S,
+    enforce_exp: bool = True,
 ) -> Claims:
-    """Validate verified claims for this device at time ``now`` (Unix seconds).
+    """Validate verified claims for this device at time ``now``.
+
+    ``now`` is Unix seconds, or a :class:`~edge.clock.CommandTime` from the device's
+    :class:`~edge.clock.CommandClock` (a lower bound while the clock is not synchronised).
+    ``enforce_exp=False`` leaves out both ``expired`` checks, for a ``config.desired`` that is
+    stale by its version rather than its time (:mod:`edge.commands.desired`).
 
     Raises :class:`CommandRejected` with reason ``malformed``, ``wrong_device``, ``too_long_lived``,
     ``not_yet_valid`` or ``expired`` (checked in that order); see the module docstring for the rules.
     """
+    at = now if isinstance(now, CommandTime) else CommandTime(float(now), "synced")
+    clock = f" ({at.note})" if at.note else ""
     if not isinstance(raw, Mapping):
         raise CommandRejected("malformed", "claims are not a JSON object")
     try:
@@ -123,12 +135,19 @@ def check_claims(
         raise CommandRejected("too_long_lived", f"exp {claims.exp} is not after iat {claims.iat}")
     if claims.life_s > max_life_s:
         raise CommandRejected("too_long_lived", f"life {claims.life_s} s exceeds the maximum {max_life_s:g} s")
-    if claims.iat - skew_s > now:
+    if at.exact and claims.iat - skew_s > at.now:
         raise CommandRejected(
-            "not_yet_valid", f"iat is {claims.iat - now:.0f} s ahead of this clock (skew allowed {skew_s:g} s)"
+            "not_yet_valid",
+            f"iat is {claims.iat - at.now:.0f} s ahead of this clock (skew allowed {skew_s:g} s){clock}",
         )
-    if now > claims.exp:
-        raise CommandRejected("expired", f"expired {now - claims.exp:.0f} s ago")
+    if not enforce_exp:
+        return claims
+    if at.now > claims.exp:
+        raise CommandRejected("expired", f"expired {at.now - claims.exp:.0f} s ago{clock}")
+    if at.issued_after is not None and claims.iat + skew_s < at.issued_after:
+        raise CommandRejected(
+            "expired", f"issued {at.issued_after - claims.iat:.0f} s before the last synchronised time{clock}"
+        )
     return claims
 
 
@@ -166,22 +185,3 @@ def make_claims(
     except ValidationError as exc:
         raise ValueError("; ".join(f"{path}: {msg}" for path, msg in problems(exc))) from None
     return raw
-
-
-def verify_command(
-    token: str | bytes,
-    trusted: Mapping[str, Any],
-    *,
-    device: str,
-    commune: str,
-    now: float,
-    skew_s: float = DEFAULT_CLOCK_SKEW_S,
-    max_life_s: float = DEFAULT_MAX_LIFE_S,
-    max_bytes: int = MAX_TOKEN_BYTES,
-) -> tuple[dict[str, Any], Claims]:
-    """:func:`~edge.commands.jws.verify` then :func:`check_claims`: the device's whole signature and
-    claims check in one call. Returns ``(header, claims)``; raises :class:`CommandRejected` with a
-    reason from :data:`edge.commands.jws.REASONS` or :data:`REASONS`.
-    """
-    header, raw = verify(token, trusted, max_bytes=max_bytes)
-    return header, check_claims(raw, device=device, commune=commune, now=now, skew_s=skew_s, max_life_s=max_life_s)

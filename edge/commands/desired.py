@@ -8,6 +8,25 @@ version N+1 returns it to the local value.
 
 - A version not newer than the applied one is ignored (the retained message comes back on every
   reconnect).
+- **Convergence after downtime.** The server publishes ``cfg/desired`` retained and *without* an MQTT
+  message expiry (``edge command send``), so the broker keeps the latest version until the next one
+  replaces it, and a device that was off for a day or a week gets it when it comes back. The device
+  takes a ``config.desired`` on ``cfg/desired`` whose signed version is newer than the applied one
+  even after its ``exp``; every other check stays (signature by a trusted key, device and commune,
+  the name, the life at most ``max_life_s``, the replay set, the arguments).
+
+  Why this keeps replay protection: for other commands the time window is what bounds a replay once
+  the journal has forgotten the ``cmd_id``. Desired configurations have a stronger bound, the signed
+  version: the applied version is on disk (``desired.json``, fsynced) before it is reported, only a
+  strictly newer one is taken, and the server only ever signs increasing versions. An old token,
+  replayed at any time, is stale by its version and ignored; no version is applied twice and a
+  device never goes back to an older one. What expiry no longer does: withdraw a version that was
+  signed but never applied; the server withdraws one by publishing a newer version (the same
+  overlay as before, for instance). Someone able to publish on ``cfg/desired`` (the broker's ACL
+  lets only the server) could hold back the newest version and deliver an older, still newer than
+  applied, one: a delay they could cause anyway by dropping messages, and never a rollback.
+  Only ``cfg/desired`` converges: a ``config.desired`` sent on ``cmd/config.desired`` expires as
+  any command does.
 - The merged configuration is validated with the same models as the TOML; any problem rejects the
   whole version, and ``cfg/reported`` names the key path.
 - Some keys can only be set on the device itself (:data:`LOCAL_ONLY`): who the device is, where it
@@ -23,9 +42,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from pydantic import Field, StrictInt
 
@@ -48,6 +68,10 @@ LOCAL_ONLY: tuple[str, ...] = ("device.id", "device.commune", "store.state_dir",
 class DesiredArgs(EdgeModel):
     version: StrictInt = Field(ge=1, description="Monotonic version of the desired configuration.")
     config: dict[str, Any] = Field(description="Overlay on the local configuration, in the TOML's shape.")
+
+
+def _is_version(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _covered(path: str, keys: tuple[str, ...] | frozenset[str]) -> bool:
@@ -153,17 +177,37 @@ class DesiredConfig:
         self.on_reply = on_reply
         self.store = DesiredStore(config.store.state_dir)
         self.version = self.store.load()[0]
+        self._lock = threading.Lock()
+        self._in_flight: set[int] = set()
 
     def register(self, registry: CommandRegistry) -> None:
+        # Serial: two versions applied at once could leave the older one in force.
         registry.register(
             "config.desired",
             DesiredArgs,
             self._on_desired,
             description="Apply a signed, versioned overlay on the local configuration.",
+            serial=True,
         )
 
     def is_stale(self, version: object) -> bool:
-        return isinstance(version, int) and not isinstance(version, bool) and version <= self.version
+        """Whether ``version`` (as signed, any JSON value) is a version not newer than the applied one,
+        or than one accepted and still to be applied. (A device with a persistent session gets the
+        latest ``cfg/desired`` twice on reconnect, queued and retained: the second is not news.)"""
+        if not _is_version(version):
+            return False
+        with self._lock:
+            return version <= max(self.version, max(self._in_flight, default=0))
+
+    def is_newer(self, version: object) -> bool:
+        """Whether ``version`` is a version newer than the applied one (then not stale by time)."""
+        return _is_version(version) and version > self.version
+
+    def accepted(self, version: object) -> None:
+        """The channel journaled a ``cfg/desired`` of this version; it is applied next."""
+        if _is_version(version):
+            with self._lock:
+                self._in_flight.add(version)
 
     def report(self, version: int, status: str, reason: str | None = None) -> None:
         payload = CfgReported(version=version, status=status, reason=reason, ts=now_iso())  # type: ignore[arg-type]
@@ -171,6 +215,13 @@ class DesiredConfig:
         self.on_reply()
 
     def _on_desired(self, args: DesiredArgs, ctx: CommandContext) -> dict[str, Any]:
+        try:
+            return self._apply_desired(args, ctx)
+        finally:
+            with self._lock:
+                self._in_flight.discard(args.version)
+
+    def _apply_desired(self, args: DesiredArgs, ctx: CommandContext) -> dict[str, Any]:
         if args.version <= self.version:
             raise CommandFailed("stale_version", f"version {args.version} is not newer than {self.version}")
         try:

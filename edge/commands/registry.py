@@ -14,8 +14,13 @@ arguments that do not fit are rejected as ``invalid_args`` before the handler ru
 ``None``, or raises :class:`CommandFailed` for a ``failed`` ack with a reason. Any other exception is
 a ``failed`` ack with reason ``internal_error`` and is logged with its traceback.
 
-Handlers run on the channel's worker thread, one at a time in arrival order: a handler that starts
-something long (a broadcast) starts it and returns, reporting later through its own events.
+Where a handler runs (:mod:`edge.commands.runner`): on a thread of its own, so a long ``relay.test``
+never holds up another command. ``urgent=True`` puts a command on a lane of its own that ordinary
+commands cannot fill; :data:`URGENT_COMMANDS` are urgent whoever registers them. ``serial=True``
+runs a command one at a time, in arrival order (``config.desired``: two versions must not be applied
+at once). A handler may therefore run while other handlers run: it guards the state it shares. A
+handler that starts something long (a broadcast) still starts it and returns, reporting later
+through its own events.
 """
 
 from __future__ import annotations
@@ -29,6 +34,9 @@ from pydantic import BaseModel, ValidationError
 from edge.commands.claims import Claims
 from edge.exceptions import CommandRejected, EdgeError
 from edge.model import EdgeModel, problems, summarize
+
+#: Commands that stop or start what people hear: they never wait behind an ordinary command.
+URGENT_COMMANDS = frozenset({"broadcast.stop_all", "broadcast.cancel", "broadcast.play"})
 
 
 class CommandFailed(EdgeError, RuntimeError):
@@ -55,10 +63,16 @@ Handler = Callable[[Any, CommandContext], Mapping[str, Any] | None]
 
 @dataclass(frozen=True)
 class Registration:
+    """A command this device can run, and how it is run."""
+
     name: str
     args_model: type[BaseModel]
     handler: Handler
     description: str
+    #: On the urgent lane: never behind an ordinary command.
+    urgent: bool = False
+    #: One at a time, in arrival order.
+    serial: bool = False
 
     def parse_args(self, args: Mapping[str, Any]) -> BaseModel:
         """The arguments as ``args_model``; raises ``CommandRejected("invalid_args", ...)``."""
@@ -78,10 +92,22 @@ class CommandRegistry:
     def __init__(self) -> None:
         self._handlers: dict[str, Registration] = {}
 
-    def register(self, name: str, args_model: type[BaseModel], handler: Handler, *, description: str) -> None:
+    def register(
+        self,
+        name: str,
+        args_model: type[BaseModel],
+        handler: Handler,
+        *,
+        description: str,
+        urgent: bool | None = None,
+        serial: bool = False,
+    ) -> None:
+        """Register ``handler`` for ``name``. ``urgent`` defaults to whether ``name`` is one of
+        :data:`URGENT_COMMANDS`; ``serial`` runs the command one at a time (module docstring)."""
         if name in self._handlers:
             raise ValueError(f"command {name!r} is already registered")
-        self._handlers[name] = Registration(name, args_model, handler, description)
+        urgent = name in URGENT_COMMANDS if urgent is None else urgent
+        self._handlers[name] = Registration(name, args_model, handler, description, urgent, serial)
 
     def get(self, name: str) -> Registration:
         """The registration for ``name``; raises ``CommandRejected("unknown_command", ...)``."""

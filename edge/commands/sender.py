@@ -143,16 +143,19 @@ class CommandSender:
         life_s: int = DEFAULT_LIFE_S,
         timeout: float = 10.0,
     ) -> Sent:
-        """Sign and publish a command (QoS 1; message expiry at the command's ``exp``).
+        """Sign and publish a command (QoS 1).
 
-        ``config.desired`` goes to ``cfg/desired``, retained, as the contract says; anything else to
-        ``cmd/<name>``. Raises LinkError or TimeoutError if the broker does not take it.
+        ``config.desired`` goes to ``cfg/desired``, retained and with no message expiry, so the broker
+        keeps the latest version for a device that is off until it comes back (the device takes a
+        newer version after its ``exp``: :mod:`edge.commands.desired`). Anything else goes to
+        ``cmd/<name>`` with the message expiry at the command's ``exp``. Raises LinkError or
+        TimeoutError if the broker does not take it.
         """
         token, claims = self.sign(device, name, args, key, kid=kid, life_s=life_s, cmd_id=str(uuid.uuid4()))
         topics = self.topics(device)
         retained = name == "config.desired"
         topic = topics.cfg_desired if retained else topics.cmd(name)
-        expiry = max(1, claims["exp"] - int(time.time()))
+        expiry = None if retained else max(1, claims["exp"] - int(time.time()))
         self.link.publish(topic, token, qos=1, retain=retained, expiry_s=expiry).result(timeout)
         return Sent(claims["cmd_id"], device, name, topic, token, claims)
 
