@@ -13,8 +13,20 @@ from sim.harness import edge_command, run_edge
 from sim.serial_relay import SimLcusBoard, SimModbusBoard
 
 
-@pytest.mark.parametrize("profile", ["gpio-4ch-rpi", "lcus-4ch", "modbus-8ch"])
-def test_edge_test_relays_clicks_each_relay_alone_on_simulated_hardware(profile: str) -> None:
+def patient(tmp_path: Path, name: str) -> str:
+    """A shipped profile as a file of its own, waiting 3 s for answers: a loaded machine is not a dead board."""
+    text = Path(load_relay_profile(name).source).read_text(encoding="utf-8")
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(text.replace("timeout_s: 0.5", "timeout_s: 3"), encoding="utf-8")
+    assert load_relay_profile(str(path)).model_dump(exclude={"timeout_s"}) == load_relay_profile(name).model_dump(
+        exclude={"timeout_s"}
+    )
+    return str(path)
+
+
+@pytest.mark.parametrize("name", ["gpio-4ch-rpi", "lcus-4ch", "modbus-8ch"])
+def test_edge_test_relays_clicks_each_relay_alone_on_simulated_hardware(tmp_path: Path, name: str) -> None:
+    profile = patient(tmp_path, name)
     result = run_edge(["test", "relays", "--profile", profile, "--sim", "--click-s", "0.01", "--json"])
     report = json.loads(result.stdout)
     names = list(load_relay_profile(profile).relay_names)
@@ -61,7 +73,7 @@ def test_edge_test_relays_reads_a_modbus_board_named_in_the_config(tmp_path: Pat
     config.write_text(
         '[device]\nid = "loa-01"\ncommune = "gia-ray"\nroles = ["loudspeaker"]\n\n'
         '[mqtt]\nbroker = "mqtt://127.0.0.1:1883"\n\n'
-        f'[relays]\nprofile = "modbus-8ch"\nport = "{link}"\nmodbus_unit = 3\n'
+        f'[relays]\nprofile = "{patient(tmp_path, "modbus-8ch")}"\nport = "{link}"\nmodbus_unit = 3\n'
     )
     with SimModbusBoard(8, unit=3, link=link) as board:
         result = run_edge(["test", "relays", "--config", str(config), "--click-s", "0.01"], check=False)

@@ -155,6 +155,10 @@ def test_lcus_and_modbus_mistakes_are_named_by_key_path() -> None:
     assert problems_of(modbus | {"zones": [{"name": "a", "coil": 1}, {"name": "b", "coil": 1}]}) == {
         "zones[1].coil": "coil 1 is also used by zones[0]"
     }
+    assert problems_of(modbus | {"zones": [{"name": "a", "coil": 4000}]}) == {
+        "readback": "the coils span 4001 addresses; one read covers at most 2000"
+    }
+    assert parse_relay_profile(modbus | {"zones": [{"name": "a", "coil": 4000}], "readback": False})
 
 
 def test_an_unknown_kind_lists_the_known_ones() -> None:

@@ -220,7 +220,7 @@ class RelayBank:
                     # zone relay failed, then report the first fault.
                     with contextlib.suppress(RelayFault):
                         self._apply([(AMPLIFIER, False)], force=True, settle=False)
-                    self._fault(exc)
+                    self._problem = str(exc)
                     raise
                 self._apply([(AMPLIFIER, False)], force=True)
             except RelayFault:

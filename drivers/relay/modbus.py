@@ -24,6 +24,10 @@ from edge.exceptions import RelayFault
 
 log = logging.getLogger(__name__)
 
+# pymodbus logs every unanswered request at ERROR. The bank reports a dead board once and retries
+# quietly, so those records would only fill the journal while a board is unplugged.
+logging.getLogger("pymodbus.logging").setLevel(logging.CRITICAL)
+
 
 class ModbusBoard(SerialRelayBackend):
     """A Modbus RTU relay board (unit id and serial settings from the profile)."""

@@ -41,6 +41,9 @@ AMPLIFIER = "amplifier"
 #: Names a zone cannot have: the amplifier's, and the word broadcast commands use for every zone.
 RESERVED_ZONE_NAMES = frozenset({AMPLIFIER, "all"})
 
+#: Coils one Modbus "read coils" request may cover (the protocol's limit); read-back reads them in one span.
+MAX_READ_COILS = 2000
+
 _MODEL_ID = r"^[A-Za-z0-9._+-]{1,32}$"
 _BAUD_RATES = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
 
@@ -274,13 +277,17 @@ def relay_profile_problems(
         pins = ((f"{path}.pin", spec.pin, False) for _, path, spec in profile.relays())
         return found + gpio_pin_problems(profile.board, pins, resources=resources, holder_prefix=holder_prefix)
 
-    attr, word = ("channel", "channel") if isinstance(profile, LcusRelayProfile) else ("coil", "coil")
+    attr = "channel" if isinstance(profile, LcusRelayProfile) else "coil"
     first_use: dict[int, str] = {}
     for _, path, spec in profile.relays():
         number = getattr(spec, attr)
         if number in first_use:
-            found.append((f"{path}.{attr}", f"{word} {number} is also used by {first_use[number]}"))
+            found.append((f"{path}.{attr}", f"{attr} {number} is also used by {first_use[number]}"))
         first_use.setdefault(number, path)
+    if isinstance(profile, ModbusRelayProfile) and profile.readback:
+        span = max(first_use) - min(first_use) + 1
+        if span > MAX_READ_COILS:
+            found.append(("readback", f"the coils span {span} addresses; one read covers at most {MAX_READ_COILS}"))
     return found
 
 
