@@ -50,7 +50,7 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import ReadTimeoutError
 
 from drivers.audio.base import PcmSource
-from edge.services.broadcast.cache import AudioCache, SourceRejected, network_reason
+from edge.services.broadcast.cache import MAX_REDIRECTS, AudioCache, SourceRejected, network_reason
 
 if TYPE_CHECKING:
     import av
@@ -108,6 +108,8 @@ class _Pipe:
         self._cond = threading.Condition()
         self._closed = False
         self.received = 0
+        self.undecodable = False
+        """Set by the decoder when what came is not audio it can play (then the end is no clean end)."""
 
     def write(self, data: bytes) -> None:
         with self._cond:
@@ -255,7 +257,7 @@ class LiveRelaySource:
     ) -> None:
         cache.check_url(url)
         if not (isinstance(stall_s, int | float) and math.isfinite(stall_s) and 0.5 <= stall_s <= 600):
-            raise SourceRejected("bad_url", f"stall_s must be between 0.5 and 600 seconds, got {stall_s!r}")
+            raise ValueError(f"stall_s must be between 0.5 and 600 seconds, got {stall_s!r}")
         if channels not in _LAYOUTS:
             raise ValueError(f"channels must be 1 or 2, got {channels!r}")
         if not 8000 <= rate <= 192000:
@@ -285,7 +287,6 @@ class LiveRelaySource:
         self._mode = "waiting"  # waiting (prebuffering) | stream | fallback | ended
         self._out_frames = 0
         self._last_stream_out = 0  # output frame just after the last stream frame played
-        self._silent_since_s = 0.0
         self.failovers = 0
         """Times the fallback was switched to."""
         self.gaps_s: list[float] = []
@@ -523,7 +524,7 @@ class LiveRelaySource:
             pipe.close()
             resp.close()
             decoder.join(timeout=5.0)
-        if clean and not self._closing.is_set():
+        if clean and not pipe.undecodable and not self._closing.is_set():
             self._ended.set()
             return "ended"
         return "lost"
@@ -532,7 +533,7 @@ class LiveRelaySource:
         """GET the stream (following allowed redirects); None with ``self._problem`` set when it fails."""
         url = self.url
         timeout = self._cache.timeout(read_s=self.stall_s)
-        for _ in range(4):
+        for _ in range(MAX_REDIRECTS + 1):
             try:
                 resp = self._cache.pool.request(
                     "GET",
@@ -601,14 +602,14 @@ class LiveRelaySource:
         except (av.error.FFmpegError, ValueError, OSError) as exc:
             # A connection that brought no byte at all has its reason already (a timeout, a cut).
             if not self._closing.is_set() and pipe.received:
-                self._decode_failed(f"cannot open the stream: {exc}")
+                self._decode_failed(pipe, f"cannot open the stream: {_av_reason(exc)}")
             return
         try:
             if fmt is None and container.format.name.split(",")[0] not in ("mp3", "ogg", "aac"):
-                self._decode_failed(f"not an MP3, Ogg or AAC stream ({container.format.name})")
+                self._decode_failed(pipe, f"not an MP3, Ogg or AAC stream ({container.format.name})")
                 return
             if not container.streams.audio:
-                self._decode_failed("no audio in the stream")
+                self._decode_failed(pipe, "no audio in the stream")
                 return
             stream = container.streams.audio[0]
             resampler = av.AudioResampler(format="flt", layout=None, rate=self.rate)
@@ -630,7 +631,7 @@ class LiveRelaySource:
                 self._push(out, gen)
         except (av.error.FFmpegError, ValueError) as exc:
             if not self._closing.is_set():
-                self._decode_failed(f"the stream stopped decoding: {exc}")
+                self._decode_failed(pipe, f"the stream stopped decoding: {_av_reason(exc)}")
         finally:
             container.close()
 
@@ -640,7 +641,8 @@ class LiveRelaySource:
         np.clip(block, -1.0, 1.0, out=block)
         self._queue.push(block, gen)
 
-    def _decode_failed(self, problem: str) -> None:
+    def _decode_failed(self, pipe: _Pipe, problem: str) -> None:
+        pipe.undecodable = True
         self._set_problem(problem)
         self._abort_connection()
 
@@ -652,6 +654,7 @@ class LiveRelaySource:
         block_frames = max(1, self.rate // 20)
         ahead = int(FALLBACK_AHEAD_S * self.rate)
         retry_at = 0.0
+        played = 0
         try:
             while not self._closing.is_set():
                 with self._fb_cond:
@@ -670,7 +673,7 @@ class LiveRelaySource:
                         continue
                     try:
                         src = self._fallback_factory()
-                        self._fb_failed_reported = False
+                        played = 0
                     except Exception as exc:
                         retry_at = time.monotonic() + FALLBACK_RETRY_S
                         self._fallback_failed(exc)
@@ -684,9 +687,15 @@ class LiveRelaySource:
                     self._fallback_failed(exc)
                     continue
                 pcm = resampler.convert(raw, src.rate) if raw.shape[0] else resampler.flush()
+                played += raw.shape[0]
                 if raw.shape[0] < block_frames:  # one play of the fallback is over: a pause, then again
                     _close_quietly(src)
                     src = None
+                    if played == 0:  # opening it again at once would spin
+                        retry_at = time.monotonic() + FALLBACK_RETRY_S
+                        self._fallback_failed(ValueError("the fallback has no audio"))
+                        continue
+                    self._fb_failed_reported = False
                     pcm = np.concatenate([pcm, resampler.flush(), self._silence(self._fallback_gap)])
                 if pcm.shape[0]:
                     np.clip(pcm, -1.0, 1.0, out=pcm)
@@ -703,6 +712,11 @@ class LiveRelaySource:
         if not self._fb_failed_reported:
             self._fb_failed_reported = True
             self._emit("fallback_failed", {"url": self.url, "reason": str(exc) or type(exc).__name__})
+
+
+def _av_reason(exc: BaseException) -> str:
+    """FFmpeg's words for an error, without the errno and the '<none>' file name PyAV adds."""
+    return str(getattr(exc, "strerror", None) or exc)
 
 
 def _close_quietly(src: PcmSource) -> None:
