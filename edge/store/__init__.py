@@ -1,6 +1,8 @@
 """The device's durable event store (an outbox)."""
 
+from edge.store.host import TimeSource
 from edge.store.outbox import (
+    DEFAULT_MAX_EVENT_BYTES,
     DEFAULT_PRIORITY,
     PRIORITIES,
     Committed,
@@ -9,10 +11,12 @@ from edge.store.outbox import (
     Priority,
     StoredEvent,
     StoreStats,
+    max_event_bytes_for,
     ranges_of,
 )
 
 __all__ = [
+    "DEFAULT_MAX_EVENT_BYTES",
     "DEFAULT_PRIORITY",
     "PRIORITIES",
     "Committed",
@@ -21,5 +25,7 @@ __all__ = [
     "Priority",
     "StoreStats",
     "StoredEvent",
+    "TimeSource",
+    "max_event_bytes_for",
     "ranges_of",
 ]

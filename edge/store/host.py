@@ -9,7 +9,6 @@ fingerprint of the hardware serial number as well as the machine id.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import hashlib
 import hmac
@@ -103,6 +102,19 @@ def _owned(st: os.stat_result) -> bool:
     return st.st_uid == os.geteuid()
 
 
+def _narrow(path: Path, allowed: int) -> None:
+    """Take every permission outside ``allowed`` away from ``path`` if we own it."""
+    try:
+        st = path.stat()
+        if _owned(st) and stat.S_IMODE(st.st_mode) & ~allowed:
+            os.chmod(path, stat.S_IMODE(st.st_mode) & allowed)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        # A read-only file system: opening the store will say so more usefully.
+        log.warning("cannot narrow the permissions of %s: %s", path, exc.strerror or exc)
+
+
 def private_dir(path: Path, *, tighten: bool) -> None:
     """Create ``path`` with mode 0750 whatever the umask; with ``tighten``, take group write and
     every permission of others away from an existing one we own (``mkdir`` by a shell makes 0755)."""
@@ -112,9 +124,7 @@ def private_dir(path: Path, *, tighten: bool) -> None:
         if not path.is_dir():
             raise StoreError(f"state directory {path} exists and is not a directory") from None
         if tighten:
-            st = path.stat()
-            if _owned(st) and stat.S_IMODE(st.st_mode) & ~DIR_MODE:
-                os.chmod(path, stat.S_IMODE(st.st_mode) & DIR_MODE)
+            _narrow(path, DIR_MODE)
         return
     except OSError as exc:
         raise StoreError(f"cannot create the state directory {path}: {exc.strerror or exc}") from exc
@@ -131,10 +141,7 @@ def private_file(path: Path, *, tighten: bool) -> None:
     except FileExistsError:
         if tighten:
             for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
-                with contextlib.suppress(FileNotFoundError):
-                    st = p.stat()
-                    if _owned(st) and stat.S_IMODE(st.st_mode) & ~FILE_MODE:
-                        os.chmod(p, stat.S_IMODE(st.st_mode) & FILE_MODE)
+                _narrow(p, FILE_MODE)
         return
     except OSError as exc:
         raise StoreError(f"cannot create the event store {path}: {exc.strerror or exc}") from exc
@@ -150,10 +157,17 @@ class DaemonLock:
 
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / LOCK_FILE
+        writable = True
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
         except OSError as exc:
-            raise StoreError(f"cannot open {self.path}: {exc.strerror or exc}") from exc
+            # flock needs no write access: on a file system that went read-only the lock still
+            # keeps a second daemon out, and opening the store then reports the real trouble.
+            try:
+                fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                raise StoreError(f"cannot open {self.path}: {exc.strerror or exc}") from exc
+            writable = False
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -163,9 +177,10 @@ class DaemonLock:
         except OSError as exc:
             os.close(fd)
             raise StoreError(f"cannot lock {self.path}: {exc.strerror or exc}") from exc
-        os.fchmod(fd, FILE_MODE)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        if writable:
+            os.fchmod(fd, FILE_MODE)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
         self._fd: int | None = fd
 
     def release(self) -> None:

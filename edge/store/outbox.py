@@ -266,6 +266,12 @@ def _translate(exc: sqlite3.Error) -> StoreError:
     return StoreError(f"event store error: {exc} ({getattr(exc, 'sqlite_errorname', 'no code')})")
 
 
+def _open_error(path: Path, exc: sqlite3.Error) -> StoreError:
+    """An error opening the store that is not corruption, naming the file."""
+    err = _translate(exc)
+    return type(err)(f"cannot open the event store {path}: {err}")
+
+
 def max_event_bytes_for(config: EdgeConfig) -> int:
     """The event size cap for a device: below ``sync.batch_max_bytes`` and never above
     :data:`DEFAULT_MAX_EVENT_BYTES`, so one event always fits in a batch the broker accepts."""
@@ -398,7 +404,7 @@ class Outbox:
                 conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=15.0)
             conn.execute("PRAGMA busy_timeout = 15000")
         except sqlite3.Error as exc:
-            raise _translate(exc) from exc
+            raise _open_error(self.path, exc) from exc
         return conn
 
     def _open_writer(self) -> sqlite3.Connection:
@@ -458,7 +464,7 @@ class Outbox:
                 raise StoreCorrupt(f"event store is corrupt: {exc}") from exc
             # I/O errors, read-only files, BUSY_RECOVERY, CANTOPEN, permissions: the file stays
             # where it is and the caller hears why (the daemon exits; systemd tries again).
-            raise _translate(exc) from exc
+            raise _open_error(self.path, exc) from exc
         except StoreError:
             conn.close()
             raise
@@ -518,7 +524,7 @@ class Outbox:
                 raise
         except sqlite3.Error as exc:
             conn.close()
-            raise _translate(exc) from exc
+            raise _open_error(self.path, exc) from exc
         return epoch
 
     def _bind(self, conn: sqlite3.Connection, epoch: str) -> str:
@@ -736,9 +742,10 @@ class Outbox:
                 if stop:
                     break
         except BaseException as exc:
+            # Not an error a request can be failed with (SystemExit, MemoryError...): the thread
+            # ends, and every caller from now on hears so at once rather than waiting forever.
             reason = f"{type(exc).__name__}: {exc}"
-            log.critical("event store writer stopped: %s", reason)
-            raise
+            log.critical("event store writer stopped: %s", reason, exc_info=True)
         finally:
             with self._state_lock:
                 self._writer_stopped = reason
