@@ -48,6 +48,7 @@ def test_a_valid_command_runs_once_and_is_acked_in_order(commanded: CommandedDev
     assert "depth" in result["queue"]
     assert "found" in result["hardware"]
     assert "device.selftest" in result["commands"]
+    assert result["command_time"]["basis"] in {"synced", "same_boot", "lower_bound", "unsynced"}
     assert executed(commanded) == 1
 
 

@@ -33,7 +33,7 @@ from edge.keys import KeyMaterialError
 from edge.model import EdgeModel
 from sim.broker import MosquittoBroker
 from sim.harness import run_edge, wait_for
-from tests.commands_fixtures import DEVICE, ChannelRig, CommandedDevice, build_channel, sender_for
+from tests.commands_fixtures import COMMUNE, DEVICE, ChannelRig, CommandedDevice, build_channel, sender_for
 
 TIMEOUT = 20.0
 DAY = 86_400.0
@@ -76,6 +76,33 @@ def test_a_device_that_was_off_converges_on_the_latest_desired_config(commanded:
     assert _effective(commanded)["sync"]["max_inflight"] == 6
     assert [a["state"] for a in commanded.sender.acks(v1.cmd_id)] == ["accepted", "succeeded"]  # from before
     assert not any(k.startswith("commands_rejected_") for k in commanded.counters()), commanded.counters()
+
+
+def test_edge_command_send_leaves_a_desired_config_retained_for_a_device_that_is_off(
+    broker: MosquittoBroker, signing_key: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    out = run_edge(
+        [
+            *("command", "send", DEVICE, "config.desired", "--key", str(tmp_path / "signing.key")),
+            *("--args", json.dumps({"version": 7, "config": {}}), "--life", "2", "--timeout", "3"),
+            *("--broker", broker.url, "--commune", COMMUNE),
+        ],
+        check=False,
+    )
+    assert out.returncode == 3, out.stderr
+    assert "stays retained" in out.stderr
+    sent_by = time.time()
+
+    # Long after the command's exp, a device that comes back still finds it on cfg/desired.
+    assert wait_for(lambda: time.time() > sent_by + 1.5, TIMEOUT)
+    found: list[bytes] = []
+    late = sender_for(broker, "device-coming-back")
+    late.link.subscribe(f"vn/{COMMUNE}/dev/{DEVICE}/cfg/desired", lambda _t, payload: found.append(payload))
+    with late:
+        assert wait_for(lambda: found, TIMEOUT)
+    claims = json.loads(b64url_decode(found[0].split(b".")[1]))
+    assert claims["name"] == "config.desired" and claims["args"]["version"] == 7
+    assert claims["exp"] < time.time()
 
 
 # -- the in-process channel ----------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """``edge command send``: sign a command, publish it, and wait for the device's final answer.
 
 For the commune server and for technicians with the server's signing key. ``config.desired`` is
-published retained on ``cfg/desired`` (and its ``cfg/reported`` awaited); any other command goes to
-``cmd/<name>``.
+published retained on ``cfg/desired`` with no message expiry, so a device that is off gets it when it
+comes back (and its ``cfg/reported`` is awaited); any other command goes to ``cmd/<name>``, with the
+message expiry at the command's ``exp``.
 """
 
 from __future__ import annotations
@@ -78,6 +79,13 @@ def cmd_send(args: argparse.Namespace) -> int:
             }
         )
     if final is None:
+        if args.name == "config.desired":
+            # Not lost: the broker keeps the retained version until a newer one replaces it.
+            raise CliError(
+                f"no answer from {args.device} within {args.timeout:g} s; the configuration stays retained on "
+                f"{sent.topic} and the device applies it when it comes back",
+                3,
+            )
         raise CliError(f"no final answer from {args.device} within {args.timeout:g} s (is it online?)", 3)
     if reported is not None and not args.json:
         out(f"cfg/reported version {reported.get('version')}: {reported.get('status')} {reported.get('reason') or ''}")

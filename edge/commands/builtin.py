@@ -66,6 +66,12 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def _command_time(daemon: Daemon) -> dict[str, Any]:
+    """How this device judges a command's time now (edge.clock.CommandClock)."""
+    at = daemon.journal.clock.now()
+    return {"basis": at.basis, "at": round(at.now), **({"note": at.note} if at.note else {})}
+
+
 def hardware_found(globs: Sequence[str] = HARDWARE_GLOBS) -> list[str]:
     return sorted({path for pattern in globs for path in glob.glob(pattern)})
 
@@ -110,6 +116,7 @@ def register_builtin(registry: CommandRegistry, daemon: Daemon) -> None:
                 "evictions": stats.evictions,
             },
             "clock_synced": daemon.outbox.clock.synced(),
+            "command_time": _command_time(daemon),
             "config_version": daemon.desired.version,
             "hardware": {"found": hardware_found(), "services": services},
             "commands": sorted(r.name for r in registry),
