@@ -252,17 +252,22 @@ def _register_hold_and_quick(held: Held) -> Callable[[CommandRegistry], None]:
     return register
 
 
+def _run_before_the_cut(rigs: Any, clock: FakeTime) -> tuple[Callable[[CommandRegistry], None], str, str]:
+    """A device with ``clock`` runs one command (life 300 s), then loses power.
+    Returns the registry's commands, and the command's id and token."""
+    register = _register_hold_and_quick(Held())
+    rig = rigs(register, clock)
+    cmd_id, token = rig.send("test.quick", life_s=300, now=clock.wall())
+    assert _final(rig, cmd_id)["state"] == "succeeded"
+    rig.stop()
+    return register, cmd_id, token
+
+
 def test_after_a_power_cut_an_unsynced_device_takes_a_fresh_command_and_refuses_old_ones(rigs: Any) -> None:
-    held = Held()
-    held.release.set()
-    register = _register_hold_and_quick(held)
     # Before the cut: synchronised, 1000 s ago (the test plays the past with a clock that ran behind).
     before_cut = FakeTime(is_synced=True, offset_s=-1000, boot="boot-1")
-    rig = rigs(register, before_cut)
-    seen, seen_token = rig.send("test.quick", life_s=300, now=before_cut.wall())
-    assert _final(rig, seen)["state"] == "succeeded"
+    register, seen, seen_token = _run_before_the_cut(rigs, before_cut)
     last_synced = before_cut.wall()
-    rig.stop()
 
     # After the cut: another boot, 40 s up, fake-hwclock put the clock two days behind, no NTP yet.
     rig = rigs(register, FakeTime(is_synced=False, offset_s=-2 * DAY, boot="boot-2"))
@@ -287,13 +292,7 @@ def test_after_a_power_cut_an_unsynced_device_takes_a_fresh_command_and_refuses_
 
 
 def test_the_journal_forgets_by_command_time_not_by_an_unsynced_clock(rigs: Any) -> None:
-    held = Held()
-    held.release.set()
-    register = _register_hold_and_quick(held)
-    rig = rigs(register, FakeTime(is_synced=True, boot="boot-1"))
-    cmd_id, token = rig.send("test.quick", life_s=300)
-    assert _final(rig, cmd_id)["state"] == "succeeded"
-    rig.stop()
+    register, cmd_id, token = _run_before_the_cut(rigs, FakeTime(is_synced=True, boot="boot-1"))
 
     # Rebooted with a real-time clock two days ahead and no NTP: housekeeping runs.
     rig = rigs(register, FakeTime(is_synced=False, offset_s=2 * DAY, boot="boot-2"))
@@ -309,14 +308,7 @@ def test_the_journal_forgets_by_command_time_not_by_an_unsynced_clock(rigs: Any)
 
 
 def test_a_command_the_journal_forgot_stays_refused_after_a_restart(rigs: Any) -> None:
-    held = Held()
-    held.release.set()
-    register = _register_hold_and_quick(held)
-    before_cut = FakeTime(is_synced=True, offset_s=-1000, boot="boot-1")
-    rig = rigs(register, before_cut)
-    old, old_token = rig.send("test.quick", life_s=300, now=before_cut.wall())
-    assert _final(rig, old)["state"] == "succeeded"
-    rig.stop()
+    register, old, old_token = _run_before_the_cut(rigs, FakeTime(is_synced=True, offset_s=-1000, boot="boot-1"))
 
     # Unsynced after a reboot: a fresh command shows the time is now well past the old one's life,
     # so housekeeping forgets the old one.
