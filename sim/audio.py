@@ -24,8 +24,9 @@ converts (``plug``) whatever rate and channel count the player opens to the card
         ...                                           # or card.activate() for this process
         card.items[-1].seconds, measure_wav(card.wav).sounding
 
-:func:`write_tone` writes test files in every format the player reads, :func:`measure` and
-:func:`measure_wav` give duration, RMS and peak dBFS and the spans where there is sound (to find cuts).
+:func:`write_tone` writes test files in every format the player reads, :class:`HeldSource` stalls like
+a stream that stopped sending, :func:`measure` and :func:`measure_wav` give duration, RMS and peak dBFS
+and the spans where there is sound (to find cuts).
 Levels are ``20·log10(RMS)`` of samples in [-1, 1], as in :mod:`drivers.audio`.
 """
 
@@ -58,7 +59,7 @@ log = logging.getLogger(__name__)
 #: The playback FIFO's size: what ALSA may write ahead of the simulated DAC (43 ms at 48 kHz mono).
 PLAYBACK_PIPE_BYTES = 4096
 #: The capture FIFO's size: more than ALSA's capture ring buffer, which one read must fill (see below).
-CAPTURE_PIPE_BYTES = 65536
+CAPTURE_PIPE_BYTES = 16384
 #: The simulated DAC and ADC move samples in steps this long.
 STEP_S = 0.01
 
@@ -101,6 +102,42 @@ def write_tone(
     samples = tone(hz, seconds, rms_dbfs=rms_dbfs, rate=rate, channels=channels)
     soundfile.write(str(path), samples, rate, format=fmt, subtype=subtype)
     return path
+
+
+class HeldSource:
+    """A :class:`~drivers.audio.PcmSource` that stops giving samples after ``hold_after_s`` and waits in
+    ``read()`` until :meth:`release` — a stalled stream, or a hung decoder.
+
+    ``held`` is set once a read waits. After the release it goes on with ``inner``'s samples.
+    """
+
+    def __init__(self, inner: Any, hold_after_s: float, *, timeout: float = 60.0) -> None:
+        self._inner = inner
+        self.rate = int(inner.rate)
+        self.channels = int(inner.channels)
+        self.duration_s: float | None = inner.duration_s
+        self._hold_at = round(hold_after_s * self.rate)
+        self._given = 0
+        self._timeout = timeout
+        self.held = threading.Event()
+        self._released = threading.Event()
+
+    def read(self, frames: int) -> np.ndarray:
+        if self._given >= self._hold_at and not self._released.is_set():
+            self.held.set()
+            self._released.wait(self._timeout)
+        elif self._given < self._hold_at:
+            frames = min(frames, self._hold_at - self._given)  # the hold falls exactly on a block boundary
+        block: np.ndarray = self._inner.read(frames)
+        self._given += int(block.shape[0])
+        return block
+
+    def release(self) -> None:
+        self._released.set()
+
+    def close(self) -> None:
+        self._released.set()
+        self._inner.close()
 
 
 # -- measuring ------------------------------------------------------------------------------------
@@ -359,6 +396,18 @@ class SimSoundCard:
         """Frames the simulated DAC has taken so far, all items together."""
         with self._lock:
             return self._total_frames
+
+    def wait_played(self, count: int = 1, timeout: float = 30.0) -> list[PlayedItem]:
+        """Wait until ``count`` items have ended (the player closed their streams and the DAC took their
+        last samples); the items so far. Raises TimeoutError."""
+        deadline = time.monotonic() + timeout
+        while True:
+            items = self.items
+            if sum(item.ended_at is not None for item in items) >= count:
+                return items
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{count} item(s) not played within {timeout} s; the card has {items}")
+            time.sleep(0.02)
 
     def samples(self, item: PlayedItem | None = None) -> np.ndarray:
         """Float samples of one item (or of everything played), read back from :attr:`wav`."""
