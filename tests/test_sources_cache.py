@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from edge import pki
 from edge.config.sources import SourcesConfig
+from edge.exceptions import ConfigError
 from edge.model import problems
 from edge.services.broadcast.cache import AudioCache, SourceRejected
 from sim.broker import free_port
@@ -109,13 +110,15 @@ def test_https_without_the_commune_ca_is_unreachable(site: Site) -> None:
     assert cache_entries(cache) == []
 
 
-def test_https_to_a_name_the_certificate_does_not_carry_is_unreachable(site: Site, tmp_path: Path) -> None:
-    # The certificate is for localhost and 127.0.0.1; 127.0.0.2 is the same server under another name.
-    cache = site.cache(allow_hosts=["127.0.0.2"])
-    with pytest.raises(SourceRejected) as err:
-        cache.fetch(site.https.url("/files/announcement.mp3", host="127.0.0.2"), sha(site.audio), len(site.audio))
+def test_https_to_a_name_the_certificate_does_not_carry_is_unreachable(site: Site) -> None:
+    # A certificate from the right CA, but for another name: it is not this server's.
+    other = pki.issue_broker(site.ca, "media.gia-ray.lan")
+    with MediaServer(cert_file=other.cert_path, key_file=other.key_path) as server:
+        server.add_file("/files/announcement.mp3", site.audio)
+        with pytest.raises(SourceRejected) as err:
+            site.cache().fetch(server.url("/files/announcement.mp3"), sha(site.audio), len(site.audio))
     assert err.value.reason == "unreachable"
-    assert "127.0.0.2" in str(err.value)
+    assert "IP address mismatch" in str(err.value)
 
 
 def test_plain_http_needs_its_own_allowlist(site: Site) -> None:
@@ -198,6 +201,8 @@ def test_the_byte_cap_holds_against_a_server_that_sends_more(site: Site) -> None
         ("http://127.0.0.1/a.mp3", "host_not_allowed"),  # https only for allow_hosts
         ("https://user:secret@127.0.0.1/a.mp3", "bad_url"),
         ("https://127.0.0.1@media.example.org/a.mp3", "bad_url"),
+        ("https://media.example.org\\@127.0.0.1/a.mp3", "bad_url"),  # parsers disagree on such hosts
+        ("https://[::1/a.mp3", "bad_url"),
         ("ftp://127.0.0.1/a.mp3", "bad_url"),
         ("file:///etc/passwd", "bad_url"),
         ("https:///a.mp3", "bad_url"),
@@ -339,6 +344,14 @@ def test_a_crashed_download_leaves_nothing_and_a_damaged_file_is_noticed(site: S
 
 
 # -- configuration ---------------------------------------------------------------------------------
+
+
+def test_a_ca_file_that_cannot_be_read_is_a_config_error_with_its_key(tmp_path: Path) -> None:
+    (tmp_path / "ca.pem").write_text("not a certificate")
+    for path in (tmp_path / "missing.pem", tmp_path / "ca.pem"):
+        with pytest.raises(ConfigError) as err:
+            AudioCache(tmp_path / "cache", SourcesConfig(ca_file=path))
+        assert err.value.problems[0][0] == "broadcast.sources.ca_file"
 
 
 def test_sources_config_normalises_hosts_and_names_bad_entries() -> None:

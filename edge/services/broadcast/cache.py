@@ -40,10 +40,12 @@ from urllib.parse import urljoin, urlsplit
 
 import urllib3
 from urllib3.exceptions import HTTPError as Urllib3Error
+from urllib3.exceptions import LocationParseError
+from urllib3.util import parse_url
 from urllib3.util.ssl_ import create_urllib3_context
 
 from edge.config.sources import SourcesConfig
-from edge.exceptions import EdgeError
+from edge.exceptions import ConfigError, EdgeError
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +110,8 @@ class AudioCache:
         """
         if not isinstance(url, str) or not url or len(url) > 2048:
             raise SourceRejected("bad_url", "a URL must be a string of 1 to 2048 characters")
-        if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in url):
-            raise SourceRejected("bad_url", f"{url!r} contains spaces or control characters")
+        if any(ord(c) <= 0x20 or ord(c) == 0x7F or c == "\\" for c in url):
+            raise SourceRejected("bad_url", f"{url!r} contains spaces, control characters or backslashes")
         try:
             parts = urlsplit(url)
             port = parts.port
@@ -128,6 +130,14 @@ class AudioCache:
                 host = f"[{ipaddress.IPv6Address(host)}]"
             except ValueError:
                 raise SourceRejected("bad_url", f"{url!r}: {host!r} is not an IPv6 address") from None
+        try:
+            dialled = (parse_url(url).host or "").rstrip(".").lower()
+        except LocationParseError:
+            dialled = ""
+        if dialled.strip("[]") != host.strip("[]") and f"[{dialled}]" != host:
+            # The URL reads differently to the checker and to the client that would dial it: refuse
+            # rather than guess which one an attacker wrote it for.
+            raise SourceRejected("bad_url", f"{url!r}: the host is ambiguous")
         port = port or (443 if scheme == "https" else 80)
         allowed = self.settings.allow_hosts if scheme == "https" else self.settings.allow_http_hosts
         if host not in allowed and f"{host}:{port}" not in allowed:
@@ -147,7 +157,12 @@ class AudioCache:
         ctx.check_hostname = True
         ctx.load_default_certs()
         if self.settings.ca_file is not None:
-            ctx.load_verify_locations(cafile=str(self.settings.ca_file))
+            try:
+                ctx.load_verify_locations(cafile=str(self.settings.ca_file))
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(
+                    [("broadcast.sources.ca_file", f"{self.settings.ca_file}: not a readable PEM certificate ({exc})")]
+                ) from None
         return ctx
 
     @property
