@@ -370,8 +370,8 @@ def test_sources_config_normalises_hosts_and_names_bad_entries() -> None:
         with pytest.raises(ValidationError) as err:
             SourcesConfig(allow_http_hosts=["ok.lan", entry])
         [(key, message)] = problems(err.value, ("broadcast", "sources"))
-        assert key == "broadcast.sources.allow_http_hosts"
-        assert message.startswith("[1]") and words in message
+        assert key == "broadcast.sources.allow_http_hosts[1]"
+        assert words in message
 
     with pytest.raises(ValidationError) as err:
         SourcesConfig(max_file_bytes=10 * 1024 * 1024, cache_max_bytes=1024 * 1024)

@@ -17,8 +17,9 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from edge.model import EdgeModel
 
@@ -73,15 +74,19 @@ def _port(text: str, entry: str) -> int:
     return int(text)
 
 
+#: One allowlist entry, normalised; a bad one is reported at its own key path (``allow_hosts[2]``).
+HostEntry = Annotated[str, AfterValidator(normalise_host_entry)]
+
+
 class SourcesConfig(EdgeModel):
     """Where audio files and live streams may come from, and the cache files are downloaded into."""
 
-    allow_hosts: list[str] = Field(
+    allow_hosts: list[HostEntry] = Field(
         default_factory=list,
         description="Hosts that audio may be fetched from over https://: 'host' (any port) or 'host:port'. "
         "Empty: no URL is allowed (text-to-speech still works).",
     )
-    allow_http_hosts: list[str] = Field(
+    allow_http_hosts: list[HostEntry] = Field(
         default_factory=list,
         description="Hosts that may also be reached over plain http:// (e.g. an Icecast server on the commune "
         "LAN); same form as allow_hosts. A plain-HTTP live stream can be altered on the way: list a host "
@@ -131,16 +136,8 @@ class SourcesConfig(EdgeModel):
 
     @field_validator("allow_hosts", "allow_http_hosts")
     @classmethod
-    def _hosts(cls, value: list[str]) -> list[str]:
-        out: list[str] = []
-        for i, entry in enumerate(value):
-            try:
-                host = normalise_host_entry(entry)
-            except ValueError as exc:
-                raise ValueError(f"[{i}] {exc}") from None
-            if host not in out:
-                out.append(host)
-        return out
+    def _once_each(cls, value: list[str]) -> list[str]:
+        return list(dict.fromkeys(value))
 
     @model_validator(mode="after")
     def _sizes_and_waits(self) -> SourcesConfig:
