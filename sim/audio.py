@@ -338,7 +338,7 @@ class SimSoundCard:
             self._saved_env = os.environ.get("ALSA_CONFIG_PATH")
             os.environ["ALSA_CONFIG_PATH"] = str(self.alsa_config)
             self._active = True
-        # sounddevice's documented way to see a changed device list: terminate and initialise again.
+        # How sounddevice's maintainer says to see a changed device list (python-sounddevice#3, #125).
         sounddevice._terminate()
         sounddevice._initialize()
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -73,6 +74,7 @@ class FileSource:
         self.frames = int(self._file.frames)
         """Frames in the whole file, as its header announces (checked at open: the end is there)."""
         self._closed = False
+        self._lock = threading.Lock()
         try:
             self._check(start_s)
         except BaseException:
@@ -94,23 +96,26 @@ class FileSource:
 
     def read(self, frames: int) -> np.ndarray:
         np = self._np
-        if self._closed or frames <= 0:
-            return np.zeros((0, self.channels), dtype=np.float32)
-        out = np.empty((frames, self.channels), dtype=np.float32)
-        snd, ffi = self._sf._snd, self._sf._ffi
-        got = int(snd.sf_readf_float(self._file._file, ffi.cast("float *", out.ctypes.data), frames))
-        err = int(snd.sf_error(self._file._file))
-        if err:
-            text = ffi.string(snd.sf_strerror(self._file._file)).decode(errors="replace")
-            raise BadAudio(f"{self.path}: decoding failed {self._position / self.rate:.1f} s in: {text}")
-        self._position += max(got, 0)
-        return out[: max(got, 0)]
+        with self._lock:
+            if self._closed or frames <= 0:
+                return np.zeros((0, self.channels), dtype=np.float32)
+            out = np.empty((frames, self.channels), dtype=np.float32)
+            snd, ffi = self._sf._snd, self._sf._ffi
+            got = int(snd.sf_readf_float(self._file._file, ffi.cast("float *", out.ctypes.data), frames))
+            err = int(snd.sf_error(self._file._file))
+            if err:
+                text = ffi.string(snd.sf_strerror(self._file._file)).decode(errors="replace")
+                raise BadAudio(f"{self.path}: decoding failed {self._position / self.rate:.1f} s in: {text}")
+            self._position += max(got, 0)
+            return out[: max(got, 0)]
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._file.close()
+        """Close the file; a read after it (or one under way, from another thread) ends the source."""
+        with self._lock:  # libsndfile must not be closed under a read in progress
+            if self._closed:
+                return
+            self._closed = True
+            self._file.close()
 
     def __repr__(self) -> str:
         return f"<FileSource {self.path.name} {self.format}/{self.subtype} {self.rate} Hz x{self.channels}>"
