@@ -209,5 +209,11 @@ def build_channel(
     assert link.wait_connected(20), link.stats.last_error
     if sender is None:
         sender = sender_for(broker, "server-rig").start()
-    assert wait_for(lambda: probed.is_set() or sender.publish(probe_topic, b"?") or probed.wait(0.5), 20)
+
+    def probe() -> bool:
+        if not probed.is_set():
+            sender.publish(probe_topic, b"?")
+        return probed.wait(0.5)
+
+    assert wait_for(probe, 20)
     return ChannelRig(state, outbox, journal, link, replies, channel, registry, sender, key, kid, applied)

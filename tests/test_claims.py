@@ -34,11 +34,11 @@ def good(**changes: Any) -> dict[str, Any]:
     return raw
 
 
-def check(raw: Any, now: float = NOW, **kw: Any) -> Claims:
+def check(raw: Any, now: float | CommandTime = NOW, **kw: Any) -> Claims:
     return check_claims(raw, device=DEVICE, commune=COMMUNE, now=now, **{"skew_s": SKEW, "max_life_s": MAX_LIFE, **kw})
 
 
-def reason(raw: Any, now: float = NOW, **kw: Any) -> str:
+def reason(raw: Any, now: float | CommandTime = NOW, **kw: Any) -> str:
     with pytest.raises(CommandRejected) as info:
         check(raw, now, **kw)
     assert info.value.reason in claims_module.REASONS
