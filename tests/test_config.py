@@ -46,6 +46,7 @@ def test_environment_overrides_any_value(tmp_path: Path) -> None:
         "EDGE_MQTT__BROKER": "mqtt://b:1884",
         "EDGE_SYNC__MAX_INFLIGHT": "4",
         "EDGE_DEVICE__ROLES": '["counter","loudspeaker"]',
+        "EDGE_RELAYS__PROFILE": "gpio-4ch-rpi",  # a loudspeaker needs its relay board
     }
     config = load_config(tmp_path / "edge.toml", environ=env)
     assert config.mqtt.address.host == "b" and config.mqtt.address.port == 1884
@@ -100,4 +101,9 @@ def test_starter_is_valid_toml_for_every_option(tmp_path: Path) -> None:
     data = tomllib.loads(starter_config("counter"))
     assert set(data) == {"device", "mqtt", "store", "sync", "health", "commands", "panel", "rating"}
     loudspeaker = tomllib.loads(starter_config("loudspeaker"))
-    assert set(loudspeaker) == {"device", "mqtt", "store", "sync", "health", "commands"}
+    assert set(loudspeaker) == {"device", "mqtt", "store", "sync", "health", "commands"} | {
+        "relays",
+        "speaker",
+        "speech",
+        "broadcast",
+    }

@@ -73,7 +73,9 @@ def test_a_change_that_needs_a_restart_restarts_the_daemon_cleanly(commanded: Co
         f"vn/{COMMUNE}/dev/{DEVICE}/status", lambda _t, payload: statuses.append(json.loads(payload))
     )
 
-    report = desired(commanded, 2, {"device": {"roles": ["counter", "loudspeaker"]}})
+    report = desired(
+        commanded, 2, {"device": {"roles": ["counter", "loudspeaker"]}, "relays": {"profile": "gpio-4ch-rpi"}}
+    )
 
     assert report["status"] == "applied"
     assert wait_for(lambda: any(s["roles"] == ["counter", "loudspeaker"] for s in statuses), TIMEOUT), statuses

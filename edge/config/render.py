@@ -8,12 +8,16 @@ from pathlib import Path
 from types import UnionType
 from typing import Any, Union, get_args, get_origin
 
+from edge.config.broadcast import BroadcastConfig
 from edge.config.commands import CommandsConfig
 from edge.config.common import DEFAULT_STATE_DIR, Role
 from edge.config.counter import PanelConfig, RatingConfig
 from edge.config.device import HealthConfig, StoreConfig
 from edge.config.mqtt import MqttConfig, SyncConfig, TlsConfig
+from edge.config.relays import RelaysConfig
 from edge.config.root import EdgeConfig
+from edge.config.speaker import SpeakerConfig
+from edge.config.speech import SpeechConfig
 from edge.model import EdgeModel
 
 
@@ -106,6 +110,13 @@ def starter_config(
     if role == "counter":
         data["panel"] = PanelConfig(profile="gpio-4btn-rpi").model_dump(mode="json")
         data["rating"] = RatingConfig().model_dump(mode="json")
+    if role == "loudspeaker":
+        # A GPIO relay module and the default sound card: what `edge sim --role loudspeaker` runs on
+        # out of the box (MockFactory pins, ALSA's default device), and the commonest real wiring.
+        data["relays"] = RelaysConfig(profile="gpio-4ch-rpi").model_dump(mode="json")
+        data["speaker"] = SpeakerConfig().model_dump(mode="json")
+        data["speech"] = SpeechConfig().model_dump(mode="json")
+        data["broadcast"] = BroadcastConfig().model_dump(mode="json")
     EdgeConfig.model_validate(data)  # a bad --device or --commune fails here, not at first start
     header = (
         f"# commune-edge configuration for a {role} device.\n"

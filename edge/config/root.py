@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from edge.config.broadcast import BroadcastConfig
 from edge.config.commands import CommandsConfig
 from edge.config.counter import PanelConfig, RatingConfig
 from edge.config.device import DeviceConfig, HealthConfig, StoreConfig
@@ -44,6 +45,10 @@ class EdgeConfig(EdgeModel):
     speech: SpeechConfig = Field(
         default_factory=SpeechConfig, description="How announcement text is spoken (loudspeaker devices)."
     )
+    broadcast: BroadcastConfig = Field(
+        default_factory=BroadcastConfig,
+        description="The broadcast scheduler (loudspeaker devices): quiet hours, volume caps, audio sources.",
+    )
 
     @field_validator("panel")
     @classmethod
@@ -65,6 +70,8 @@ class EdgeConfig(EdgeModel):
         found: list[tuple[tuple[str, ...], str]] = []
         if self.relays is not None and "loudspeaker" not in self.device.roles:
             found.append((("relays",), "a relay board needs the 'loudspeaker' role in device.roles"))
+        if self.relays is None and "loudspeaker" in self.device.roles:
+            found.append((("relays",), "the loudspeaker role needs a [relays] section (the relay board's profile)"))
         resources = Resources()
         if self.panel is not None:
             for key, msg in check_panel(self.panel.profile, self.panel.port, resources=resources):

@@ -42,6 +42,16 @@ LIVE_KEYS: frozenset[str] = frozenset(
         "rating.burst_window_s",
         "rating.roster",
         "rating.feedback",
+        # The broadcast service applies these itself (edge/services/broadcast/service.py); [relays],
+        # [speaker], [speech] and broadcast.sources reopen hardware or the cache, so they restart.
+        "broadcast.quiet_hours",
+        "broadcast.max_volume_db",
+        "broadcast.zone_max_volume_db",
+        "broadcast.idle_off_s",
+        "broadcast.occurrence_grace_s",
+        "broadcast.resume_rewind_s",
+        "broadcast.relay_test_s",
+        "broadcast.max_items",
     }
 )
 
@@ -74,4 +84,9 @@ def build_services(ctx: ServiceContext) -> list[Service]:
             from edge.services.rating import RatingService
 
             services.append(RatingService(ctx.config, ctx.outbox, ctx.registry, ctx.resources))
+    if "loudspeaker" in ctx.config.device.roles:
+        from edge.services.broadcast.service import BroadcastService
+
+        # Built here, before the link starts: its constructor opens every relay first of all.
+        services.append(BroadcastService(ctx.config, ctx.outbox, ctx.registry, ctx.resources))
     return services

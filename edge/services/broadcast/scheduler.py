@@ -25,10 +25,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -256,12 +257,16 @@ class BroadcastScheduler:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._observers: list[Observer] = []
+        self._notes: queue.SimpleQueue[tuple[str, Mapping[str, Any]] | None] = queue.SimpleQueue()
+        self._notifier: threading.Thread | None = None
         self.counts: dict[str, int] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
     def start(self) -> None:
         self._stopping.clear()
+        self._notifier = threading.Thread(target=self._notify_loop, name="broadcast-notify", daemon=True)
+        self._notifier.start()
         self._thread = threading.Thread(target=self._run, name="broadcast-scheduler", daemon=True)
         self._thread.start()
 
@@ -276,6 +281,10 @@ class BroadcastScheduler:
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
+        if self._notifier is not None:
+            self._notes.put(None)
+            self._notifier.join(timeout=5)
+            self._notifier = None
 
     def wake(self) -> None:
         """Look at the schedule again now (a command changed it, or the clock was moved)."""
@@ -283,7 +292,8 @@ class BroadcastScheduler:
             self._cond.notify_all()
 
     def add_observer(self, observer: Observer) -> None:
-        """Call ``observer(kind, data)`` after each committed ``broadcast`` or ``test`` event."""
+        """Call ``observer(kind, data)`` after each committed ``broadcast`` or ``test`` event (on a
+        thread of its own, in order)."""
         self._observers.append(observer)
 
     def reconfigure(self, settings: BroadcastConfig) -> None:
@@ -397,13 +407,14 @@ class BroadcastScheduler:
             for item in self._items.values():
                 self._release(item)
             self._items.clear()
-            self._commit(
-                [self.event_data(i, "cancelled", reason="stop_all") for i in dropped], [ScheduleStore.delete_all()]
-            )
+            self._cond.notify_all()
+        # Silence and open relays first, then the record: the ack waits for the fsync, the horns do not.
+        relays = self._all_off("stop_all")
+        with self._cond:
+            cancelled = [self.event_data(i, "cancelled", reason="stop_all") for i in dropped]
+            self._commit(cancelled, [ScheduleStore.delete_all()])
             for test in tests:
                 self._record_test(test, "cancelled", "stop_all")
-            self._cond.notify_all()
-        relays = self._all_off("stop_all")
         return {
             "stopped": None
             if playing is None
@@ -931,7 +942,7 @@ class BroadcastScheduler:
                 return
             self._finish_failed(item, self.event_data(item, "failed", reason=reason, detail=detail), reason, True)
 
-    def _commit(self, events: list[Mapping[str, Any]], writers: list[RowWriter]) -> None:
+    def _commit(self, events: Sequence[Mapping[str, Any]], writers: Sequence[RowWriter]) -> None:
         if not events and not writers:
             return
         self.store.commit(events, writers)
@@ -947,11 +958,22 @@ class BroadcastScheduler:
             self._notify("broadcast", data)
 
     def _notify(self, kind: str, data: Mapping[str, Any]) -> None:
-        for observer in self._observers:
-            try:
-                observer(kind, data)
-            except Exception:
-                log.exception("broadcast observer failed on %s", kind)
+        # Observers run on their own thread, never under the scheduler's lock: one that is slow, or
+        # that asks the scheduler something, must not hold up or deadlock the loudspeaker.
+        if self._observers:
+            self._notes.put((kind, data))
+
+    def _notify_loop(self) -> None:
+        while True:
+            note = self._notes.get()
+            if note is None:
+                return
+            kind, data = note
+            for observer in list(self._observers):
+                try:
+                    observer(kind, data)
+                except Exception:
+                    log.exception("broadcast observer failed on %s", kind)
 
     def event_data(self, item: Item, state: str, **extra: Any) -> dict[str, Any]:
         """A ``broadcast`` event's data (DESIGN.md §8); fields that do not apply are null."""

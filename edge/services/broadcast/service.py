@@ -346,7 +346,7 @@ class BroadcastService:
         with self._lock:
             if self._player is not None:
                 return self._player
-            speaker = self._speaker()
+            speaker = self._config.speaker
             device = _device(speaker.device) if speaker is not None else None
             try:
                 self._player = self._player_factory(device, self._resources, "speaker.device")
@@ -399,9 +399,8 @@ class BroadcastService:
         return open_file_source(item.path, start_s=start_s)
 
     def speaker_cap_db(self) -> float:
-        speaker = self._speaker()
-        cap = getattr(speaker, "max_volume_db", None) if speaker is not None else None
-        return float(cap) if cap is not None else 0.0
+        speaker = self._config.speaker
+        return speaker.max_volume_db if speaker is not None else 0.0
 
     def release(self, item: Item) -> None:
         for sha in item.pins:
@@ -415,14 +414,9 @@ class BroadcastService:
             # close() waits for the hung play; it must not hold up the scheduler.
             threading.Thread(target=player.close, name="broadcast-player-close", daemon=True).start()
 
-    def _speaker(self) -> Any:
-        """The [speaker] section (None: the default output, no capture)."""
-        return getattr(self._config, "speaker", None)
-
     def _capture_device(self) -> str | int | None:
-        speaker = self._speaker()
-        capture = getattr(speaker, "capture_device", None) if speaker is not None else None
-        return _device(capture) if capture is not None else None
+        speaker = self._config.speaker
+        return _device(speaker.capture_device) if speaker is not None else None
 
     # -- preparing sources (on the preparer's thread) ------------------------------------------------
 
