@@ -19,6 +19,7 @@ from edge.commands.claims import make_claims
 from edge.commands.desired import DesiredConfig, load_effective_config
 from edge.commands.jws import sign, unverified_claims
 from edge.commands.registry import CommandRegistry
+from edge.commands.runner import CommandRunner
 from edge.commands.sender import CommandSender
 from edge.config import BrokerAddress, CommandsConfig, EdgeConfig
 from edge.store import Outbox
@@ -166,6 +167,7 @@ def build_channel(
     time_source: Any = None,
     max_life_s: int = 300,
     sender: CommandSender | None = None,
+    runner: CommandRunner | None = None,
 ) -> ChannelRig:
     """Wire a channel the way :class:`edge.daemon.Daemon` does and start it (connected).
 
@@ -196,7 +198,16 @@ def build_channel(
     kid = keys.key_id(key)
     settings = CommandsConfig(trusted_keys={kid: keys.public_key_b64(key)}, max_life_s=max_life_s)
     channel = CommandChannel(
-        settings, {kid: key.public_key()}, outbox, journal, link, topics, registry, replies, desired
+        settings,
+        {kid: key.public_key()},
+        outbox,
+        journal,
+        link,
+        topics,
+        registry,
+        replies,
+        desired,
+        **({"runner": runner} if runner is not None else {}),
     )
     # A probe subscribed after the channel's own: once a probe comes through, the broker has
     # processed the channel's subscriptions too (they are sent in order on connect).

@@ -428,6 +428,31 @@ def test_stopping_reports_commands_that_never_ran_as_interrupted_once(rigs: Any)
     assert rig.channel.finish_interrupted() == 0
 
 
+def test_a_full_lane_refuses_more_commands_as_busy(rigs: Any) -> None:
+    from edge.commands.runner import CommandRunner
+
+    held = Held()
+    rig = rigs(_register_hold_and_quick(held), runner=CommandRunner(workers=1, limit=1))
+    try:
+        running, _ = rig.send("test.hold", {"tag": "running"})
+        assert wait_for(lambda: held.started == ["running"], TIMEOUT)
+        waiting, _ = rig.send("test.hold", {"tag": "waiting"})
+        assert wait_for(lambda: rig.states(waiting) == ["accepted"], TIMEOUT)
+
+        refused, token = rig.send("test.hold", {"tag": "one too many"})
+
+        ack = _final(rig, refused)
+        assert (ack["state"], ack["reason"]) == ("rejected", "busy")
+    finally:
+        held.release.set()
+    assert _final(rig, running)["state"] == "succeeded" and _final(rig, waiting)["state"] == "succeeded"
+    assert held.started == ["running", "waiting"]
+    # Its refusal is journaled: the same command again is answered from the journal, not run.
+    rig.sender.publish(f"{rig.channel.topics.prefix}cmd/test.hold", token)
+    assert wait_for(lambda: "replayed" in [a.get("reason") for a in rig.sender.acks(refused)], TIMEOUT)
+    assert rig.outbox.counters().get("commands_rejected_busy") == 1
+
+
 # -- 10. one base64url -------------------------------------------------------------------------------------
 
 

@@ -109,6 +109,7 @@ class CommandChannel:
         desired: DesiredConfig,
         *,
         max_bytes: int = MAX_TOKEN_BYTES,
+        runner: CommandRunner | None = None,
     ) -> None:
         self.settings = settings
         self.trusted = dict(trusted)
@@ -120,7 +121,7 @@ class CommandChannel:
         self.replies = replies
         self.desired = desired
         self.clock = journal.clock
-        self.runner = CommandRunner()
+        self.runner = runner or CommandRunner()
         self.max_bytes = min(max_bytes, MAX_TOKEN_BYTES)
         self.budget = RejectionBudget()
         self._queue: deque[tuple[str, bytes | None, int]] = deque()

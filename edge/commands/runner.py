@@ -63,8 +63,9 @@ class Lane:
         self._closed = False
 
     def full(self) -> bool:
+        """Whether :data:`LANE_MAX` commands are waiting (a closed lane refuses at :meth:`submit`)."""
         with self._cond:
-            return self._closed or len(self._jobs) >= self.limit
+            return len(self._jobs) >= self.limit
 
     def submit(self, job: Job) -> bool:
         """Queue ``job``; False if the lane is closed or full."""
@@ -122,10 +123,11 @@ class Lane:
 class CommandRunner:
     """The lanes of one command channel."""
 
-    def __init__(self, workers: int = WORKERS, urgent_workers: int = URGENT_WORKERS) -> None:
+    def __init__(self, workers: int = WORKERS, urgent_workers: int = URGENT_WORKERS, limit: int = LANE_MAX) -> None:
         self._lock = threading.Lock()
-        self._ordinary = Lane("command", workers)
-        self._urgent = Lane("command-urgent", urgent_workers)
+        self.limit = limit
+        self._ordinary = Lane("command", workers, limit)
+        self._urgent = Lane("command-urgent", urgent_workers, limit)
         self._serial: dict[str, Lane] = {}
         self._closed = False
 
@@ -138,7 +140,7 @@ class CommandRunner:
         with self._lock:
             lane = self._serial.get(registration.name)
             if lane is None:
-                lane = self._serial[registration.name] = Lane(f"command-{registration.name}", 1)
+                lane = self._serial[registration.name] = Lane(f"command-{registration.name}", 1, self.limit)
                 if self._closed:
                     lane.close()
             return lane
