@@ -197,18 +197,8 @@ def build_channel(
     register(registry)
     kid = keys.key_id(key)
     settings = CommandsConfig(trusted_keys={kid: keys.public_key_b64(key)}, max_life_s=max_life_s)
-    channel = CommandChannel(
-        settings,
-        {kid: key.public_key()},
-        outbox,
-        journal,
-        link,
-        topics,
-        registry,
-        replies,
-        desired,
-        **({"runner": runner} if runner is not None else {}),
-    )
+    parts = (settings, {kid: key.public_key()}, outbox, journal, link, topics, registry, replies, desired)
+    channel = CommandChannel(*parts) if runner is None else CommandChannel(*parts, runner=runner)
     # A probe subscribed after the channel's own: once a probe comes through, the broker has
     # processed the channel's subscriptions too (they are sent in order on connect).
     probed = threading.Event()
