@@ -8,6 +8,7 @@ from pydantic import Field, ValidationError, ValidationInfo, field_validator, mo
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from edge.config.broadcast import BroadcastConfig
+from edge.config.camera import CameraList
 from edge.config.commands import CommandsConfig
 from edge.config.counter import PanelConfig, RatingConfig
 from edge.config.device import DeviceConfig, HealthConfig, StoreConfig
@@ -34,6 +35,10 @@ class EdgeConfig(EdgeModel):
     )
     rating: RatingConfig = Field(
         default_factory=RatingConfig, description="Rating windows, misuse rules, officers and feedback."
+    )
+    camera: CameraList = Field(
+        default_factory=list,
+        description="The counter's cameras ([[camera]] tables): officer presence, tamper alarms, evidence clips.",
     )
     relays: RelaysConfig | None = Field(
         default=None, description="The relay board (loudspeaker devices): amplifier power and speaker zones."
