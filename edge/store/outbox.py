@@ -346,7 +346,11 @@ class Outbox:
         if readonly:
             if not self.path.is_file():
                 raise StoreError(f"no event store at {self.path} yet (edge run or edge emit creates it)")
-            self.epoch: str = self.get_meta("epoch") or ""
+            try:
+                self.epoch: str = self.get_meta("epoch") or ""
+            except BaseException:
+                self.close()
+                raise
             return
 
         private_dir(self.path.parent, tighten=self.owner)
@@ -364,11 +368,15 @@ class Outbox:
         self._wake_sock.setblocking(False)
         self._thread = threading.Thread(target=self._writer_loop, name="outbox-writer", daemon=True)
         self._thread.start()
-        if self.quarantined is not None:
-            self._report_quarantine()
-        if self.moved is not None:
-            self.bump("store_moves")
-            self.append("security", {"kind": "store_moved", **self.moved}, "critical")
+        try:
+            if self.quarantined is not None:
+                self._report_quarantine()
+            if self.moved is not None:
+                self.bump("store_moves")
+                self.append("security", {"kind": "store_moved", **self.moved}, "critical")
+        except BaseException:
+            self.close()
+            raise
 
     @classmethod
     def from_config(cls, config: EdgeConfig, *, owner: bool = False) -> Outbox:
@@ -608,6 +616,10 @@ class Outbox:
             ]
             new_seq = {e.id: c.seq for e, c in zip(found.events, committed, strict=True)}
             for key, event_id, _old_seq, expires, old_boot, live_until in found.dedupe:
+                if event_id not in new_seq and event_id not in found.acked_ids:
+                    # Its event could not be read: let a repeat (a panel resending an unanswered
+                    # press) be stored again rather than taken for a duplicate of nothing.
+                    continue
                 conn.execute(
                     "INSERT OR IGNORE INTO dedupe (key, id, seq, expires, boot, live_until) VALUES (?, ?, ?, ?, ?, ?)",
                     (key, event_id, new_seq.get(event_id, 0), expires, old_boot, live_until),

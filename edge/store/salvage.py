@@ -14,7 +14,7 @@ import json
 import logging
 import sqlite3
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -47,6 +47,8 @@ class Salvage:
     events: list[SalvagedEvent] = field(default_factory=list)
     #: Sequence numbers whose row could not be read (they may have been pending or acknowledged).
     unreadable: int = 0
+    #: Ids of the acknowledged events that could be read: safe on the server.
+    acked_ids: set[str] = field(default_factory=set)
     #: ``(key, event id, old seq, expires, boot, live_until)``; boot and live_until may be None.
     dedupe: list[tuple[str, str, int, float, str | None, float | None]] = field(default_factory=list)
     commands: list[tuple[Any, ...]] = field(default_factory=list)
@@ -79,6 +81,18 @@ def _valid_event(row: tuple[Any, ...], check_type: Callable[[str], None]) -> Sal
     return SalvagedEvent(int(seq), event_id, etype, int(prio), ts, int(synced), data)
 
 
+def _take(row: Sequence[Any], out: Salvage, check_type: Callable[[str], None]) -> None:
+    if row[7] is not None:
+        if isinstance(row[1], str):
+            out.acked_ids.add(row[1])
+        return
+    event = _valid_event(tuple(row[:7]), check_type)
+    if event is None:
+        out.unreadable += 1
+    else:
+        out.events.append(event)
+
+
 def _events(conn: sqlite3.Connection, out: Salvage, check_type: Callable[[str], None]) -> None:
     hi: int | None = None
     for sql in ("SELECT max(seq) FROM events", "SELECT seq FROM sqlite_sequence WHERE name = 'events'"):
@@ -95,12 +109,7 @@ def _events(conn: sqlite3.Connection, out: Salvage, check_type: Callable[[str], 
             for row in conn.execute(f"SELECT {cols} FROM events WHERE seq > ? ORDER BY seq", (pos,)):
                 pos = int(row[0])
                 blind = 0
-                if row[7] is None:
-                    event = _valid_event(tuple(row[:7]), check_type)
-                    if event is None:
-                        out.unreadable += 1
-                    else:
-                        out.events.append(event)
+                _take(row, out, check_type)
             return
         except sqlite3.Error:
             pass
@@ -116,12 +125,8 @@ def _events(conn: sqlite3.Connection, out: Salvage, check_type: Callable[[str], 
         else:
             if row is None:
                 blind += 1
-            elif row[7] is None:
-                event = _valid_event(tuple(row[:7]), check_type)
-                if event is None:
-                    out.unreadable += 1
-                else:
-                    out.events.append(event)
+            else:
+                _take(row, out, check_type)
         pos = nxt
 
 
