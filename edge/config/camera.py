@@ -19,6 +19,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from edge.config.evidence import EvidenceConfig
 from edge.model import EdgeModel, Slug
 
 
@@ -78,6 +79,10 @@ class CameraConfig(EdgeModel):
         ge=0.5,
         le=600,
         description="The longest wait between attempts to open a lost camera (the wait doubles from 0.5 s).",
+    )
+    evidence: EvidenceConfig = Field(
+        default_factory=EvidenceConfig,
+        description="Clips and snapshots around low ratings, commands and tampering, with faces blurred.",
     )
 
     @field_validator("source")
