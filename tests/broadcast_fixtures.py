@@ -46,7 +46,9 @@ def relay_profile(path: Path, *, warm_up_s: float = 0.3, idle_off_s: float = 1.0
     return path
 
 
-def loudspeaker_config(state_dir: Path, profile: Path, **broadcast: Any) -> EdgeConfig:
+def loudspeaker_config(
+    state_dir: Path, profile: Path, speaker: dict[str, Any] | None = None, **broadcast: Any
+) -> EdgeConfig:
     broadcast.setdefault("sources", {"allow_http_hosts": ["127.0.0.1"]})
     broadcast.setdefault("resume_rewind_s", 0.0)
     return parse_config(
@@ -55,6 +57,7 @@ def loudspeaker_config(state_dir: Path, profile: Path, **broadcast: Any) -> Edge
             "mqtt": {"broker": "mqtt://127.0.0.1:1"},  # no link here: the outbox is what counts
             "store": {"state_dir": str(state_dir)},
             "relays": {"profile": str(profile)},
+            "speaker": speaker or {},
             "broadcast": broadcast,
         }
     )
@@ -226,10 +229,11 @@ def make_loudspeaker(tmp_path: Path, card: SimSoundCard, media: MediaServer) -> 
         clock: SettableClock | None = None,
         state_dir: Path | None = None,
         factory: Any = None,
+        speaker: dict[str, Any] | None = None,
         **broadcast: Any,
     ) -> Loudspeaker:
         profile = relay_profile(tmp_path / "relays.yaml", warm_up_s=warm_up_s, idle_off_s=idle_off_s, max_on_s=max_on_s)
-        config = loudspeaker_config(state_dir or tmp_path / "state", profile, **broadcast)
+        config = loudspeaker_config(state_dir or tmp_path / "state", profile, speaker, **broadcast)
         pins = factory or MockFactory()
         gpio_profile = load_relay_profile(profile)
         assert isinstance(gpio_profile, GpioRelayProfile)

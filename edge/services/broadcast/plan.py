@@ -97,7 +97,7 @@ class StreamSource(EdgeModel):
     stream: str = Field(min_length=1, max_length=2048, description="http(s):// URL of the live stream.")
     fallback: Fallback = Field(description="Played while the stream is stalled: a file (url) or a text.")
     stall_s: float = Field(
-        default=5.0, gt=0, le=120, description="Seconds without audio from the stream before the fallback plays."
+        default=5.0, ge=0.5, le=120, description="Seconds without audio from the stream before the fallback plays."
     )
 
     @property

@@ -69,7 +69,9 @@ CHECKPOINT_S = 2.0
 #: A play told to stop that has not ended after this long is abandoned (a hung source or device).
 STUCK_S = 5.0
 #: Reasons a failure is the source's fault for good (every later occurrence would fail the same way).
-PERMANENT_REASONS = frozenset({"bad_hash", "too_large", "host_not_allowed", "bad_url", "bad_audio", "text_too_long"})
+PERMANENT_REASONS = frozenset(
+    {"bad_hash", "bad_size", "too_large", "host_not_allowed", "bad_url", "bad_audio", "text_too_long", "bad_text"}
+)
 #: The test tone of relay.test.
 TEST_TONE_HZ = 1000.0
 TEST_TONE_DBFS = -20.0
@@ -426,7 +428,9 @@ class BroadcastScheduler:
 
     def record_live(self, item: Item, kind: str, detail: Mapping[str, Any]) -> None:
         """A live relay's stream stalled (``failover``: the fallback plays) or came back: an event."""
-        state = {"failover": "failover", "resumed": "stream_resumed"}.get(kind, f"stream_{kind}")
+        if kind in ("stall", "ended"):
+            return  # a stall is reported with its failover, an end by the item's finished
+        state = {"failover": "failover", "resumed": "stream_resumed"}.get(kind, kind)
         with self._cond:
             data = self.event_data(item, state, started_at=item.started_at, **dict(detail))
             self._commit([data], [])
@@ -688,6 +692,13 @@ class BroadcastScheduler:
             }
             if job.meter_error:
                 measured["capture_problem"] = job.meter_error
+            live: Any = job.source.inner
+            if item.kind == "stream" and hasattr(live, "failovers"):
+                measured.update(
+                    failovers=live.failovers,
+                    gaps_s=[round(g, 3) for g in live.gaps_s],
+                    stream_s=round(live.stream_frames / live.rate, 3),
+                )
             if item.resuming:
                 measured["position_s"] = round(start_s, 3)
             item.state = "scheduled"

@@ -387,13 +387,16 @@ class BroadcastService:
             def on_event(kind: str, detail: dict[str, Any]) -> None:
                 self.scheduler.record_live(item, kind, detail)
 
-            return LiveRelaySource(
-                source.stream,
-                fallback=lambda: open_file_source(fallback),
-                stall_s=source.stall_s,
-                cache=self.cache,
-                on_event=on_event,
-            )
+            try:
+                return LiveRelaySource(
+                    source.stream,
+                    fallback=lambda: open_file_source(fallback),
+                    stall_s=source.stall_s,
+                    cache=self.cache,
+                    on_event=on_event,
+                )
+            except SourceRejected as exc:
+                raise SourceFailed(exc.reason, exc.detail) from None
         if item.path is None:
             raise SourceFailed("not_ready", "the audio is not prepared")
         return open_file_source(item.path, start_s=start_s)
@@ -437,14 +440,16 @@ class BroadcastService:
                 raise SourceFailed(exc.reason, exc.detail) from None
             sha = source.sha256
         else:
-            from edge.speech import SpeechUnavailable, render_cached
+            from edge.speech import SpeechUnavailable, TextTooLong, render_cached
 
             try:
                 path = render_cached(self.speech_engine(), source.text, voice=source.voice, cache_dir=self._tts_dir)
             except SpeechUnavailable as exc:
                 raise SourceFailed("speech_unavailable", str(exc)) from None
-            except (ValueError, ConfigError) as exc:
-                raise SourceFailed("speech_unavailable", str(exc)) from None
+            except TextTooLong as exc:
+                raise SourceFailed("text_too_long", str(exc)) from None
+            except ValueError as exc:  # nothing left to say once normalised
+                raise SourceFailed("bad_text", str(exc)) from None
             sha = _file_sha256(path)
         try:
             open_file_source(path).close()  # undecodable audio fails now, before any relay closes
