@@ -107,5 +107,6 @@ def test_corrupt_database_is_quarantined_not_deleted(tmp_path: Path) -> None:
         assert outbox.epoch != old_epoch
         events = outbox.list_events(type="security")
         assert events and events[0].data["kind"] == "store_quarantined"
+        assert (events[0].data["readable"], events[0].data["recovered"]) == (False, 0)  # nothing in it to read
         assert outbox.counters()["quarantines"] == 1
         assert outbox.integrity_check() == "ok"
