@@ -1,4 +1,5 @@
-"""``edge sim``: a simulated counter device, the real daemon with a simulated panel and speaker."""
+"""``edge sim``: a simulated device, the real daemon on simulated hardware: a counter (panel and speaker)
+or a loudspeaker (relay board and sound card)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import os
 import signal
 import socket
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,19 +48,35 @@ def cmd_sim(args: argparse.Namespace) -> int:
         out(json.dumps(reply, ensure_ascii=False))
         return 0 if reply.get("ok") else 1
 
-    from sim.counter import SimCounter, format_record, load_scenario, speaker_alsa_config
+    from sim.counter import load_scenario
 
     steps = load_scenario(Path(args.scenario)) if args.scenario else None
     work = config.store.state_dir / "sim"
     work.mkdir(parents=True, exist_ok=True)
-    if not args.real_speaker and "ALSA_CONFIG_PATH" not in os.environ:
-        # Before PortAudio loads: the speaker becomes a WAV file that shows what was said.
-        os.environ["ALSA_CONFIG_PATH"] = str(speaker_alsa_config(work / "asound.conf", work / "speaker.wav"))
+    loudspeaker = sim_role(args.role, config.device.roles) == "loudspeaker"
+    if loudspeaker:
+        from sim.loudspeaker import format_record
+    else:
+        from sim.counter import format_record
 
     def printer(record: dict[str, Any]) -> None:
         out(json.dumps(record, ensure_ascii=False, default=str) if args.json else format_record(record))
 
-    sim = SimCounter(config, work_dir=work, printer=printer, profile=args.profile)
+    sim: Any
+    if loudspeaker:
+        from sim.loudspeaker import SimLoudspeaker
+
+        # Its sound card is simulated in this process (paced like a DAC, recorded to speaker.wav).
+        sim = SimLoudspeaker(
+            config, work_dir=work, printer=printer, profile=args.profile, real_speaker=args.real_speaker
+        )
+    else:
+        from sim.counter import SimCounter, speaker_alsa_config
+
+        if not args.real_speaker and "ALSA_CONFIG_PATH" not in os.environ:
+            # Before PortAudio loads: the speaker becomes a WAV file that shows what was said.
+            os.environ["ALSA_CONFIG_PATH"] = str(speaker_alsa_config(work / "asound.conf", work / "speaker.wav"))
+        sim = SimCounter(config, work_dir=work, printer=printer, profile=args.profile)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -87,6 +105,14 @@ def cmd_sim(args: argparse.Namespace) -> int:
         sim.stop()
 
 
+def sim_role(flag: str | None, roles: Sequence[str]) -> str:
+    """The device ``edge sim`` runs: the flag's role, else the config's (a loudspeaker-only config runs
+    a loudspeaker; anything else, including a device with both roles, a counter)."""
+    if flag is not None:
+        return flag
+    return "loudspeaker" if "loudspeaker" in roles and "counter" not in roles else "counter"
+
+
 def _test_events(sim: Any, args: argparse.Namespace, stop: threading.Event) -> None:
     """The technician's end-to-end `test` events, every ``--interval`` seconds (the demo uses them)."""
     n = 0
@@ -100,21 +126,35 @@ def _test_events(sim: Any, args: argparse.Namespace, stop: threading.Event) -> N
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "sim",
-        help="run a simulated counter device (the daemon with a simulated panel and speaker)",
-        description="Run the daemon of a counter device on a simulated rating panel (GPIO on gpiozero's "
-        "MockFactory or a serial MCU on a pseudo-terminal, as the profile says) and a speaker recorded to a "
-        "WAV file. Drive it from a scenario file or over the control socket; it prints what the LEDs, "
-        "buzzer and speaker did.",
+        help="run a simulated device (the daemon on a simulated panel, or relays and sound card)",
+        description="Run the daemon of a device on simulated hardware chosen by the profile. A counter: a "
+        "simulated rating panel (GPIO on gpiozero's MockFactory or a serial MCU on a pseudo-terminal) and a "
+        "speaker recorded to a WAV file; it prints what the LEDs, buzzer and speaker did. A loudspeaker: "
+        "simulated relays (MockFactory pins or a serial relay board on a pseudo-terminal) and a simulated "
+        "sound card recorded to STATE_DIR/sim/speaker.wav; it prints the relays as they switch and each "
+        "broadcast event as committed. Drive it from a scenario file or over the control socket.",
     )
     add_common(p)
-    p.add_argument("--profile", help="panel profile (default: the config's [panel], else gpio-4btn-rpi)")
+    p.add_argument(
+        "--role",
+        choices=("counter", "loudspeaker"),
+        help="which device to simulate (default: the config's device.roles; a loudspeaker-only config "
+        "runs a loudspeaker, anything else a counter)",
+    )
+    p.add_argument(
+        "--profile",
+        help="hardware profile: a counter's panel (default: [panel], else gpio-4btn-rpi) or a loudspeaker's "
+        "relay board (default: [relays], else gpio-4ch-rpi)",
+    )
     p.add_argument("--scenario", metavar="FILE", help="YAML list of requests to run, e.g. - {cmd: press, button: 1}")
     p.add_argument("--exit-after-scenario", action="store_true", help="stop once the scenario has run")
     p.add_argument("--settle", type=float, default=1.0, help="seconds to wait after the scenario before exiting")
     p.add_argument("--control", metavar="PATH", help="control socket (default: STATE_DIR/sim.sock)")
     p.add_argument("--send", metavar="JSON", help="send one request to a running edge sim and print the reply")
     p.add_argument("--json", action="store_true", help="print what happened as JSON lines")
-    p.add_argument("--real-speaker", action="store_true", help="play on the real default audio device")
+    p.add_argument(
+        "--real-speaker", action="store_true", help="play on the real default audio device instead of a WAV file"
+    )
     p.add_argument("--duration", type=float, default=None, help="exit after this many seconds")
     p.add_argument("--interval", type=float, default=None, help="also commit a `test` event every this many seconds")
     p.add_argument("--count", type=int, default=None, help="stop the test events after this many")
