@@ -47,7 +47,7 @@ from edge.exceptions import BadMessage, StoreError
 from edge.jsonfmt import compact
 from edge.messages import MAX_EVENTS_PER_BATCH, EventBatch, WireEvent, parse
 from edge.store import ranges_of
-from edge.supervisor import Supervisor, WatchedThread, thread_alive
+from edge.supervisor import Supervisor, thread_alive
 from edge.sync import LinkSettings, MqttLink, Will
 from edge.topics import DeviceTopic, events_filter, parse_device_topic, server_status_topic
 
@@ -227,7 +227,7 @@ class Collector:
         self._queued_bytes = 0
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._thread: WatchedThread | None = None
+        self._thread: threading.Thread | None = None
         self.supervisor = Supervisor()
         will = None
         self.status_topic = server_status_topic(root, commune) if commune != "+" else None
@@ -496,7 +496,7 @@ class Collector:
         return thread_alive(self._thread)
 
     def start(self) -> Collector:
-        self._thread = WatchedThread(self._run, "collector")
+        self._thread = threading.Thread(target=self._run, name="collector", daemon=True)
         self._thread.start()
         self.link.start()
         self.supervisor.start()

@@ -33,7 +33,7 @@ from edge.keys import load_trusted_keys
 from edge.services import LIVE_KEYS, Service, ServiceContext, build_services
 from edge.store import Outbox
 from edge.store.journal import CommandJournal
-from edge.supervisor import Supervisor, WatchedThread
+from edge.supervisor import Supervisor
 from edge.sync import LinkSettings, MqttLink, Uplink, Will
 from edge.sync.replies import ReplySender
 from edge.sync.uplink import status_payload
@@ -105,7 +105,7 @@ class Daemon:
         self.topics = Topics(config.mqtt.root, config.device.commune, config.device.id)
         self.started = time.monotonic()
         self._stop = threading.Event()
-        self._threads: list[WatchedThread] = []
+        self._threads: list[threading.Thread] = []
         # Written by the network thread, recorded in the store by the supervisor's chore.
         self._link_state = ("down", now_iso())
         self._link_state_recorded: tuple[str, str] | None = None
@@ -220,7 +220,7 @@ class Daemon:
                     if self._stop.wait(min(left, 5.0)):
                         return
 
-        t = WatchedThread(loop, name)
+        t = threading.Thread(target=loop, name=name, daemon=True)
         t.start()
         self._threads.append(t)
         self.supervisor.watch_thread(name, lambda: t)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -20,20 +21,26 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
-class WatchedThread(threading.Thread):
-    """A daemon thread that keeps the exception it died of in ``failure`` (then lets it propagate,
-    so ``threading.excepthook`` still prints the traceback)."""
+#: What each thread that died of an uncaught exception died of. Python reports those through
+#: ``threading.excepthook``; the supervisor listens there (and passes them on to the hook it found,
+#: which prints the traceback), so every thread can say what it died of, its own or not.
+_failures: weakref.WeakKeyDictionary[threading.Thread, BaseException] = weakref.WeakKeyDictionary()
+_passed_on: Callable[[threading.ExceptHookArgs], Any] | None = None
 
-    def __init__(self, target: Callable[..., Any], name: str, args: tuple[Any, ...] = ()) -> None:
-        super().__init__(target=target, name=name, args=args, daemon=True)
-        self.failure: BaseException | None = None
 
-    def run(self) -> None:
-        try:
-            super().run()
-        except BaseException as exc:
-            self.failure = exc
-            raise
+def _record_failure(args: threading.ExceptHookArgs) -> None:
+    if args.thread is not None and args.exc_value is not None:
+        _failures[args.thread] = args.exc_value
+    if _passed_on is not None:
+        _passed_on(args)
+
+
+def record_thread_failures() -> None:
+    """Start recording what threads die of (idempotent; the supervisor calls it)."""
+    global _passed_on
+    if threading.excepthook is not _record_failure:
+        _passed_on = threading.excepthook
+        threading.excepthook = _record_failure
 
 
 def thread_alive(thread: threading.Thread | None) -> bool:
@@ -42,8 +49,8 @@ def thread_alive(thread: threading.Thread | None) -> bool:
 
 
 def thread_failure(thread: threading.Thread | None) -> BaseException | None:
-    """The exception a :class:`WatchedThread` died of, if any."""
-    return getattr(thread, "failure", None)
+    """The exception ``thread`` died of, if it died of one (see :func:`record_thread_failures`)."""
+    return None if thread is None else _failures.get(thread)
 
 
 @dataclass
@@ -59,13 +66,14 @@ class Supervisor:
     periodic work that must not run on the network thread, e.g. recording the link state)."""
 
     def __init__(self, interval_s: float = 1.0) -> None:
+        record_thread_failures()
         self.interval_s = interval_s
         self.failed = threading.Event()
         self.reason = ""
         self._watched: list[_Watched] = []
         self._chores: list[tuple[str, Callable[[], None]]] = []
         self._stop = threading.Event()
-        self._thread: WatchedThread | None = None
+        self._thread: threading.Thread | None = None
 
     def watch(
         self, name: str, alive: Callable[[], bool], failure: Callable[[], BaseException | None] | None = None
@@ -111,7 +119,7 @@ class Supervisor:
         return thread_alive(self._thread)
 
     def start(self) -> Supervisor:
-        self._thread = WatchedThread(self._run, "supervisor")
+        self._thread = threading.Thread(target=self._run, name="supervisor", daemon=True)
         self._thread.start()
         return self
 

@@ -8,12 +8,27 @@ the failure happen, and checks what a technician or the commune server would see
 from __future__ import annotations
 
 import json
+import sqlite3
+import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
-from edge.store import Outbox
+from edge.collector import Collector
+from edge.config import BrokerAddress, SyncConfig, load_config
+from edge.daemon import Daemon
+from edge.exceptions import BadMessage
+from edge.messages import EvtAck, parse
+from edge.store import NewEvent, Outbox
+from edge.sync import LinkSettings, MqttLink, Uplink
+from edge.sync.undeliverable import undeliverable
+from edge.topics import Topics
 from sim.broker import MosquittoBroker
 from sim.harness import EdgeProcess, collector_rows, daemon_link, run_edge, wait_for, write_device_config
 from tests.conftest import FAST_SYNC, Device
@@ -49,6 +64,100 @@ def stored_ids(db: Path, event_type: str = "test") -> set[str]:
 
 def status(device: Device) -> dict:
     return json.loads(run_edge(["status", "--json"], env=device.env).stdout)
+
+
+TOPICS = Topics("vn", "gia-ray", "counter-01")
+
+
+@dataclass
+class Stack:
+    """The device's sync path in this process: a real outbox, link and uplink."""
+
+    outbox: Outbox
+    link: MqttLink
+    uplink: Uplink
+
+    def stop(self) -> None:
+        self.uplink.stop()
+        self.link.stop()
+        self.outbox.close()
+
+
+@pytest.fixture
+def stacks() -> Iterator[list[Any]]:
+    """Things started by a test, stopped after it (newest first)."""
+    made: list[Any] = []
+    yield made
+    for thing in reversed(made):
+        thing.stop()
+
+
+def sync_stack(
+    tmp_path: Path, broker: MosquittoBroker, stacks: list[Any], link_class: type[MqttLink] = MqttLink, **sync: Any
+) -> Stack:
+    outbox = Outbox(tmp_path / "device" / "events.db", max_event_bytes=4 << 20)
+    link = link_class(
+        LinkSettings(address=BrokerAddress.parse(broker.url), client_id="counter-01", reconnect_min_s=0.1)
+    )
+    uplink = Uplink(outbox, link, TOPICS, SyncConfig(**{"ack_timeout_s": 2, "batch_max_bytes": 4 << 20, **sync}))
+    stack = Stack(outbox, link, uplink)
+    stacks.append(stack)
+    uplink.start()
+    link.start()
+    assert link.wait_connected(30)
+    return stack
+
+
+def start_collector(tmp_path: Path, broker: MosquittoBroker, stacks: list[Any], **kw: Any) -> Collector:
+    collector = Collector(broker.url, tmp_path / "collector.db", commune="gia-ray", **kw)
+    stacks.append(collector)
+    collector.start()
+    assert collector.link.wait_connected(30)
+    return collector
+
+
+class Probe:
+    """A bare MQTT 5 client (paho, its own thread) standing in for a device or a server."""
+
+    def __init__(self, broker: MosquittoBroker, client_id: str) -> None:
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        self.messages: list[tuple[str, bytes]] = []
+        self._lock = threading.Lock()
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", broker.port)
+        self.client.loop_start()
+
+    def _on_message(self, _c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
+        with self._lock:
+            self.messages.append((msg.topic, bytes(msg.payload)))
+
+    def subscribe(self, topic: str) -> None:
+        done = threading.Event()
+        self.client.on_subscribe = lambda *_: done.set()
+        self.client.subscribe(topic, qos=1)
+        assert done.wait(30)
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        self.client.publish(topic, payload, qos=1).wait_for_publish(30)
+
+    def received(self, topic: str) -> list[bytes]:
+        with self._lock:
+            return [p for t, p in self.messages if t == topic]
+
+    def acks(self) -> list[dict[str, Any]]:
+        return [json.loads(p) for p in self.received(TOPICS.evtack)]
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+class UnannouncedLimitLink(MqttLink):
+    """The link as it is when the broker enforces a packet limit without announcing it in CONNACK
+    (a proxy in between, or a broker that only says so by dropping the connection)."""
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        super()._on_connect(client, userdata, flags, reason, Properties(PacketTypes.CONNACK))
 
 
 @pytest.fixture
@@ -91,3 +200,223 @@ def test_an_oversized_event_already_stored_is_set_aside_and_the_twenty_after_it_
         daemon.stop()
         collector.stop()
     assert big.id not in stored_ids(db)
+
+
+def test_the_held_out_case_a_100_kb_emit_is_refused_at_once_and_the_twenty_after_it_arrive(
+    tmp_path: Path, packet_limited_broker: MosquittoBroker
+) -> None:
+    device = make_device(tmp_path, packet_limited_broker)
+    db, collector = collector_process(tmp_path, packet_limited_broker)
+    collector.start()
+    daemon = start_connected(device)
+    try:
+        big = run_edge(["emit", "test", "--data", json.dumps(BIG)], env=device.env, check=False)
+        assert big.returncode != 0
+        assert big.stdout == ""  # no id printed: nothing was committed
+        assert "the limit is" in big.stderr
+        small = run_edge(["emit", "test", "--count", "20"], env=device.env).stdout.split()
+        assert wait_for(lambda: stored_ids(db) >= set(small), timeout=60), (
+            f"{len(stored_ids(db) & set(small))} of 20 arrived"
+        )
+        assert status(device)["queue"]["depth"] == 0
+    finally:
+        daemon.stop()
+        collector.stop()
+
+
+@pytest.mark.parametrize("size", [100_000, 1_500_000])
+def test_a_broker_that_drops_the_connection_over_a_packet_gets_the_rest_and_the_event_is_set_aside(
+    tmp_path: Path, packet_limited_broker: MosquittoBroker, stacks: list[Any], size: int
+) -> None:
+    collector = start_collector(tmp_path, packet_limited_broker, stacks)
+    # Wait until the collector's subscription is in place before the device sends anything.
+    assert wait_for(lambda: collector.link.connected.is_set(), timeout=30)
+    stack = sync_stack(tmp_path, packet_limited_broker, stacks, UnannouncedLimitLink)
+    assert stack.link.max_packet_bytes is None
+    # Committed together, so they go out in one batch the broker will not take.
+    # A large packet is still being written when the broker closes the socket: then the broker's
+    # DISCONNECT (0x95) is lost in the reset, and only the repetition tells.
+    blob = {"blob": "x" * size}
+    big, *small = stack.outbox.append_many([NewEvent("test", blob), *(NewEvent("test", {"n": i}) for i in range(20))])
+    assert wait_for(lambda: stored_ids(tmp_path / "collector.db") >= {c.id for c in small}, timeout=60)
+    assert wait_for(lambda: [u["id"] for u in undeliverable(stack.outbox)] == [big.id], timeout=30)
+    aside = undeliverable(stack.outbox)[0]
+    assert aside["source"] == "broker"
+    assert "too large" in aside["reason"]
+    # The broker dropped us over the batch of 21, then over the big event alone; we came back.
+    assert stack.link.stats.disconnects >= 2
+    assert stack.uplink.stats.split_batches >= 1
+    assert wait_for(lambda: stack.outbox.stats().depth == 0, timeout=30)
+    assert big.id not in stored_ids(tmp_path / "collector.db")
+
+
+def test_an_evtack_may_reject_ranges_and_old_evtacks_still_mean_what_they_meant() -> None:
+    old = parse(EvtAck, b'{"v":1,"epoch":"00112233aabbccdd","ranges":[[1,5]]}', 65536)
+    assert old.ranges == [(1, 5)] and old.rejected == [] and old.reason is None
+    new = parse(
+        EvtAck,
+        b'{"v":1,"epoch":"00112233aabbccdd","ranges":[],"rejected":[[7,7]],"reason":"schema","detail":"events.0.ts"}',
+        65536,
+    )
+    assert new.ranges == [] and new.rejected == [(7, 7)] and new.reason == "schema"
+    for bad in (
+        b'{"v":1,"epoch":"00112233aabbccdd","ranges":[]}',  # says nothing
+        b'{"v":1,"epoch":"00112233aabbccdd","ranges":[],"rejected":[[7,7]]}',  # no reason
+        b'{"v":1,"epoch":"00112233aabbccdd","ranges":[],"rejected":[[9,7]],"reason":"schema"}',  # inverted
+        b'{"v":1,"epoch":"00112233aabbccdd","ranges":[],"rejected":[[7,7]],"reason":"Not A Word!"}',
+    ):
+        with pytest.raises(BadMessage):
+            parse(EvtAck, bad, 65536)
+
+
+def good_event(seq: int, **changes: Any) -> dict[str, Any]:
+    return {
+        "id": f"01a1fee9-1a60-7526-a8fd-{seq:012d}",
+        "seq": seq,
+        "type": "test",
+        "priority": "normal",
+        "ts": "2026-11-21T08:15:30.123+07:00",
+        "clock_synced": True,
+        "data": {"n": seq},
+        **changes,
+    }
+
+
+def test_the_collector_answers_what_it_rejects_and_stores_the_rest(
+    tmp_path: Path, broker: MosquittoBroker, stacks: list[Any]
+) -> None:
+    collector = start_collector(tmp_path, broker, stacks)
+    device = Probe(broker, "counter-01")
+    stacks.append(device)
+    device.subscribe(TOPICS.evtack)
+    epoch = "00112233aabbccdd"
+    batch = {"v": 1, "device": "counter-01", "commune": "gia-ray", "epoch": epoch}
+    mixed = [good_event(1), good_event(2, ts="x" * 41), good_event(3), good_event(4, data=[1, 2])]
+    device.publish(TOPICS.evt("test"), json.dumps({**batch, "events": mixed}).encode())
+    # Not answerable: no epoch, another contract version, not JSON. Then a good batch, whose answer
+    # shows that everything before it was handled.
+    device.publish(TOPICS.evt("test"), json.dumps({"v": 1, "device": "counter-01", "events": mixed}).encode())
+    device.publish(TOPICS.evt("test"), json.dumps({**batch, "v": 2, "events": mixed}).encode())
+    device.publish(TOPICS.evt("test"), b"{not json")
+    device.publish(TOPICS.evt("test"), json.dumps({**batch, "events": [good_event(5)]}).encode())
+    assert wait_for(lambda: any(a["ranges"] == [[5, 5]] for a in device.acks()), timeout=30), device.acks()
+    acks = device.acks()
+    assert acks == [
+        {
+            "v": 1,
+            "epoch": epoch,
+            "ranges": [[1, 1], [3, 3]],
+            "rejected": [[2, 2], [4, 4]],
+            "reason": "schema",
+            "detail": acks[0]["detail"],
+        },
+        {"v": 1, "epoch": epoch, "ranges": [[5, 5]]},
+    ]
+    assert acks[0]["detail"].startswith("events.1.ts")
+    assert sorted(r[0] for r in collector_rows(tmp_path / "collector.db", "SELECT seq FROM events")) == [1, 3, 5]
+    assert collector.summary()["rejected_events"] == 2
+
+
+def test_an_event_the_collector_rejects_is_set_aside_with_its_reason_and_not_sent_again(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    device = make_device(tmp_path, broker)
+    with Outbox(device.db) as outbox:
+        first, broken, third = (outbox.append("test", {"n": i}) for i in range(3))
+    # As an older release with a bug might have left it: data that is not a JSON object.
+    conn = sqlite3.connect(device.db)
+    with conn:
+        conn.execute("UPDATE events SET data = '[1,2]' WHERE seq = ?", (broken.seq,))
+    conn.close()
+    db, collector = collector_process(tmp_path, broker)
+    collector.start()
+    daemon = start_connected(device)
+    try:
+        assert wait_for(lambda: stored_ids(db) == {first.id, third.id}, timeout=60)
+        assert wait_for(lambda: status(device)["queue"]["depth"] == 0, timeout=30), status(device)
+        report = status(device)
+        [aside] = report["undeliverable"]
+        assert aside["id"] == broken.id and aside["seq"] == broken.seq
+        assert aside["source"] == "collector"
+        assert aside["reason"].startswith("schema: events.")
+        assert report["counters"]["undeliverable_collector"] == 1
+    finally:
+        daemon.stop()
+        summary = json.loads(collector.stop().strip().splitlines()[-1])
+    # Rejected once, never sent again (each resend would have been rejected again).
+    assert summary["rejected_events"] == 1
+    assert broken.id not in stored_ids(db)
+
+
+# -- 2. dying threads -----------------------------------------------------------------------------
+
+
+def test_edge_run_ends_with_a_clear_line_when_the_uplink_thread_dies(tmp_path: Path, broker: MosquittoBroker) -> None:
+    device = make_device(tmp_path, broker)
+    daemon = start_connected(device)
+    assert daemon.proc is not None
+    # A real store failure under the running daemon: its events table is gone (a botched migration by
+    # hand, say). The uplink's next read fails, and a daemon that cannot send must not look healthy.
+    conn = sqlite3.connect(device.db)
+    with conn:
+        conn.execute("ALTER TABLE events RENAME TO events_gone")
+    conn.close()
+    try:
+        assert daemon.proc.wait(timeout=60) == 1
+    finally:
+        daemon.stop()
+    log = device.log.read_text()
+    assert "uplink thread died: StoreError" in log, log[-3000:]
+    assert "no such table: events" in log
+
+
+def test_edge_collect_ends_with_a_clear_line_when_its_store_keeps_failing(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    device = make_device(tmp_path, broker)
+    db, collector = collector_process(tmp_path, broker, "--store-retry-s", "3")
+    collector.start()
+    daemon = start_connected(device)
+    try:
+        first = run_edge(["emit", "test"], env=device.env).stdout.split()
+        assert wait_for(lambda: stored_ids(db) == set(first), timeout=60)
+        conn = sqlite3.connect(db)
+        with conn:
+            conn.execute("ALTER TABLE events RENAME TO events_gone")
+        conn.close()
+        run_edge(["emit", "test"], env=device.env)  # sent, and sent again: it cannot be stored
+        assert collector.proc is not None
+        assert collector.proc.wait(timeout=60) == 1
+    finally:
+        daemon.stop()
+        collector.stop()
+    log = (tmp_path / "collector.log").read_text()
+    assert "collector thread died: StoreError" in log, log[-3000:]
+    assert "has failed for" in log
+
+
+@pytest.mark.parametrize("part", ["mqtt-link", "replies", "commands"])
+def test_a_daemon_that_loses_a_loop_names_it_and_stops(tmp_path: Path, broker: MosquittoBroker, part: str) -> None:
+    config_path = write_device_config(tmp_path / "edge.toml", broker.url, state_dir=tmp_path / "state")
+    daemon = Daemon(load_config(config_path, environ=FAST_SYNC))
+
+    def die(*_: object) -> Any:
+        raise SystemExit(f"{part} injected")
+
+    if part == "mqtt-link":
+        daemon.link.on_connect(die)  # raised on the network thread, inside paho's CONNACK handling
+    daemon.start()
+    try:
+        assert daemon.link.wait_connected(30) or part == "mqtt-link"
+        if part == "replies":
+            daemon.journal.pending_replies = die  # type: ignore[method-assign]
+            daemon.replies.wake()
+        elif part == "commands":
+            daemon.channel._handle = die  # type: ignore[method-assign]
+            sender = Probe(broker, "server")
+            sender.publish(TOPICS.cmd("device.selftest"), b"anything")
+            sender.stop()
+        assert daemon.wait(threading.Event(), timeout=30) == "failed"
+        assert daemon.supervisor.reason == f"{part} thread died: SystemExit: {part} injected"
+    finally:
+        daemon.stop_after_failure()

@@ -18,6 +18,7 @@ hand the outcome over (a queue, an event), never touch SQLite or block.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import random
 import ssl
@@ -36,8 +37,8 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge.config import BrokerAddress
-from edge.exceptions import LinkError, MessageRefused, PacketTooLarge
-from edge.supervisor import WatchedThread, thread_alive, thread_failure
+from edge.exceptions import DroppedAfterSend, LinkError, MessageRefused, PacketTooLarge
+from edge.supervisor import thread_alive, thread_failure
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,9 @@ MessageHandler = Callable[[str, bytes], None]
 #: many (the oldest go first, counted as ``stats.stale_pubacks``). Only publishes in progress can
 #: legitimately have one, so a handful is the real need.
 EARLY_MAX = 256
+#: A connection lost this soon after the oldest unacknowledged message was sent is reported to
+#: that message's owner as DroppedAfterSend: the broker may have dropped us over it.
+SUSPECT_WINDOW_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -134,12 +138,14 @@ class MqttLink:
         self._on_disconnect_hooks: list[Callable[[], None]] = []
         self.on_oversized: Callable[[str, int], None] | None = None
         self._stop = threading.Event()
-        self._thread: WatchedThread | None = None
+        self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         # Both keyed by (generation, mid): a message id is only unique within one connection.
-        self._pending: dict[tuple[int, int], Future[ReasonCode | None]] = {}
+        self._pending: dict[tuple[int, int], tuple[Future[ReasonCode | None], float]] = {}  # and when sent
         self._early: OrderedDict[tuple[int, int], tuple[float, ReasonCode | None]] = OrderedDict()
         self._connected_at: float | None = None
+        # The message the last connection dropped over, and what to tell its owner.
+        self._dropped_over: tuple[tuple[int, int] | None, Callable[[], LinkError]] | None = None
         self._backoff = Backoff(settings.reconnect_min_s, settings.reconnect_max_s)
         self._client = self._make_client()
 
@@ -226,28 +232,45 @@ class MqttLink:
     def _on_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Any
     ) -> None:
-        was_connected = self.connected.is_set()
-        self.connected.clear()
+        # In wire order: the broker acknowledges in order, so the first of these still waiting is the
+        # packet it was reading when it gave up.
+        unacknowledged = [m.mid for m in client.drop_out_messages()]
+        from_broker = getattr(flags, "is_disconnect_packet_from_server", False)
+        with self._lock:
+            # Under the lock, together with _dropped_over: a publish() that finds the link down
+            # when it registers its future also finds whether the drop was over its message.
+            was_connected = self.connected.is_set()
+            self.connected.clear()
+            pending, self._pending = self._pending, {}
+            self._early.clear()
+            culprit = (self.generation, unacknowledged[0]) if unacknowledged else None
+            blame: Callable[[], LinkError] | None = None
+            if culprit is not None and from_broker and _is_packet_too_large(reason):
+                # The broker announced no limit (or a larger one) and said it dropped us over this.
+                blame = functools.partial(
+                    PacketTooLarge, f"the broker dropped the connection over this message: {reason}"
+                )
+            elif culprit is not None and not from_broker and not _is_keepalive_timeout(reason):
+                # Most often the broker did not get to say why (it closed the socket while the rest
+                # of a large packet was still being written): let the owner see whether it repeats.
+                # A broker that says why (taken over, shutting down) was not choking on a packet, and
+                # a keepalive timeout is a silent network, not a refusal.
+                sent = pending[culprit][1] if culprit in pending else time.monotonic()
+                if time.monotonic() - sent <= SUSPECT_WINDOW_S:
+                    blame = functools.partial(
+                        DroppedAfterSend, f"the connection dropped right after this message: {reason}"
+                    )
+            # A publish() that had not registered its future yet looks here (see publish()).
+            self._dropped_over = (culprit, blame) if blame is not None else None
         if was_connected:
             self.stats.disconnects += 1
             self.stats.last_error = f"disconnected: {reason}"
             log.warning("disconnected from %s: %s", self.settings.address, reason)
-        # In wire order: the broker acknowledges in order, so the first of these still waiting is the
-        # packet it was reading when it gave up.
-        unacknowledged = [m.mid for m in client.drop_out_messages()]
-        too_large = getattr(flags, "is_disconnect_packet_from_server", False) and _is_packet_too_large(reason)
-        with self._lock:
-            pending, self._pending = self._pending, {}
-            self._early.clear()
-            generation = self.generation
-        culprit = next(((generation, mid) for mid in unacknowledged if (generation, mid) in pending), None)
-        for key, fut in pending.items():
+        for key, (fut, _) in pending.items():
             if fut.done():
                 continue
-            if too_large and key == culprit:
-                # The broker announced no limit (or a larger one) and dropped us over this packet.
-                self.stats.too_large += 1
-                fut.set_exception(PacketTooLarge(f"the broker dropped the connection over this message: {reason}"))
+            if key == culprit and blame is not None:
+                fut.set_exception(self._blame(blame))
             else:
                 fut.set_exception(LinkError(f"disconnected before the broker acknowledged: {reason}"))
         for hook in self._on_disconnect_hooks:
@@ -256,6 +279,12 @@ class MqttLink:
             except Exception:
                 log.exception("on-disconnect hook failed")
 
+    def _blame(self, blame: Callable[[], LinkError]) -> LinkError:
+        exc = blame()
+        if isinstance(exc, PacketTooLarge):
+            self.stats.too_large += 1
+        return exc
+
     def _on_publish(
         self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode | None, properties: Any
     ) -> None:
@@ -263,15 +292,15 @@ class MqttLink:
         # calling into paho, so taking it here cannot deadlock.
         with self._lock:
             key = (self.generation, mid)
-            fut = self._pending.pop(key, None)
-            if fut is None:
+            entry = self._pending.pop(key, None)
+            if entry is None:
                 # publish() has not registered this one yet (or nobody waits for it any more).
                 self._early[key] = (time.monotonic(), reason)
                 while len(self._early) > EARLY_MAX:
                     self._early.popitem(last=False)
                     self.stats.stale_pubacks += 1
                 return
-        _resolve(fut, reason)
+        _resolve(entry[0], reason)
 
     def _on_subscribe(
         self, client: mqtt.Client, userdata: Any, mid: int, reasons: list[ReasonCode], properties: Any
@@ -360,11 +389,13 @@ class MqttLink:
             fut.set_result(None)  # nothing will acknowledge it; "handed to the network thread" is all
             return fut
         key = (generation, info.mid)
+        dropped = None
         with self._lock:
             if self.generation != generation or not self.connected.is_set():
                 # The connection changed under this publish: whether it went out on the old one or
                 # the new one, its acknowledgement can no longer be told apart. Its owner resends.
                 lost = True
+                dropped = self._dropped_over
             else:
                 lost = False
                 early = self._early.pop(key, None)
@@ -372,9 +403,13 @@ class MqttLink:
                     self.stats.stale_pubacks += 1  # from before this publish: not ours
                     early = None
                 if early is None:
-                    self._pending[key] = fut
+                    self._pending[key] = (fut, started)
         if lost:
-            fut.set_exception(LinkError("the connection changed while publishing"))
+            if dropped is not None and dropped[0] == key:
+                # The connection dropped over this very message before its future was registered.
+                fut.set_exception(self._blame(dropped[1]))
+            else:
+                fut.set_exception(LinkError("the connection changed while publishing"))
         elif early is not None:
             _resolve(fut, early[1])
         return fut
@@ -382,7 +417,7 @@ class MqttLink:
     # -- the network thread ---------------------------------------------------------------------
 
     def start(self) -> MqttLink:
-        self._thread = WatchedThread(self._run, "mqtt-link")
+        self._thread = threading.Thread(target=self._run, name="mqtt-link", daemon=True)
         self._thread.start()
         return self
 
@@ -462,6 +497,10 @@ def _resolve(fut: Future[ReasonCode | None], reason: ReasonCode | None) -> None:
 
 def _is_packet_too_large(reason: ReasonCode | None) -> bool:
     return reason is not None and reason.value == 0x95
+
+
+def _is_keepalive_timeout(reason: ReasonCode | None) -> bool:
+    return reason is not None and reason.value == 0x8D
 
 
 def _varint_bytes(n: int) -> int:

@@ -19,7 +19,7 @@ from concurrent.futures import Future
 
 from edge.exceptions import LinkError, MessageRefused, StoreError
 from edge.store.journal import CommandJournal, Reply
-from edge.supervisor import WatchedThread, thread_alive, thread_failure
+from edge.supervisor import thread_alive, thread_failure
 from edge.sync.link import MqttLink
 from edge.topics import Topics
 
@@ -51,7 +51,7 @@ class ReplySender:
         self._refusals: OrderedDict[int, int] = OrderedDict()
         self._generation = -1
         self._last_id = 0
-        self._thread: WatchedThread | None = None
+        self._thread: threading.Thread | None = None
         link.on_connect(self.wake)
 
     def wake(self) -> None:
@@ -136,7 +136,7 @@ class ReplySender:
         return thread_failure(self._thread)
 
     def start(self) -> ReplySender:
-        self._thread = WatchedThread(self._run, "replies")
+        self._thread = threading.Thread(target=self._run, name="replies", daemon=True)
         self._thread.start()
         return self
 

@@ -35,10 +35,10 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from edge.config import SyncConfig
-from edge.exceptions import BadMessage, LinkError, MessageRefused, PacketTooLarge, StoreError
+from edge.exceptions import BadMessage, DroppedAfterSend, LinkError, MessageRefused, PacketTooLarge, StoreError
 from edge.messages import DeviceStatus, EvtAck, ServerStatus, parse
 from edge.store import Outbox, StoredEvent
-from edge.supervisor import WatchedThread, thread_alive, thread_failure
+from edge.supervisor import thread_alive, thread_failure
 from edge.sync.link import MqttLink
 from edge.sync.undeliverable import set_aside
 from edge.topics import Topics
@@ -56,6 +56,11 @@ REFUSALS_MAX = 1000
 #: store and go out again with the next connection).
 PARK_TIMEOUTS = 3
 PARKED_MAX = 256
+#: A batch the connection drops right after, on this many connections in a row, is taken as too large
+#: for the broker (split); one event alone, on this many more, is set aside. Chaos (a broker killed,
+#: a network cut) hits the same batch in the instant before its PUBACK twice in a row next to never.
+SUSPECT_SPLIT_AFTER = 2
+SUSPECT_SET_ASIDE_AFTER = 3
 #: Room for an event's envelope in a batch (id, seq, type, priority, ts, clock_synced, separators)
 #: on top of its data; generous, so that a batch's estimate is never below its real size.
 EVENT_OVERHEAD_BYTES = 250
@@ -116,7 +121,9 @@ class Uplink:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._acks: deque[bytes] = deque(maxlen=ACKS_MAX)
-        self._refusals: deque[tuple[Batch, MessageRefused]] = deque(maxlen=REFUSALS_MAX)
+        self._refusals: deque[tuple[Batch, MessageRefused | DroppedAfterSend]] = deque(maxlen=REFUSALS_MAX)
+        # The batch the connection last dropped right after, and on how many connections in a row.
+        self._suspect: tuple[tuple[int, ...], int] = ((), 0)
         self._parked: OrderedDict[int, tuple[float, Batch]] = OrderedDict()  # first seq -> (retry at, batch)
         # A size the broker did not take (it dropped the connection over it without announcing a
         # limit): later batches stay under it.
@@ -130,7 +137,7 @@ class Uplink:
         self._tail = 0  # backlog lane: last seq sent
         self._head_mark = 0  # backlog ends here; the live lane starts after it
         self._head = 0  # live lane: last seq sent
-        self._thread: WatchedThread | None = None
+        self._thread: threading.Thread | None = None
         self._wake_sock: socket.socket | None = None
         self._prefix = (
             f'{{"v":1,"device":"{topics.device}","commune":"{topics.commune}","epoch":"{outbox.epoch}","events":['
@@ -161,7 +168,7 @@ class Uplink:
         # Network thread: only hand a refusal over. A lost connection needs nothing here (every
         # pending event goes out again on the next one), and success waits for the evtack.
         exc = fut.exception()
-        if isinstance(exc, MessageRefused):
+        if isinstance(exc, (MessageRefused, DroppedAfterSend)):
             if len(self._refusals) == REFUSALS_MAX:
                 self.stats.refusals_dropped += 1
             self._refusals.append((batch, exc))
@@ -232,12 +239,23 @@ class Uplink:
             del self._inflight[batch.seqs[0]]
             self._refused(batch, exc)
 
-    def _refused(self, batch: Batch, exc: MessageRefused) -> None:
-        """The broker will not take ``batch`` (already out of the window)."""
+    def _refused(self, batch: Batch, exc: MessageRefused | DroppedAfterSend) -> None:
+        """The broker will not take ``batch`` (already out of the window), or may not."""
         events = self.outbox.pending_in(batch.seqs)
         if not events:
             return
-        if not isinstance(exc, PacketTooLarge):
+        if isinstance(exc, DroppedAfterSend):
+            seqs, times = self._suspect
+            times = times + 1 if seqs == tuple(batch.seqs) else 1
+            self._suspect = (tuple(batch.seqs), times)
+            needed = SUSPECT_SPLIT_AFTER if len(events) > 1 else SUSPECT_SET_ASIDE_AFTER
+            log.debug(
+                "the connection dropped right after batch %d..%d (%d in a row)", batch.seqs[0], batch.seqs[-1], times
+            )
+            if times < needed:
+                return  # the next connection sends it again, and shows whether it was chance
+            log.warning("the connection dropped right after the same batch %d times in a row", times)
+        elif not isinstance(exc, PacketTooLarge):
             # Not the events' fault (the ACL, a quota): they stay pending and are tried again later,
             # outside the window so that other types keep flowing.
             self.stats.refused += 1
@@ -248,14 +266,14 @@ class Uplink:
                 self.stats.parked_dropped += 1
             return
         if len(events) == 1:
-            done = set_aside(
-                self.outbox, [(events[0].seq, events[0].seq)], "broker", f"too large for the broker: {exc}"
+            seq = events[0].seq
+            self.stats.set_aside += len(
+                set_aside(self.outbox, [(seq, seq)], "broker", f"too large for the broker: {exc}")
             )
-            self.stats.set_aside += len(done)
             return
         self.stats.split_batches += 1
-        if self._learned_max_bytes is None or batch.bytes <= self._learned_max_bytes:
-            self._learned_max_bytes = max(1024, batch.bytes - 1)
+        # Halving converges on the event to blame in a few connections, whatever the real limit.
+        self._learned_max_bytes = min(self._learned_max_bytes or batch.bytes, max(1024, batch.bytes // 2))
         log.warning("the broker will not take a %d-byte batch (%s); splitting it", batch.bytes, exc)
         if self.link.connected.is_set():
             half = len(events) // 2
@@ -426,7 +444,7 @@ class Uplink:
     # -- lifetime -------------------------------------------------------------------------------
 
     def start(self, wake_socket: socket.socket | None = None) -> Uplink:
-        self._thread = WatchedThread(self._run, "uplink")
+        self._thread = threading.Thread(target=self._run, name="uplink", daemon=True)
         self._thread.start()
         if wake_socket is not None:
             self._wake_sock = wake_socket
