@@ -26,6 +26,7 @@ socket (one JSON object per line, one JSON reply per line)::
     {"cmd": "play", "source": {"url": "...", "sha256": "...", "bytes": 123}, "broadcast_id": "tb-1"}
     {"cmd": "cancel", "broadcast_id": "tb-1"}     {"cmd": "stop_all"}     {"cmd": "relay_test", "seconds": 1}
     {"cmd": "command", "name": "device.selftest", "args": {}}            # any command, signed
+    {"cmd": "serve", "file": "/tmp/notice.mp3"}     # only serve it: the {url, sha256, bytes} to send yourself
     {"cmd": "wait", "s": 1.5}     {"cmd": "wait", "broadcast_id": "tb-1", "state": "finished", "timeout": 60}
     {"cmd": "status"}   {"cmd": "relays"}   {"cmd": "played"}   {"cmd": "outputs"}   {"cmd": "stop"}
     {"cmd": "unplug"}   {"cmd": "replug"}   {"cmd": "silence"}   {"cmd": "answer"}   # serial boards
@@ -297,6 +298,8 @@ class SimLoudspeaker:
             return self.signed("relay.test", {k: v for k, v in req.items() if k in ("zones", "seconds")})
         if cmd == "command":
             return self.signed(str(req["name"]), dict(req.get("args") or {}))
+        if cmd == "serve":
+            return {"source": self.serve_file(Path(str(req["file"])).expanduser())}
         if cmd == "wait":
             if "broadcast_id" in req:
                 return self._wait_broadcast(
