@@ -5,11 +5,12 @@ test_broadcast_play.py; the wall clock is injected where the test needs a given 
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -299,3 +300,52 @@ def test_the_schedule_survives_a_restart_and_the_cut_item_resumes(
     assert second.events("dang-doc")[3]["position_s"] == pytest.approx(cut, abs=0.3)
     assert second.card.items[-1].seconds == pytest.approx(4.0 - cut, abs=0.3)
     assert [i.broadcast_id for i in second.service.scheduler.items()] == ["chieu-nay"]
+
+
+class StuckSource:
+    """A source that plays a second of a real file and then hangs in read(), as a decoder stuck on a
+    dying SD card or a wedged network read would: the fault the safety net is for."""
+
+    def __init__(self, inner: Any, release: threading.Event) -> None:
+        self.inner = inner
+        self.rate, self.channels, self.duration_s = inner.rate, inner.channels, inner.duration_s
+        self._release = release
+        self._frames = 0
+
+    def read(self, frames: int) -> Any:
+        if self._frames >= self.rate:
+            self._release.wait()  # hangs until the test is over
+        block = self.inner.read(frames)
+        self._frames += len(block)
+        return block
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_a_hung_play_is_cut_by_the_maximum_on_time_and_the_loudspeaker_goes_on(
+    make_loudspeaker: MakeLoudspeaker,
+) -> None:
+    ls = make_loudspeaker(warm_up_s=0.2, idle_off_s=0.5, max_on_s=2.5)
+    release = threading.Event()
+    real_open = ls.service.open_source
+
+    def open_stuck(item: Any, start_s: float) -> Any:
+        source = real_open(item, start_s)
+        return StuckSource(source, release) if item.broadcast_id == "treo" else source
+
+    ls.service.open_source = open_stuck  # type: ignore[method-assign]
+    try:
+        ls.play("treo", ls.tone_source(6.0))
+        assert ls.wait_state("treo", "started")
+        # The play thread hangs; the relay bank's own watchdog opens every relay at max_on_s.
+        assert ls.wait_until(lambda: any(n == "amplifier" and not on for _, n, on in ls.relay_log)), ls.relay_log
+        assert ls.closed_relays() == []
+        assert ls.wait_state("treo", "failed"), ls.events()
+        failed = ls.events("treo")[-1]
+        assert failed["reason"] == "max_on_time" and "stuck" in failed["detail"]
+        # The scheduler gave up on the hung play and serves the next item on a fresh player.
+        ls.play("tiep-theo", ls.tone_source(0.5))
+        assert ls.wait_state("tiep-theo", "finished"), ls.events()
+    finally:
+        release.set()

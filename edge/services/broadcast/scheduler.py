@@ -704,27 +704,26 @@ class BroadcastScheduler:
             item.state = "scheduled"
             item.started_at = None
             owned = self._items.get(item.broadcast_id) is item
-            if error is not None and (cut is None or cut.state != "cancelled"):
+            if cut is not None and cut.state == "cancelled":
+                data = self.event_data(item, "cancelled", reason=cut.reason, **measured)
+                self._commit([data], [])
+            elif cut is not None and cut.state == "failed":  # the safety cut: its reason first
+                extra = {**cut.extra, **({"detail": f"{error[0]}: {error[1]}"} if error else {})}
+                data = self.event_data(item, "failed", reason=cut.reason, **extra, **measured)
+                self._finish_failed(item, data, cut.reason, owned)
+            elif error is not None:
                 data = self.event_data(item, "failed", reason=error[0], detail=error[1], **measured)
                 self._finish_failed(item, data, error[0], owned)
-            elif cut is None:
-                data = self.event_data(item, "finished", **measured)
+            elif cut is None or cut.state == "finished":
+                reason = {} if cut is None else {"reason": cut.reason}
+                data = self.event_data(item, "finished", **reason, **measured)
                 self._finish_played(item, data, owned)
-            elif cut.state == "preempted":
+            else:
                 data = self.event_data(item, "preempted", reason=cut.reason, **cut.extra, **measured)
                 if owned:
                     self._after_cut(item, start_s + played, [data])
                 else:
                     self._commit([data], [])
-            elif cut.state == "finished":
-                data = self.event_data(item, "finished", reason=cut.reason, **measured)
-                self._finish_played(item, data, owned)
-            elif cut.state == "failed":
-                data = self.event_data(item, "failed", reason=cut.reason, **cut.extra, **measured)
-                self._finish_failed(item, data, cut.reason, owned)
-            else:
-                data = self.event_data(item, "cancelled", reason=cut.reason, **measured)
-                self._commit([data], [])
             self._cut = None
             self._phase = "idle"
 
