@@ -10,6 +10,7 @@ fingerprint of the hardware serial number as well as the machine id.
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import hmac
 import logging
@@ -71,8 +72,10 @@ def fingerprint(identity: str) -> str:
     return hmac.new(_FINGERPRINT_KEY, identity.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
 
 
+@functools.cache
 def boot_id() -> str:
-    """This boot of the kernel (changes at every power-up), or a per-process id where there is none."""
+    """This boot of the kernel (changes at every power-up), or a per-process id where there is none.
+    Read once: no process outlives the boot it started in."""
     return _read_first((_BOOT_ID_FILE,)) or _PROCESS_BOOT
 
 
