@@ -1,72 +1,213 @@
-"""The demo: a simulated counter device syncing through a private Mosquitto to ``edge collect``.
+"""The demo: a simulated counter and a simulated loudspeaker syncing through a private Mosquitto to
+``edge collect``.
 
-Run by ``scripts/demo``. It starts a broker on a free port, the collector, and a simulated device
-(``edge sim``) that emits health and test events; halfway through it kills the broker with
-SIGKILL and restarts it, to show that nothing is lost. It ends with a summary of what arrived.
+Run by ``scripts/demo``. It starts a broker on a free port, the collector, and two simulated devices
+(``edge sim``): a counter that emits health and test events, and a loudspeaker on simulated relays and
+sound card. Playing the commune server, it signs two commands with its own key (which the loudspeaker
+trusts) and sends them with ``edge command send``: a spoken announcement, then an emergency siren
+(a file on a media server on loopback) that cuts the announcement; the announcement resumes after it.
+While the siren plays it kills the broker with SIGKILL and restarts it, to show that nothing is lost.
+It ends with what the loudspeaker did, what the collector stored for both devices (the loudspeaker's
+proof of play included), and how many committed events are missing there.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
+from edge import keys
+from edge.cli.sim import send_request
+from sim.audio import tone
 from sim.broker import MosquittoBroker
 from sim.harness import EdgeProcess, collector_rows, run_edge, wait_for, write_device_config
+from sim.loudspeaker import format_broadcast
+from sim.media_server import MediaServer
+
+COMMUNE = "gia-ray"
+COUNTER = "counter-01"
+LOUDSPEAKER = "loa-01"
+ANNOUNCEMENT = "thong-bao-tiep-cong-dan"
+EMERGENCY = "canh-bao-lu"
+#: What the commune reads out: a notice of a citizen dialogue session (numbers, times, abbreviations).
+ANNOUNCEMENT_TEXT = (
+    "Thông báo: UBND phường Gia Ray tổ chức tiếp công dân lúc 8h30 ngày 25/1 tại hội trường KP 3. "
+    "Mời bà con đến dự đông đủ."
+)
+#: The states the demo waits for at the collector, in the order they are committed.
+EXPECTED = [
+    (ANNOUNCEMENT, "scheduled"),
+    (ANNOUNCEMENT, "started"),
+    (EMERGENCY, "scheduled"),
+    (ANNOUNCEMENT, "preempted"),
+    (EMERGENCY, "started"),
+    (EMERGENCY, "finished"),
+    (ANNOUNCEMENT, "resumed"),
+    (ANNOUNCEMENT, "finished"),
+]
+WAIT_S = 60.0
+
+
+def write_siren(path: Path, seconds: float = 3.0) -> Path:
+    """A two-tone siren (the file a commune's emergency would carry), as WAV."""
+    import numpy as np
+    import soundfile
+
+    half = 0.5
+    parts = [tone(660 if i % 2 == 0 else 880, half, rms_dbfs=-14.0) for i in range(round(seconds / half))]
+    soundfile.write(str(path), np.concatenate(parts), 48000, subtype="PCM_16")
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=float, default=12.0, help="how long the device runs")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=12.0, help="the least time the devices run")
     parser.add_argument("--workdir", type=Path, default=None, help="keep files here (default: a temp dir)")
     args = parser.parse_args(argv)
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="commune-edge-demo-"))
     work.mkdir(parents=True, exist_ok=True)
+    began = time.monotonic()
     broker = MosquittoBroker(work / "broker").start()
     print(f"broker      mosquitto on {broker.url} (private, generated config)")
-    config = write_device_config(work / "edge.toml", broker.url, extra="", state_dir=work / "state")
-    env = {"EDGE_CONFIG": str(config), "EDGE_HEALTH__INTERVAL_S": "3", "EDGE_SYNC__ACK_TIMEOUT_S": "3"}
+    fast = {"EDGE_HEALTH__INTERVAL_S": "3", "EDGE_SYNC__ACK_TIMEOUT_S": "3"}
+    counter_cfg = write_device_config(work / "edge.toml", broker.url, extra="", state_dir=work / "state")
+    counter_env = {"EDGE_CONFIG": str(counter_cfg), **fast}
+
+    # The commune server's side: its signing key (the loudspeaker trusts it) and its media server.
+    key_path = work / "server-signing.key"
+    key = keys.generate_signing_key(key_path)
+    media = MediaServer()
+    siren = write_siren(work / "canh-bao-lu.wav")
+    siren_bytes = siren.read_bytes()
+    siren_source = {
+        "url": media.add_file("/media/canh-bao-lu.wav", siren_bytes),
+        "sha256": hashlib.sha256(siren_bytes).hexdigest(),
+        "bytes": len(siren_bytes),
+    }
+    ls_state = work / "loa-state"
+    ls_cfg = write_device_config(
+        work / "loa-01.toml", broker.url, device=LOUDSPEAKER, role="loudspeaker", state_dir=ls_state
+    )
+    ls_sock = work / "loa-01.sock"
+    ls_env = {
+        "EDGE_CONFIG": str(ls_cfg),
+        "EDGE_COMMANDS__TRUSTED_KEYS": json.dumps({keys.key_id(key): keys.public_key_b64(key)}),
+        "EDGE_BROADCAST__SOURCES__ALLOW_HTTP_HOSTS": json.dumps([f"{media.host}:{media.port}"]),
+        **fast,
+    }
+
     db = work / "collector.db"
     collector = EdgeProcess(
-        ["collect", "--broker", broker.url, "--db", str(db), "--commune", "gia-ray", "--summary-interval", "0"],
+        ["collect", "--broker", broker.url, "--db", str(db), "--commune", COMMUNE, "--summary-interval", "0"],
         work / "collector.log",
     ).start()
-    device = EdgeProcess(["sim", "--interval", "0.25"], work / "device.log", env).start()
-    print(f"device      gia-ray/counter-01 (edge sim), config {config}")
+    counter = EdgeProcess(["sim", "--interval", "0.25"], work / "device.log", counter_env).start()
+    loudspeaker = EdgeProcess(["sim", "--control", str(ls_sock)], work / "loa-01.log", ls_env).start()
+    print(f"device      {COMMUNE}/{COUNTER} (edge sim, a counter), config {counter_cfg}")
+    print(f"device      {COMMUNE}/{LOUDSPEAKER} (edge sim, a loudspeaker on MockFactory relays), config {ls_cfg}")
     print(f"collector   edge collect -> {db}")
+    print(f"server      signing key {keys.key_id(key)} ({key_path}); media on {media.url('/media/')}")
+
+    def ask(request: dict[str, Any]) -> dict[str, Any]:
+        reply = send_request(ls_sock, request, timeout=WAIT_S + 10)
+        if not reply.get("ok"):
+            raise RuntimeError(f"the loudspeaker simulator: {reply.get('error')}")
+        return reply
+
+    def send(name: str, play: dict[str, Any]) -> None:
+        server = ["--key", str(key_path), "--broker", broker.url, "--commune", COMMUNE]
+        done = run_edge(
+            ["command", "send", LOUDSPEAKER, name, "--args", json.dumps(play, ensure_ascii=False), *server],
+            check=False,
+        )
+        # Its last line is the final ack: "<ts>  succeeded  {result}".
+        final = (done.stdout.strip().splitlines() or [done.stderr.strip()])[-1]
+        state = final.split()[1] if done.returncode == 0 else final
+        print(f"server      {name} {play['broadcast_id']} ({play['priority']}), signed, edge command send: {state}")
+        if done.returncode != 0:
+            raise RuntimeError(f"{name} {play['broadcast_id']} was not accepted: {final}")
+
+    committed: set[str] = set()
+    story_ok = False
     try:
-        time.sleep(args.seconds / 2)
-        print("chaos       broker killed with SIGKILL and restarted")
+        if not wait_for(lambda: ls_sock.exists() or not loudspeaker.running, WAIT_S) or not loudspeaker.running:
+            raise RuntimeError(f"the loudspeaker simulator did not start; see {work / 'loa-01.log'}")
+        wait_for(lambda: ask({"cmd": "status"})["link"] == "up", WAIT_S)
+        send(
+            "broadcast.play",
+            {
+                "broadcast_id": ANNOUNCEMENT,
+                "priority": "normal",
+                "zones": ["all"],
+                "source": {"text": ANNOUNCEMENT_TEXT},
+                "on_preempt": "resume",
+            },
+        )
+        ask({"cmd": "wait", "broadcast_id": ANNOUNCEMENT, "state": "started", "timeout": WAIT_S})
+        time.sleep(2.0)  # a few words in
+        send(
+            "broadcast.play",
+            {"broadcast_id": EMERGENCY, "priority": "emergency", "zones": ["all"], "source": siren_source},
+        )
+        ask({"cmd": "wait", "broadcast_id": EMERGENCY, "state": "started", "timeout": WAIT_S})
+        print("chaos       broker killed with SIGKILL and restarted (while the siren plays)")
         broker.kill()
         time.sleep(1.0)
         broker.start()
-        time.sleep(args.seconds / 2)
-        device.stop()
-        committed = {e["id"] for e in json.loads(run_edge(["events", "--json", "--limit", "100000"], env).stdout)}
+        ask({"cmd": "wait", "broadcast_id": ANNOUNCEMENT, "state": "finished", "timeout": WAIT_S})
+        time.sleep(max(0.0, args.seconds - (time.monotonic() - began)))
+        ls_stdout = loudspeaker.stop()
+        counter.stop()
+        for env in (counter_env, ls_env):
+            events = json.loads(run_edge(["events", "--json", "--limit", "100000"], env).stdout)
+            committed |= {e["id"] for e in events}
         wait_for(lambda: committed <= {r[0] for r in collector_rows(db)}, timeout=30)
+        story_ok = True
+    except (RuntimeError, OSError) as exc:
+        print(f"demo        stopped: {exc}")
+        ls_stdout = ""
     finally:
-        device.stop()
+        counter.stop()
+        ls_stdout = loudspeaker.stop() or ls_stdout
         summary = collector.stop().strip().splitlines()
         broker.stop()
+        media.close()
 
-    stored = collector_rows(db, "SELECT type, COUNT(*), MIN(seq), MAX(seq) FROM events GROUP BY type")
+    print()
+    print(f"the loudspeaker printed (edge sim, {LOUDSPEAKER}):")
+    for line in ls_stdout.splitlines():
+        if " relay " in line or " broadcast " in line:
+            print(f"  {line}")
+
     ids = [r[0] for r in collector_rows(db, "SELECT id FROM events")]
     missing = committed - set(ids)
     print()
     print("delivered to the collector:")
-    for etype, n, lo, hi in stored:
-        print(f"  {etype:<8} {n:>5} events  (seq {lo}..{hi})")
-    for row in collector_rows(db, "SELECT seq, type, ts, data FROM events ORDER BY seq DESC LIMIT 3"):
-        print(f"  last: seq {row[0]} {row[1]} at {row[2]} {row[3]}")
+    for device in (COUNTER, LOUDSPEAKER):
+        print(f"  {COMMUNE}/{device}")
+        query = "SELECT type, COUNT(*), MIN(seq), MAX(seq) FROM events WHERE device = ? GROUP BY type"
+        for etype, n, lo, hi in collector_rows(db, query, (device,)):
+            print(f"    {etype:<9} {n:>5} events  (seq {lo}..{hi})")
+    print(f"  proof of play from {COMMUNE}/{LOUDSPEAKER}:")
+    query = "SELECT seq, data FROM events WHERE device = ? AND type = 'broadcast' ORDER BY seq"
+    proof = [(seq, json.loads(data)) for seq, data in collector_rows(db, query, (LOUDSPEAKER,))]
+    for seq, data in proof:
+        print(f"    seq {seq:>4}  {format_broadcast(data)}")
     if summary:
         print(f"collector summary: {summary[-1]}")
-    print(f"committed on the device: {len(committed)}; stored at the collector: {len(ids)}; missing: {len(missing)}")
-    print(f"files kept in {work}")
-    return 1 if missing else 0
+    played = [(d["broadcast_id"], d["state"]) for _, d in proof]
+    print(f"committed on the devices: {len(committed)}; stored at the collector: {len(ids)}; missing: {len(missing)}")
+    if played != EXPECTED:
+        print(f"the proof of play is not the expected story: {played}")
+    print(f"files kept in {work} ({time.monotonic() - began:.0f} s)")
+    return 0 if story_ok and not missing and played == EXPECTED else 1
 
 
 if __name__ == "__main__":
