@@ -84,6 +84,13 @@ def build_services(ctx: ServiceContext) -> list[Service]:
             from edge.services.rating import RatingService
 
             services.append(RatingService(ctx.config, ctx.outbox, ctx.registry, ctx.resources))
+        if ctx.config.camera:
+            from edge.services.camera.service import CameraService
+
+            cameras = CameraService(ctx.config, ctx.outbox, ctx.registry, ctx.resources)
+            for rating in services:  # the rating service, if any: a committed low rating records evidence
+                rating.add_observer(cameras.on_rating)  # type: ignore[attr-defined]
+            services.append(cameras)
     if "loudspeaker" in ctx.config.device.roles:
         from edge.services.broadcast.service import BroadcastService
 
