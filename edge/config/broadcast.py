@@ -101,3 +101,20 @@ class BroadcastConfig(EdgeModel):
     def quiet_at(self, at: TimeOfDay) -> bool:
         """Whether local time ``at`` is in any of the quiet hours."""
         return any(span.covers(at) for span in self.quiet_hours)
+
+
+def zone_cap_problems(settings: BroadcastConfig, relay_profile: str) -> list[tuple[tuple[str, ...], str]]:
+    """``(location, message)`` for each zone cap that names a zone the relay board does not have (a
+    typo there would leave the zone it meant uncapped)."""
+    from drivers.relay.profile import load_relay_profile  # drivers import the config's base model
+    from edge.exceptions import BadProfile
+
+    try:
+        zones = load_relay_profile(relay_profile).zone_names
+    except BadProfile:
+        return []  # reported under relays.profile
+    return [
+        (("broadcast", "zone_max_volume_db", zone), f"the relay board has no zone {zone!r} ({', '.join(zones)})")
+        for zone in settings.zone_max_volume_db
+        if zone not in zones
+    ]

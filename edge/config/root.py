@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from edge.config.broadcast import BroadcastConfig
+from edge.config.broadcast import BroadcastConfig, zone_cap_problems
 from edge.config.camera import CameraList
 from edge.config.commands import CommandsConfig
 from edge.config.counter import PanelConfig, RatingConfig
@@ -85,6 +85,7 @@ class EdgeConfig(EdgeModel):
             relays = self.relays
             for key, msg in check_relays(relays.profile, relays.port, relays.modbus_unit, resources=resources):
                 found.append(_section_problem("relays", key, msg, ("port", "modbus_unit")))
+            found.extend(zone_cap_problems(self.broadcast, relays.profile))
         if found:
             raise ValidationError.from_exception_data(
                 type(self).__name__,
