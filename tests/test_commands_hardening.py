@@ -373,6 +373,40 @@ def test_an_urgent_command_does_not_wait_behind_busy_workers(rigs: Any) -> None:
     assert rig.outbox.counters().get("commands_executed") == WORKERS + 3  # with the marker
 
 
+def test_quick_commands_keep_their_order(rigs: Any) -> None:
+    """``broadcast.play`` then ``broadcast.cancel`` of it must not run the other way round."""
+    from edge.commands.runner import CommandRunner
+
+    order: list[tuple[str, int]] = []
+
+    class SeqArgs(EdgeModel):
+        n: int = Field(description="Position in the sequence the server sent.")
+
+    def record(name: str) -> Callable[[SeqArgs, CommandContext], dict[str, Any]]:
+        def handler(args: SeqArgs, ctx: CommandContext) -> dict[str, Any]:
+            order.append((name, args.n))
+            return {}
+
+        return handler
+
+    def register(registry: CommandRegistry) -> None:
+        registry.register("broadcast.play", SeqArgs, record("play"), description="Stand-in.")
+        registry.register("broadcast.cancel", SeqArgs, record("cancel"), description="Stand-in.")
+        registry.register("test.first", SeqArgs, record("first"), description="Ordinary.")
+        registry.register("test.second", SeqArgs, record("second"), description="Ordinary.")
+
+    # A patience longer than the test: what is checked is that the lanes start commands in order.
+    rig = rigs(register, runner=CommandRunner(patience_s=TIMEOUT))
+    names = ["broadcast.play", "broadcast.cancel", "test.first", "test.second"] * 5
+    ids = [rig.send(name, {"n": n})[0] for n, name in enumerate(names)]
+    for cmd_id in ids:
+        assert _final(rig, cmd_id)["state"] == "succeeded"
+
+    urgent = [n for name, n in order if name in ("play", "cancel")]
+    ordinary = [n for name, n in order if name in ("first", "second")]
+    assert urgent == sorted(urgent) and ordinary == sorted(ordinary) and len(order) == len(names)
+
+
 def test_commands_registered_serial_run_one_at_a_time_in_arrival_order(rigs: Any) -> None:
     held = Held()
 

@@ -15,8 +15,9 @@ For each message, on the intake thread, in arrival order (all quick):
    on its lane (``busy``);
 4. the command is written to the journal with an ``accepted`` ack in one durable commit.
 
-Then it runs on its lane (:mod:`edge.commands.runner`), so it waits behind no other command it has
-nothing to do with; its outcome and the ``succeeded``/``failed`` ack are committed together, once.
+Then it runs on its lane (:mod:`edge.commands.runner`): in arrival order, never long behind a slow
+command, and urgent commands never behind an ordinary one. Its outcome and the
+``succeeded``/``failed`` ack are committed together, once.
 
 Acks of commands whose signature verified are durable (the journal keeps them until the broker has
 them). A rejection is also a ``security`` event. A message whose signature does not verify comes from

@@ -14,13 +14,14 @@ arguments that do not fit are rejected as ``invalid_args`` before the handler ru
 ``None``, or raises :class:`CommandFailed` for a ``failed`` ack with a reason. Any other exception is
 a ``failed`` ack with reason ``internal_error`` and is logged with its traceback.
 
-Where a handler runs (:mod:`edge.commands.runner`): on a thread of its own, so a long ``relay.test``
-never holds up another command. ``urgent=True`` puts a command on a lane of its own that ordinary
-commands cannot fill; :data:`URGENT_COMMANDS` are urgent whoever registers them. ``serial=True``
-runs a command one at a time, in arrival order (``config.desired``: two versions must not be applied
-at once). A handler may therefore run while other handlers run: it guards the state it shares. A
-handler that starts something long (a broadcast) still starts it and returns, reporting later
-through its own events.
+Where a handler runs (:mod:`edge.commands.runner`): on a thread of its own. Commands start in
+arrival order, each when the one before it has ended or has run for half a second, so a slow
+``device.selftest`` holds up the next command for at most that long. ``urgent=True`` puts a command
+on a lane of its own that ordinary commands cannot fill; :data:`URGENT_COMMANDS` are urgent whoever
+registers them. ``serial=True`` runs a command one at a time (``config.desired``: two versions must
+not be applied at once). A handler may therefore run while other handlers run: it guards the state
+it shares. A handler that starts something long (a broadcast) starts it and returns, reporting later
+through its own events: then it keeps its place in the order of commands.
 """
 
 from __future__ import annotations

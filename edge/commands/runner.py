@@ -1,22 +1,28 @@
-"""Where accepted commands run, so that none waits behind another it has nothing to do with.
+"""Where accepted commands run, so that none waits long behind another.
 
 The command channel verifies, checks for replays and journals each command on its intake thread, in
 arrival order (all quick); the handler then runs here, on a lane chosen by its registration:
 
 - **urgent** (``broadcast.stop_all``, ``broadcast.cancel``, ``broadcast.play``, or registered
-  ``urgent=True``): a lane of its own with :data:`URGENT_WORKERS` threads, which ordinary commands
-  cannot fill: stopping a loudspeaker never waits for a ``relay.test`` or a slow ``device.selftest``;
-- **serial** (registered ``serial=True``, e.g. ``config.desired``): one lane per command name with one
-  thread, so the command never overlaps itself and runs in arrival order;
-- everything else: a shared lane of :data:`WORKERS` threads.
+  ``urgent=True``): a lane of its own, which ordinary commands cannot fill: stopping a loudspeaker
+  never waits for a ``relay.test`` or a slow ``device.selftest``;
+- **serial** (registered ``serial=True``, e.g. ``config.desired``): one lane per command name that
+  runs one command at a time, so the command never overlaps itself;
+- everything else: a shared lane.
 
-A lane keeps at most :data:`LANE_MAX` commands waiting; the channel refuses more as ``busy`` before
-journaling them (the server's commands never come that fast, but memory is bounded anyway).
+On every lane commands *start in arrival order*, each when the one before it has ended or has run
+for :data:`HEAD_OF_LINE_S`, whichever comes first (on a serial lane: when it has ended). Nearly every
+handler returns in milliseconds (one that starts something long starts it and returns), so commands
+keep their order: ``broadcast.play`` then ``broadcast.cancel`` of the same broadcast means what it
+says, and so does ``officer.assign`` then ``rating.open``. A slow one holds the others up for at most
+that long, then runs on while they go ahead; a lane runs at most :data:`WORKERS` (urgent:
+:data:`URGENT_WORKERS`) commands at once, and keeps at most :data:`LANE_MAX` waiting: the channel
+refuses more as ``busy`` before journaling them.
 
-Threads are started when needed and are daemon threads: a handler stuck for ever must not keep the
-process from exiting when systemd stops it. :meth:`CommandRunner.close` hands back the commands that
-never started, so the channel reports them ``interrupted``; :meth:`CommandRunner.join` waits for the
-running ones.
+Each command runs on a thread of its own, a daemon thread: a handler stuck for ever must not keep
+the process from exiting when systemd stops it. :meth:`CommandRunner.close` hands back the commands
+that never started, so the channel reports them ``interrupted``; :meth:`CommandRunner.join` waits for
+the running ones.
 """
 
 from __future__ import annotations
@@ -32,9 +38,12 @@ from edge.commands.registry import Registration
 
 log = logging.getLogger(__name__)
 
-#: Threads for ordinary commands, and for urgent ones.
+#: Commands a lane runs at once at most: ordinary ones, and urgent ones.
 WORKERS = 4
 URGENT_WORKERS = 4
+
+#: How long a running command keeps the next one on its lane from starting.
+HEAD_OF_LINE_S = 0.5
 
 #: Commands a lane keeps waiting at most.
 LANE_MAX = 100
@@ -50,16 +59,23 @@ class Job:
 
 
 class Lane:
-    """A queue of jobs and up to ``workers`` threads that run them in order of arrival."""
+    """Jobs started in order of arrival by one dispatcher thread, each on a thread of its own.
 
-    def __init__(self, name: str, workers: int, limit: int = LANE_MAX) -> None:
+    A job starts when the one before it has ended or has run for ``patience_s`` (None: has ended),
+    and when fewer than ``workers`` are running.
+    """
+
+    def __init__(
+        self, name: str, workers: int, limit: int = LANE_MAX, patience_s: float | None = HEAD_OF_LINE_S
+    ) -> None:
         self.name = name
         self.workers = workers
         self.limit = limit
+        self.patience_s = patience_s
         self._jobs: deque[Job] = deque()
         self._cond = threading.Condition()
-        self._threads: list[threading.Thread] = []
-        self._idle = 0
+        self._running: set[threading.Thread] = set()
+        self._dispatcher: threading.Thread | None = None
         self._closed = False
 
     def full(self) -> bool:
@@ -73,32 +89,39 @@ class Lane:
             if self._closed or len(self._jobs) >= self.limit:
                 return False
             self._jobs.append(job)
-            # A job that finds no idle thread gets a new one, up to the lane's size. (A woken thread
-            # leaves the idle count and takes a job in one step, so queued jobs beyond the idle
-            # threads are exactly those no thread will take soon.)
-            if len(self._jobs) > self._idle and len(self._threads) < self.workers:
-                thread = threading.Thread(target=self._work, name=f"{self.name}-{len(self._threads) + 1}", daemon=True)
-                self._threads.append(thread)
-                thread.start()
-            else:
-                self._cond.notify()
+            if self._dispatcher is None:
+                self._dispatcher = threading.Thread(target=self._dispatch, name=self.name, daemon=True)
+                self._dispatcher.start()
+            self._cond.notify_all()
             return True
 
-    def _work(self) -> None:
+    def _dispatch(self) -> None:
         while True:
             with self._cond:
-                while not self._jobs and not self._closed:
-                    self._idle += 1
+                # Take a job only when it can start, so that close() finds every job not started.
+                while not self._closed and (not self._jobs or len(self._running) >= self.workers):
                     self._cond.wait()
-                    self._idle -= 1
-                if not self._jobs:
+                if self._closed:
                     return
                 job = self._jobs.popleft()
-            try:
-                job.run()
-            except Exception:
-                # The channel's job records its own failures; this only keeps the thread alive.
-                log.exception("command %s %s failed outside its handler", job.name, job.cmd_id)
+                done = threading.Event()
+                thread = threading.Thread(target=self._work, args=(job, done), name=f"{self.name}:{job.name}")
+                thread.daemon = True
+                self._running.add(thread)
+            thread.start()
+            done.wait(self.patience_s)
+
+    def _work(self, job: Job, done: threading.Event) -> None:
+        try:
+            job.run()
+        except Exception:
+            # The channel's job records its own failures; this only keeps the lane going.
+            log.exception("command %s %s failed outside its handler", job.name, job.cmd_id)
+        finally:
+            done.set()
+            with self._cond:
+                self._running.discard(threading.current_thread())
+                self._cond.notify_all()
 
     def close(self) -> list[Job]:
         """Take no more jobs; return those that never started. Running ones go on to their end."""
@@ -110,24 +133,31 @@ class Lane:
             return left
 
     def join(self, deadline: float) -> bool:
-        """Wait until the threads have ended (after :meth:`close`) or ``deadline`` (monotonic) passes;
-        True if they have."""
+        """Wait until the running jobs have ended (after :meth:`close`) or ``deadline`` (monotonic)
+        passes; True if they have."""
         with self._cond:
-            threads = list(self._threads)
+            threads = [t for t in (self._dispatcher, *self._running) if t is not None]
+        me = threading.current_thread()
         for thread in threads:
-            if thread is not threading.current_thread():
+            if thread is not me:
                 thread.join(max(0.0, deadline - time.monotonic()))
-        return not any(t.is_alive() for t in threads if t is not threading.current_thread())
+        return not any(t.is_alive() for t in threads if t is not me)
 
 
 class CommandRunner:
-    """The lanes of one command channel."""
+    """The lanes of one command channel (sizes and patience: the module's constants by default)."""
 
-    def __init__(self, workers: int = WORKERS, urgent_workers: int = URGENT_WORKERS, limit: int = LANE_MAX) -> None:
+    def __init__(
+        self,
+        workers: int = WORKERS,
+        urgent_workers: int = URGENT_WORKERS,
+        limit: int = LANE_MAX,
+        patience_s: float = HEAD_OF_LINE_S,
+    ) -> None:
         self._lock = threading.Lock()
         self.limit = limit
-        self._ordinary = Lane("command", workers, limit)
-        self._urgent = Lane("command-urgent", urgent_workers, limit)
+        self._ordinary = Lane("command", workers, limit, patience_s)
+        self._urgent = Lane("command-urgent", urgent_workers, limit, patience_s)
         self._serial: dict[str, Lane] = {}
         self._closed = False
 
@@ -140,7 +170,9 @@ class CommandRunner:
         with self._lock:
             lane = self._serial.get(registration.name)
             if lane is None:
-                lane = self._serial[registration.name] = Lane(f"command-{registration.name}", 1, self.limit)
+                lane = self._serial[registration.name] = Lane(
+                    f"command-{registration.name}", 1, self.limit, patience_s=None
+                )
                 if self._closed:
                     lane.close()
             return lane
