@@ -102,6 +102,7 @@ class MosquittoBroker:
                 f"keyfile {self.tls.key_file}",
                 f"require_certificate {'true' if self.tls.require_certificate else 'false'}",
                 "use_identity_as_username true",
+                "use_username_as_clientid true",  # as the shipped template: no session takeover by id
                 "allow_anonymous false",
                 # Started as root, mosquitto drops to the "mosquitto" user before it loads the
                 # certificates, and the test's 0600 keys would be unreadable: stay the current user.
@@ -141,6 +142,15 @@ class MosquittoBroker:
             except OSError:
                 time.sleep(0.02)
         raise TimeoutError(f"mosquitto did not listen on port {self.port} within {timeout}s")
+
+    def pause(self) -> None:
+        """SIGSTOP: the broker hangs (a frozen server, a saturated network); connections stay open."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGCONT)
 
     def kill(self) -> None:
         """SIGKILL, as a power cut or OOM kill would: no will messages from the broker itself."""

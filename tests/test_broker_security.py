@@ -294,6 +294,18 @@ def test_device_made_key_and_csr_signed_by_the_ca_can_connect(
     server.wait_for(f"{PREFIX}/dev/loa-09/evt/test", b"hello")
 
 
+def test_a_device_cannot_take_over_another_devices_session(client: ClientFactory) -> None:
+    # MQTT drops the older of two connections with one client id. The broker makes the certificate's
+    # CN the client id, so a device asking for another's id gets its own and the other stays on.
+    victim = client("counter-01")
+    victim.subscribe(f"{PREFIX}/dev/counter-01/cmd/#")
+    client("counter-02", "counter-01")
+    server = client("server", "srv-takeover")
+    assert accepted(server.publish(f"{PREFIX}/dev/counter-01/cmd/test", b"still here"))
+    victim.wait_for(f"{PREFIX}/dev/counter-01/cmd/test", b"still here")
+    assert not victim.disconnected
+
+
 # -- what a device may publish ---------------------------------------------------------------------
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +24,12 @@ from paho.mqtt.properties import Properties
 from edge.collector import Collector
 from edge.config import BrokerAddress, SyncConfig, load_config
 from edge.daemon import Daemon
-from edge.exceptions import BadMessage
+from edge.exceptions import BadMessage, LinkError
 from edge.messages import EvtAck, parse
 from edge.store import NewEvent, Outbox
+from edge.store.journal import CommandJournal
 from edge.sync import LinkSettings, MqttLink, Uplink
+from edge.sync.replies import ReplySender
 from edge.sync.undeliverable import undeliverable
 from edge.topics import Topics
 from sim.broker import MosquittoBroker
@@ -89,7 +92,7 @@ def stacks() -> Iterator[list[Any]]:
     made: list[Any] = []
     yield made
     for thing in reversed(made):
-        thing.stop()
+        (thing.close if isinstance(thing, Outbox) else thing.stop)()
 
 
 def sync_stack(
@@ -420,3 +423,117 @@ def test_a_daemon_that_loses_a_loop_names_it_and_stops(tmp_path: Path, broker: M
         assert daemon.supervisor.reason == f"{part} thread died: SystemExit: {part} injected"
     finally:
         daemon.stop_after_failure()
+
+
+# -- 3. the paho boundary across reconnects -------------------------------------------------------
+
+
+def broker_log_since_start(broker: MosquittoBroker) -> str:
+    text = (broker.workdir / "mosquitto.log").read_text(errors="replace")
+    return text.rsplit("mosquitto version", 1)[-1]
+
+
+@pytest.fixture
+def verbose_broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
+    """A broker that logs every packet it receives."""
+    b = MosquittoBroker(tmp_path / "verbose-broker", extra_config="log_type all").start()
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+def start_link(broker: MosquittoBroker, stacks: list[Any], client_id: str = "counter-01", **kw: Any) -> MqttLink:
+    link = MqttLink(LinkSettings(address=BrokerAddress.parse(broker.url), client_id=client_id, **kw))
+    stacks.append(link)
+    link.start()
+    return link
+
+
+def test_after_a_reconnect_paho_sends_no_copy_of_its_own_and_no_old_acknowledgement_resolves_a_new_publish(
+    verbose_broker: MosquittoBroker, stacks: list[Any]
+) -> None:
+    broker = verbose_broker
+    link = start_link(broker, stacks, reconnect_min_s=0.1, reconnect_max_s=0.5)
+    assert link.wait_connected(30)
+    topic = TOPICS.evt("probe")
+    # The broker hangs with the message unacknowledged, then dies and comes back empty.
+    broker.pause()
+    lost = link.publish(topic + "-lost", b"lost")
+    lost_mid = link._client._last_mid
+    broker.kill()
+    broker.start()
+    assert wait_for(lost.done, timeout=30)
+    assert isinstance(lost.exception(), LinkError)  # its owner (the outbox, the journal) sends it again
+    assert wait_for(lambda: link.generation >= 2 and link.connected.is_set(), timeout=30)
+    link.publish(topic, b"marker").result(30)
+    assert topic + "-lost" not in broker_log_since_start(broker), "paho sent its own copy after the reconnect"
+    # The next publish that gets the old message id (paho's counter wraps at 65535) must wait for
+    # its own acknowledgement, not take one left over from the old message.
+    link._client._last_mid = lost_mid - 1
+    broker.pause()
+    try:
+        fut = link.publish(topic, b"reused id")
+        assert link._client._last_mid == lost_mid
+        assert not fut.done(), "resolved by an acknowledgement the broker never sent for it"
+    finally:
+        broker.resume()
+    fut.result(30)  # and then its own acknowledgement does resolve it
+
+
+def test_reply_outcomes_are_recorded_on_the_senders_thread_not_the_network_thread(
+    tmp_path: Path, broker: MosquittoBroker, stacks: list[Any]
+) -> None:
+    outbox = Outbox(tmp_path / "events.db")
+    stacks.append(outbox)
+    journal = CommandJournal(outbox)
+    link = start_link(broker, stacks)
+    sender = ReplySender(journal, link, TOPICS)
+    stacks.append(sender)
+    sender.start()
+    recorded_on: list[str] = []
+    reply_sent = journal.reply_sent
+
+    def spy(reply_id: int) -> None:
+        recorded_on.append(threading.current_thread().name)
+        reply_sent(reply_id)
+
+    journal.reply_sent = spy  # type: ignore[method-assign]
+    journal.reply("ack", b'{"v":1}')
+    sender.wake()
+    assert wait_for(lambda: recorded_on and not journal.pending_replies(), timeout=30)
+    assert recorded_on == ["replies"]
+
+
+def test_the_daemon_records_its_link_state_off_the_network_thread(tmp_path: Path, broker: MosquittoBroker) -> None:
+    config_path = write_device_config(tmp_path / "edge.toml", broker.url, state_dir=tmp_path / "state")
+    daemon = Daemon(load_config(config_path, environ=FAST_SYNC))
+    written_on: list[str] = []
+    set_meta = daemon.outbox.set_meta
+
+    def spy(key: str, value: str) -> None:
+        if key == "link":
+            written_on.append(threading.current_thread().name)
+        set_meta(key, value)
+
+    daemon.outbox.set_meta = spy  # type: ignore[method-assign]
+    daemon.start()
+    try:
+        assert wait_for(lambda: (daemon.outbox.get_meta("link") or "").startswith("up"), timeout=30)
+    finally:
+        daemon.stop()
+    assert "mqtt-link" not in written_on
+
+
+def test_two_devices_with_one_client_id_back_off_instead_of_taking_each_other_over(
+    broker: MosquittoBroker, stacks: list[Any]
+) -> None:
+    # Two Pis from one SD card image: the same client id. Each connection drops the other's.
+    twins = [start_link(broker, stacks, client_id="cloned-01") for _ in range(2)]
+    assert wait_for(lambda: all(t.stats.connects >= 1 for t in twins), timeout=30)
+    # Observed over a fixed span: how often they knock is the point. A reconnect after each
+    # takeover (0.5 s at first) would make dozens of connections; a backoff that only starts over
+    # after a connection stayed up 30 s doubles each time, and allows a few.
+    time.sleep(12)
+    connects = sum(t.stats.connects for t in twins)
+    assert connects <= 16, f"{connects} connections in 12 s"
