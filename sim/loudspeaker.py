@@ -149,6 +149,13 @@ class SimLoudspeaker:
     # -- lifecycle ---------------------------------------------------------------------------------
 
     def start(self) -> SimLoudspeaker:
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()  # the card's FIFOs, the media server and the board must not outlive a failed start
+            raise
+
+    def _start(self) -> SimLoudspeaker:
         from edge.daemon import Daemon
         from edge.services.broadcast.service import BroadcastService
         from sim.media_server import MediaServer
