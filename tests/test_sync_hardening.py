@@ -29,10 +29,12 @@ from edge.messages import EvtAck, parse
 from edge.store import NewEvent, Outbox
 from edge.store.journal import CommandJournal
 from edge.sync import LinkSettings, MqttLink, Uplink
+from edge.sync.link import EARLY_MAX
 from edge.sync.replies import ReplySender
 from edge.sync.undeliverable import undeliverable
+from edge.sync.uplink import ACKS_MAX
 from edge.topics import Topics
-from sim.broker import MosquittoBroker
+from sim.broker import MosquittoBroker, current_user
 from sim.harness import EdgeProcess, collector_rows, daemon_link, run_edge, wait_for, write_device_config
 from tests.conftest import FAST_SYNC, Device
 
@@ -537,3 +539,119 @@ def test_two_devices_with_one_client_id_back_off_instead_of_taking_each_other_ov
     time.sleep(12)
     connects = sum(t.stats.connects for t in twins)
     assert connects <= 16, f"{connects} connections in 12 s"
+
+
+# -- refusals that are not the events' fault -----------------------------------------------------
+
+
+@pytest.fixture
+def acl_broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
+    """A broker whose ACL lets counter-01 write its panel events but not its test events or acks (and
+    the collector its evtacks and presence)."""
+    acl = tmp_path / "acl"
+    allowed = [TOPICS.evt("panel"), TOPICS.evtack, TOPICS.server_status]
+    acl.write_text("topic read #\n" + "".join(f"topic write {t}\n" for t in allowed))
+    # Started as root, mosquitto would read the ACL as its own user, who cannot enter the test's directory.
+    extra = f"acl_file {acl}\nuser {current_user()}"
+    b = MosquittoBroker(tmp_path / "acl-broker", extra_config=extra).start()
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+def test_a_batch_the_acl_refuses_stays_pending_and_other_types_still_flow(
+    tmp_path: Path, acl_broker: MosquittoBroker, stacks: list[Any]
+) -> None:
+    collector = start_collector(tmp_path, acl_broker, stacks)
+    stack = sync_stack(tmp_path, acl_broker, stacks, max_inflight=2)
+    refused = [stack.outbox.append("test", {"n": i}) for i in range(5)]
+    allowed = [stack.outbox.append("panel", {"n": i}) for i in range(5)]
+    assert wait_for(lambda: stored_ids(tmp_path / "collector.db", "panel") == {c.id for c in allowed}, timeout=60)
+    assert wait_for(lambda: stack.uplink.stats.refused >= 1, timeout=30)
+    # A configuration problem on the broker, not a bad event: nothing is set aside, all stays pending.
+    assert undeliverable(stack.outbox) == []
+    assert {e.seq for e in stack.outbox.pending()} == {c.seq for c in refused}
+    assert collector.summary()["stored"] == 5
+
+
+def test_a_reply_the_broker_keeps_refusing_is_dropped_and_forgotten(
+    tmp_path: Path, acl_broker: MosquittoBroker, stacks: list[Any]
+) -> None:
+    outbox = Outbox(tmp_path / "events.db")
+    stacks.append(outbox)
+    journal = CommandJournal(outbox)
+    link = start_link(acl_broker, stacks)
+    sender = ReplySender(journal, link, TOPICS)
+    stacks.append(sender)
+    sender.start()
+    for i in range(5):
+        journal.reply("ack", json.dumps({"n": i}).encode())
+    sender.wake()
+    assert wait_for(lambda: outbox.counters().get("replies_refused") == 5, timeout=60), outbox.counters()
+    assert journal.pending_replies() == []
+    # Nothing is kept about replies that are gone.
+    assert sender._refusals == {}
+
+
+# -- 4. bounds ------------------------------------------------------------------------------------
+
+
+def test_the_collector_drops_the_oldest_waiting_message_past_its_bound_and_the_device_sends_it_again(
+    tmp_path: Path, broker: MosquittoBroker, stacks: list[Any]
+) -> None:
+    collector = start_collector(tmp_path, broker, stacks, max_queued_bytes=4000)
+    device = make_device(tmp_path, broker)
+    # One event per message, a wide window: many small messages at once.
+    device.env.update({"EDGE_SYNC__BATCH_MAX_EVENTS": "1", "EDGE_SYNC__MAX_INFLIGHT": "50"})
+    daemon = start_connected(device)
+    try:
+        # The collector's database is busy (an analyst's long write, say): nothing can be stored.
+        blocker = sqlite3.connect(tmp_path / "collector.db", timeout=30)
+        blocker.execute("BEGIN IMMEDIATE")
+        try:
+            printed = run_edge(["emit", "test", "--count", "60"], env=device.env).stdout.split()
+            assert wait_for(lambda: collector.stats.dropped_overload > 0, timeout=10)
+            with collector._lock:
+                assert collector._queued_bytes <= 4000
+        finally:
+            blocker.rollback()
+            blocker.close()
+        # Nothing dropped was acknowledged: the device sends it again, and everything arrives once.
+        assert wait_for(lambda: stored_ids(tmp_path / "collector.db") == set(printed), timeout=120)
+    finally:
+        daemon.stop()
+    assert collector_rows(tmp_path / "collector.db", "SELECT COUNT(*) FROM events WHERE type = 'test'")[0][0] == 60
+
+
+def test_evtacks_waiting_for_a_stalled_store_are_bounded(
+    tmp_path: Path, broker: MosquittoBroker, stacks: list[Any]
+) -> None:
+    stack = sync_stack(tmp_path, broker, stacks)
+    pending = stack.outbox.append("test", {})
+    server = Probe(broker, "flood")
+    stacks.append(server)
+    ack = json.dumps({"v": 1, "epoch": stack.outbox.epoch, "ranges": [[pending.seq, pending.seq]]}).encode()
+    # The SD card stalls: the outbox cannot commit, so the uplink waits on its first evtack.
+    blocker = sqlite3.connect(stack.outbox.path, timeout=30)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        for _ in range(3000):
+            server.client.publish(TOPICS.evtack, ack, qos=0)
+        assert wait_for(lambda: stack.uplink.stats.acks_dropped >= 1000, timeout=30), stack.uplink.stats
+        assert len(stack.uplink._acks) <= ACKS_MAX
+    finally:
+        blocker.rollback()
+        blocker.close()
+    assert wait_for(lambda: stack.outbox.stats().depth == 0, timeout=30)
+
+
+def test_acknowledgements_nobody_waits_for_are_bounded(broker: MosquittoBroker, stacks: list[Any]) -> None:
+    link = start_link(broker, stacks)
+    assert link.wait_connected(30)
+    # QoS 0 messages are "acknowledged" by paho once written, with nobody waiting: the same path a
+    # stray acknowledgement would take.
+    for i in range(2000):
+        link.publish(TOPICS.evt("probe"), str(i).encode(), qos=0)
+    assert wait_for(lambda: link.stats.stale_pubacks >= 2000 - EARLY_MAX, timeout=30)
+    assert len(link._early) <= EARLY_MAX
