@@ -13,15 +13,16 @@ from collections.abc import Callable, Sequence
 from pydantic import ValidationError
 
 from edge import __version__
-from edge.cli import collect, command, device, hwtest, keys, setup, sim
+from edge.cli import collect, command, device, doctor, hwtest, keys, setup, sim
 from edge.cli.common import CliError
 from edge.exceptions import ConfigError, EdgeError
 from edge.model import problems
+from edge.systemd import use_journal_if_attached
 
 log = logging.getLogger(__name__)
 
 #: The modules whose subcommands make up ``edge``, in the order ``edge --help`` lists them.
-MODULES = (setup, device, sim, hwtest, keys, command, collect)
+MODULES = (setup, device, sim, hwtest, keys, command, collect, doctor)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,6 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    use_journal_if_attached()  # under systemd: structured entries to journald instead of plain stderr lines
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
