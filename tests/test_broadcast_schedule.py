@@ -26,6 +26,12 @@ pytest_plugins = ["tests.broadcast_fixtures"]
 QUIET = [{"start": "22:00", "end": "05:30"}]
 
 
+def quiet_spans() -> list[Any]:
+    from edge.config.broadcast import QuietHours
+
+    return [QuietHours.model_validate(span) for span in QUIET]
+
+
 def at(hour: int, minute: int = 0, second: int = 0, day: date | None = None) -> datetime:
     """Today (or ``day``) at a local time of day, in this machine's zone."""
     now = datetime.now().astimezone()
@@ -349,3 +355,21 @@ def test_a_hung_play_is_cut_by_the_maximum_on_time_and_the_loudspeaker_goes_on(
         assert ls.wait_state("tiep-theo", "finished"), ls.events()
     finally:
         release.set()
+
+
+def test_quiet_hours_set_live_apply_to_what_waits(make_loudspeaker: MakeLoudspeaker, settable: type) -> None:
+    from edge.commands.desired import is_live
+    from edge.services import LIVE_KEYS
+
+    clock = settable(at(23, 0))
+    ls = make_loudspeaker(clock=clock)
+    new = ls.service._config.model_copy(
+        update={"broadcast": ls.service.settings.model_copy(update={"quiet_hours": quiet_spans()})}
+    )
+    assert is_live({"broadcast.quiet_hours"}, LIVE_KEYS)  # cfg/desired applies it without a restart
+
+    ls.service.reconfigure(new)
+    ls.play("dem-khuya", ls.tone_source(0.5), "normal")
+
+    time.sleep(1.0)
+    assert ls.states("dem-khuya") == ["scheduled"] and ls.card.items == []

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from drivers.audio import AudioUnavailable, BadAudio
 from edge.clock import now_iso
 from edge.config.broadcast import BroadcastConfig
-from edge.exceptions import EdgeError, HardwareError
+from edge.exceptions import EdgeError, HardwareError, RelayFault
 from edge.services.broadcast.plan import (
     RANK,
     Clock,
@@ -170,7 +170,13 @@ class _PlayJob:
     """Plays one source on its own thread; the scheduler watches and may stop it."""
 
     def __init__(
-        self, player: AudioPlayer, source: PcmSource, gain: float, meter: LevelMeter | None, wake: Callable[[], None]
+        self,
+        player: AudioPlayer,
+        source: PcmSource,
+        gain: float,
+        meter: LevelMeter | None,
+        wake: Callable[[], None],
+        on_first_sample: Callable[[], None] = lambda: None,
     ) -> None:
         self.player = player
         self.source = _Tracked(source)
@@ -180,9 +186,9 @@ class _PlayJob:
         self.error: tuple[str, str] | None = None
         self.heard_dbfs: float | None = None
         self.meter_error: str | None = None
-        self.first_sample = threading.Event()
         self.done = threading.Event()
         self._wake = wake
+        self._on_first_sample = on_first_sample
         self._thread = threading.Thread(target=self._run, name="broadcast-play", daemon=True)
 
     def start(self) -> None:
@@ -205,7 +211,7 @@ class _PlayJob:
                 except (AudioUnavailable, HardwareError) as exc:
                     self.meter_error = str(exc)
                     meter = None
-            self.result = self.player.play_source(self.source, gain_db=self.gain, on_start=self.first_sample.set)
+            self.result = self.player.play_source(self.source, gain_db=self.gain, on_start=self._on_first_sample)
         except AudioUnavailable as exc:
             self.error = ("no_audio_device", str(exc))
         except BadAudio as exc:
@@ -294,8 +300,9 @@ class BroadcastScheduler:
             self._cond.notify_all()
 
     def add_observer(self, observer: Observer) -> None:
-        """Call ``observer(kind, data)`` after each committed ``broadcast`` or ``test`` event (on a
-        thread of its own, in order)."""
+        """Call ``observer(kind, data)`` after each committed ``broadcast`` or ``test`` event, and with
+        ``first_sample`` when an item's first samples were written to the card (on a thread of its own,
+        in order)."""
         self._observers.append(observer)
 
     def reconfigure(self, settings: BroadcastConfig) -> None:
@@ -329,9 +336,7 @@ class BroadcastScheduler:
             now = self._now_ts()
             return {
                 "phase": self._phase,
-                "on_air": None
-                if cur is None
-                else (cur.broadcast_id if isinstance(cur, Item) else f"relay.test:{cur.test_id}"),
+                "on_air": None if cur is None else _name(cur),
                 "quiet": self._quiet(),
                 "items": [
                     {
@@ -418,9 +423,7 @@ class BroadcastScheduler:
             for test in tests:
                 self._record_test(test, "cancelled", "stop_all")
         return {
-            "stopped": None
-            if playing is None
-            else (playing.broadcast_id if isinstance(playing, Item) else "relay.test"),
+            "stopped": None if playing is None else _name(playing),
             "dropped": [i.broadcast_id for i in dropped],
             "relays_off": relays is None,
             **({"relay_problem": relays} if relays else {}),
@@ -579,7 +582,16 @@ class BroadcastScheduler:
             with self._cond:
                 if not self._still_current(item):
                     return
-                job = _PlayJob(player, source, gain, meter, self.wake)
+                bid = item.broadcast_id
+                job = _PlayJob(
+                    player,
+                    source,
+                    gain,
+                    meter,
+                    self.wake,
+                    # For observers (edge sim, the benchmark): when sound really reached the card.
+                    on_first_sample=lambda: self._notify("first_sample", {"broadcast_id": bid, "at": time.monotonic()}),
+                )
                 self._job = job
                 self._phase = "playing"
                 self._begin_play(item, start_s, gain)
@@ -617,8 +629,10 @@ class BroadcastScheduler:
                 if not self._still_current(item):
                     return False
                 since = bank.amp_on_since
-                if since is None:  # the safety cut opened it meanwhile
-                    return False
+                if since is None:
+                    if self._cut is not None or not isinstance(item, Item):
+                        return False  # the safety cut opened it meanwhile
+                    raise RelayFault("the amplifier relay did not stay on")
                 left = since + bank.warm_up_s - time.monotonic()
                 now = self._now_ts()
                 better = self._best(now)
@@ -1024,6 +1038,9 @@ class BroadcastScheduler:
                 bank.set_zones(())
             except HardwareError as exc:
                 log.error("could not open the zone relays: %s", exc)
+                # A failed all_off() is retried by the bank's watchdog until the board answers.
+                with contextlib.suppress(HardwareError):
+                    bank.all_off()
         with self._cond:
             self._idle_since = time.monotonic()
 

@@ -28,6 +28,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -298,7 +299,7 @@ class BroadcastService:
 
     # -- checks of broadcast.play (PlayChecks) -----------------------------------------------------
 
-    def now(self) -> Any:
+    def now(self) -> datetime:
         return self.clock()
 
     def check_zones(self, zones: list[str]) -> list[str]:
