@@ -310,7 +310,7 @@ class Collector:
         try:
             batch: EventBatch = parse(EventBatch, payload, self.max_message_bytes)
         except BadMessage as exc:
-            received = self._answerable(where, payload)
+            received = None if exc.reason == "oversized" else self._answerable(where, payload)
             if received is None:
                 self._reject(exc.reason, topic, exc.detail)
             else:
