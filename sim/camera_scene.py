@@ -626,7 +626,9 @@ class SceneServer:
             codec = ["-c:v", "copy"] if _is_mjpeg(self.video) else ["-c:v", "mjpeg", "-q:v", "3"]
             return [*head, *codec, "-f", "mpjpeg", "-listen", "1", self.url]
         codec = ["-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-g", "10", "-pix_fmt", "yuv420p"]
-        return [*head, *codec, "-f", "mpegts", "-listen", "1", self.url]
+        # Sent as it is made: the muxer would otherwise hold 32 KiB, seconds of a 5 fps stream.
+        flush = ["-flush_packets", "1", "-muxdelay", "0"]
+        return [*head, *codec, *flush, "-f", "mpegts", "-listen", "1", self.url]
 
     def start(self) -> SceneServer:
         """Start serving (again, after ``stop()``); returns once ffmpeg listens."""
