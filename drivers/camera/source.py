@@ -38,11 +38,9 @@ class CameraSource:
 def redact_url(url: str) -> str:
     """``rtsp://admin:secret@10.0.0.5/stream`` → ``rtsp://10.0.0.5/stream``."""
     parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
+    if "@" not in parts.netloc:
         return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
+    host = parts.netloc.rsplit("@", 1)[1]  # not .port: a bad port must not hide the URL in its own error
     return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 
