@@ -37,6 +37,7 @@ from edge.supervisor import Supervisor
 from edge.sync import LinkSettings, MqttLink, Uplink, Will
 from edge.sync.replies import ReplySender
 from edge.sync.uplink import status_payload
+from edge.systemd import DaemonWatchdog
 from edge.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -322,12 +323,15 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: signalled.set())
         daemon: Daemon = self
+        systemd = DaemonWatchdog()  # READY=1, the watchdog while the supervisor finds all alive, STOPPING=1
         while True:
             daemon.start()
+            systemd.serving(daemon.supervisor, daemon.config.device.id)
             outcome = None
             try:
                 outcome = daemon.wait(signalled)
             finally:
+                systemd.stopping(restart=outcome == "restart")
                 if outcome == "failed":
                     daemon.stop_after_failure()
                 else:

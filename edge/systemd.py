@@ -233,7 +233,7 @@ class DaemonWatchdog:
     that follows the daemon's :class:`~edge.supervisor.Supervisor`, ``RELOADING=1`` for an in-process
     restart and ``STOPPING=1`` at the end.
 
-    Used by the daemon as ``serving(supervisor, status)`` after each start and ``stopping(restart)``
+    Used by the daemon as ``serving(supervisor, device)`` after each start and ``stopping(restart)``
     before each stop.
     """
 
@@ -276,14 +276,16 @@ class DaemonWatchdog:
             return f"the supervisor has not finished a round for {now - round_at:.0f} s (a loop or the store is stuck)"
         return True
 
-    def serving(self, supervisor: Supervisor, status: str) -> None:
-        """The daemon has started (the store is open, the services run): follow ``supervisor``."""
+    def serving(self, supervisor: Supervisor, device: str) -> None:
+        """The daemon of ``device`` has started (the store is open, the services run): follow
+        ``supervisor``, and name the device in every journal entry from now on."""
+        set_journal_device(device)
         with self._lock:
             self._supervisor = supervisor
             self._round_at = time.monotonic()
             self._restarting_since = None
         supervisor.chore("systemd watchdog", self._on_round)
-        self.notifier.ready(status)
+        self.notifier.ready(f"running: device {device}")
         self.watchdog.start()
 
     def stopping(self, restart: bool = False) -> None:
@@ -370,9 +372,9 @@ class JournalHandler(logging.Handler):
             "SYSLOG_IDENTIFIER": self.identifier,
             "LOGGER": record.name,
             "THREAD_NAME": record.threadName or "",
-            "CODE_FILE": record.pathname,
+            "CODE_FILE": record.pathname or "",
             "CODE_LINE": str(record.lineno),
-            "CODE_FUNC": record.funcName,
+            "CODE_FUNC": record.funcName or "",
         }
         for attr, name in RECORD_FIELDS.items():
             value = getattr(record, attr, None)
