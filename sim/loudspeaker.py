@@ -396,7 +396,7 @@ class SimLoudspeaker:
         self._emit("command", {"name": name, "cmd_id": cmd_id, "state": "signed", "args": dict(args)})
         # Exactly what the MQTT link does with a message on cmd/<name>: the channel verifies the
         # signature and the claims, journals the command and runs it; the acks go to the server.
-        self.daemon.channel._on_message(self.daemon.topics.cmd(name), token.encode())
+        self.daemon.channel.deliver(self.daemon.topics.cmd(name), token.encode())
         deadline = time.monotonic() + timeout
         outcome = self.daemon.journal.get(cmd_id)
         while outcome is None or outcome.state not in TERMINAL_STATES:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from typing import Any
@@ -18,6 +19,7 @@ from edge.cli.common import (
     print_json,
 )
 from edge.config import EdgeConfig
+from edge.services.broadcast import HARDWARE_META as BROADCAST_HARDWARE_META
 from edge.store import PRIORITIES, Outbox
 from edge.sync.undeliverable import undeliverable, undeliverable_count
 
@@ -64,7 +66,20 @@ def status_report(config: EdgeConfig, outbox: Outbox) -> dict[str, Any]:
         "counters": stats.counters,
         "undeliverable_total": undeliverable_count(outbox),
         "undeliverable": undeliverable(outbox),
+        "hardware": _hardware_problems(outbox, running),
     }
+
+
+def _hardware_problems(outbox: Outbox, running: bool) -> dict[str, str]:
+    """The problems the services last wrote to the store's meta (``relays``, ``speaker``...), while
+    the daemon that wrote them runs: a stopped daemon's old problems say nothing of the hardware now."""
+    if not running:
+        return {}
+    try:
+        found = json.loads(outbox.get_meta(BROADCAST_HARDWARE_META) or "{}")
+    except ValueError:
+        return {}
+    return {str(k): str(v) for k, v in found.items() if v} if isinstance(found, dict) else {}
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -89,6 +104,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"evictions   bulk {report['evictions']['bulk']}, normal {report['evictions']['normal']}",
         f"store       {report['store']['bytes']} of {report['store']['cap']} bytes, epoch {report['store']['epoch']}",
     ]
+    for part, problem in report["hardware"].items():
+        lines.append(f"{part:<11} problem: {problem}")
     if report["undeliverable_total"]:
         lines.append(f"set aside   {report['undeliverable_total']} undeliverable event(s), see --json")
     out("\n".join(lines))

@@ -138,6 +138,11 @@ class CommandChannel:
     def _on_message(self, topic: str, payload: bytes) -> None:
         self._enqueue(topic, payload, len(payload))
 
+    def deliver(self, topic: str, payload: bytes) -> None:
+        """Take a message as if it had arrived from the broker on ``topic``: the simulator hands
+        its training commands over here. It is verified, journaled and answered like any other."""
+        self._on_message(topic, payload)
+
     def on_oversized(self, topic: str, size: int) -> None:
         """The link dropped a message over its size cap; if it was a command, reject it."""
         if topic.startswith(self._cmd_prefix) or topic == self.topics.cfg_desired:

@@ -12,3 +12,7 @@ Modules:
 - :mod:`~edge.services.broadcast.cache`: audio files fetched by URL into a content-addressed cache;
 - :mod:`~edge.services.broadcast.live`: live relay of the commune station's stream with failover.
 """
+
+#: The store ``meta`` key where the broadcast service keeps its current hardware problems (a JSON
+#: object, e.g. ``{"relays": "relay board not answering on /dev/ttyUSB0"}``), read by ``edge status``.
+HARDWARE_META = "broadcast.hardware"

@@ -39,6 +39,7 @@ from edge.commands.registry import CommandContext, CommandFailed, CommandRegistr
 from edge.config import EdgeConfig
 from edge.exceptions import ConfigError, EdgeError, HardwareError, ResourceBusy
 from edge.ids import new_id
+from edge.services.broadcast import HARDWARE_META
 from edge.services.broadcast.cache import AudioCache, SourceRejected
 from edge.services.broadcast.plan import (
     ALL_ZONES,
@@ -75,7 +76,7 @@ AUDIO_RETRY_S = 30.0
 #: Waits between attempts to fetch a file that was unreachable, doubling up to the last.
 FETCH_BACKOFF_S = (5.0, 10.0, 30.0, 60.0, 300.0)
 #: Outbox meta key with the loudspeaker's hardware problems, for ``edge status``.
-STATUS_META = "broadcast.hardware"
+STATUS_META = HARDWARE_META
 #: Source reasons worth trying again later (the network, the speech engine); others are final.
 TRANSIENT_REASONS = frozenset({"unreachable", "http_error", "speech_unavailable"})
 
@@ -482,7 +483,9 @@ class BroadcastService:
         bank.on_safety_cut = self._on_safety_cut
         bank.on_change = self._on_relay_change
         self.bank = bank
-        log.info("relay board %s open, every relay off: %s", self.profile.model, bank.states())
+        # states() reads a board with readback, which may be the one not answering: the open
+        # itself succeeded, and its trouble is reported as the relay problem below.
+        log.info("relay board %s open, every relay off", self.profile.model)
         self._set_problem("relays", bank.problem)
 
     def _relay_problem(self) -> str | None:
