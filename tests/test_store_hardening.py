@@ -227,7 +227,8 @@ def test_a_request_the_writer_cannot_reach_in_time_is_withdrawn(tmp_path: Path) 
         assert len(errors) == 1 and "may yet be committed" in str(errors[0])
         outbox.wait_timeout_s = 60.0
         assert outbox.append("rating", {"score": 3}).seq == 1  # the withdrawn rating never got a seq
-        assert [e.data for e in outbox.list_events()] == [{"score": 3}]
+        # ... nor a link in the chain.
+        assert [(e.data["score"], e.data["chain"]["n"]) for e in outbox.list_events()] == [(3, 1)]
 
 
 FULL_CARD = r"""
@@ -356,16 +357,16 @@ def test_a_corrupt_store_is_quarantined_and_its_readable_pending_events_come_acr
     db = tmp_path / "events.db"
     with Outbox(db, owner=True, machine_id="pi-1") as outbox:
         committed = [
-            outbox.append("rating", {"score": 1 + i % 5, "n": i, "note": "x" * 200}, dedupe_key=f"press-{i}")
+            outbox.append("rating", {"score": 1 + i % 5, "press": i, "note": "x" * 200}, dedupe_key=f"press-{i}")
             for i in range(300)
         ]
         outbox.mark_acked([(1, 50)])
         before = {e.id: e for e in outbox.list_events(limit=1000)}
         old_epoch = outbox.epoch
-    # Overwrite the page that holds rating n=150 (rows are ~260 bytes, ~15 to a 4 KiB page).
+    # Overwrite the page that holds press 150 (rows are ~400 bytes with their chain link, ~10 to a 4 KiB page).
     raw = bytearray(db.read_bytes())
-    page = raw.index(b'"n":150,') // 4096
-    spoiled = {int(n) for n in re.findall(rb'"n":(\d+),', bytes(raw[page * 4096 : (page + 1) * 4096]))}
+    page = raw.index(b'"press":150,') // 4096
+    spoiled = {int(n) for n in re.findall(rb'"press":(\d+),', bytes(raw[page * 4096 : (page + 1) * 4096]))}
     assert 150 in spoiled and min(spoiled) > 50
     raw[page * 4096 : (page + 1) * 4096] = b"\xa5" * 4096
     db.write_bytes(bytes(raw))
@@ -427,7 +428,7 @@ def test_status_and_events_only_read_the_store(tmp_path: Path) -> None:
     run_edge(["emit", "rating", "--data", '{"score": 5}'], env=env)
     size = (state / "events.db").stat().st_size
     listed = json.loads(run_edge(["events", "--json"], env=env).stdout)
-    assert [(e["type"], e["data"]) for e in listed] == [("rating", {"score": 5})]
+    assert [(e["type"], e["data"]["score"], e["data"]["chain"]["n"]) for e in listed] == [("rating", 5, 1)]
     assert json.loads(run_edge(["status", "--json"], env=env).stdout)["queue"]["depth"] == 1
     assert (state / "events.db").stat().st_size == size
     assert not (state / "wake.sock").exists() and not (state / "daemon.lock").exists()

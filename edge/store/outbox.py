@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from edge.clock import ClockMonitor, now_iso
 from edge.exceptions import EventTooLarge, StoreCorrupt, StoreError, StoreFull
 from edge.ids import new_id
+from edge.store import chain
 from edge.store.host import DaemonLock, TimeSource, fingerprint, machine_identity, private_dir, private_file
 from edge.store.salvage import Salvage, salvage
 
@@ -278,6 +279,13 @@ def max_event_bytes_for(config: EdgeConfig) -> int:
     return min(config.sync.batch_max_bytes, DEFAULT_MAX_EVENT_BYTES)
 
 
+def _chain_seal(head: chain.ChainHead | None, epoch: str | None) -> dict[str, Any] | None:
+    """The last link of epoch ``epoch``'s chain as a ``security`` event reports it, if there is one."""
+    if head is None or head.epoch != epoch:
+        return None
+    return {"epoch": head.epoch, "n": head.n, "digest": head.digest}
+
+
 def _upsert_meta(conn: sqlite3.Connection, key: str, value: str) -> None:
     conn.execute(
         "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -293,6 +301,10 @@ class Outbox:
     (``machine_id`` overrides what is read from the system), tightens the modes of existing files,
     and moves a corrupt database aside, copying what it can still read into the new one. Any other
     process that finds the file corrupt waits a little for the daemon to do that, then gives up.
+
+    ``timestamp`` gives each event's ``ts`` (local time with its UTC offset, as the contract has
+    it): the wall clock, unless a simulator replays another time. ``rating`` and ``broadcast``
+    events are chained as they are inserted (:mod:`edge.store.chain`).
     """
 
     def __init__(
@@ -308,6 +320,7 @@ class Outbox:
         machine_id: str | None = None,
         time_source: TimeSource | None = None,
         readonly: bool = False,
+        timestamp: Callable[[], str] = now_iso,
     ) -> None:
         self.path = Path(path)
         self.max_bytes = max_bytes
@@ -315,6 +328,7 @@ class Outbox:
         self.max_event_bytes = max_event_bytes
         self.clock = clock or ClockMonitor()
         self.time = time_source or TimeSource()
+        self.timestamp = timestamp
         self.owner = owner and not readonly
         self.readonly = readonly
         self.device_id = device_id
@@ -556,6 +570,7 @@ class Outbox:
             new_epoch = secrets.token_hex(8)
             again = conn.execute("UPDATE events SET acked_at = NULL WHERE acked_at IS NOT NULL").rowcount
             pending = conn.execute("SELECT COUNT(*) FROM events WHERE acked_at IS NULL").fetchone()[0]
+            head = chain.read_head(conn)
             _upsert_meta(conn, "epoch", new_epoch)
             self.moved = {
                 **changes,
@@ -563,6 +578,8 @@ class Outbox:
                 "new_epoch": new_epoch,
                 "pending": int(pending),
                 "made_pending_again": int(again),
+                # The old chain's last link, so the collector can tell whether all of it arrived.
+                "old_chain": _chain_seal(head, epoch),
             }
             log.error(
                 "event store %s was last used by another %s: new epoch %s, %d events to send again",
@@ -610,8 +627,20 @@ class Outbox:
         found = self.salvaged or Salvage()
 
         def copy(conn: sqlite3.Connection) -> list[Committed]:
+            # Salvaged events keep their data, and with it their link in the old epoch's chain; and
+            # their seq, which that link's digest covers, so the copy hashes as the original did.
+            # Seqs stay unique in the new epoch: its own events are numbered after them. (Should
+            # another process have appended first, the copies are numbered after its events and
+            # their links then show as breaks, which is what the verifier should say of them.)
+            top = int(conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
+            keep = all(e.old_seq > top for e in found.events)
             committed = [
-                self._insert(conn, (e.id, e.type, e.priority, e.ts, e.clock_synced, e.data, None, 0.0))
+                self._insert(
+                    conn,
+                    (e.id, e.type, e.priority, e.ts, e.clock_synced, e.data, None, 0.0),
+                    chained=False,
+                    seq=e.old_seq if keep else None,
+                )
                 for e in found.events
             ]
             new_seq = {e.id: c.seq for e, c in zip(found.events, committed, strict=True)}
@@ -657,7 +686,9 @@ class Outbox:
             {
                 "kind": "store_quarantined",
                 "path": str(self.quarantined),
+                "old_epoch": found.epoch,
                 "new_epoch": self.epoch,
+                "old_chain": _chain_seal(found.chain_head, found.epoch),
                 "readable": found.readable,
                 "recovered": len(found.events),
                 "unreadable": found.unreadable,
@@ -939,9 +970,12 @@ class Outbox:
         if priority not in _PRIORITY_CODE:
             raise ValueError(f"priority must be one of {', '.join(PRIORITIES)}: {priority!r}")
         data = json.dumps(event.data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        # The writer adds the chain link to chained events: room for it is kept here, where the
+        # caller can still be told the event is too large.
+        extra = chain.CHAIN_BYTES if event.type in chain.CHAINED_TYPES else 0
         # A code point is at most 4 bytes in UTF-8: most events need no encoding to be measured.
-        if len(data) * 4 > self.max_event_bytes:
-            size = len(data.encode("utf-8"))
+        if len(data) * 4 + extra > self.max_event_bytes:
+            size = len(data.encode("utf-8")) + extra
             if size > self.max_event_bytes:
                 raise EventTooLarge(
                     f"{event.type} event data is {size:,} bytes; the limit is {self.max_event_bytes:,}",
@@ -952,24 +986,35 @@ class Outbox:
             new_id(),
             event.type,
             _PRIORITY_CODE[priority],
-            now_iso(),
+            self.timestamp(),
             int(self.clock.synced()),
             data,
             event.dedupe_key,
             event.dedupe_ttl_s,
         )
 
-    def _insert(self, conn: sqlite3.Connection, row: _Row) -> Committed:
+    def _insert(
+        self, conn: sqlite3.Connection, row: _Row, *, chained: bool = True, seq: int | None = None
+    ) -> Committed:
+        """Insert one event in the writer's open transaction. ``chained=False`` and ``seq`` are for
+        an event carried over from another store: its chain link is already in its data, and
+        ``seq`` keeps the number that link was made with."""
         event_id, etype, prio, ts, synced, data, dedupe_key, ttl = row
         if dedupe_key is not None:
             seen = conn.execute("SELECT id, seq FROM dedupe WHERE key = ?", (dedupe_key,)).fetchone()
             if seen is not None:
                 return Committed(seen[0], seen[1], duplicate=True)
+        made: chain.Link | None = None
+        if chained and etype in chain.CHAINED_TYPES:
+            data, made = chain.link(conn, data)
         cur = conn.execute(
-            "INSERT INTO events (id, type, priority, ts, clock_synced, data) VALUES (?, ?, ?, ?, ?, ?)",
-            (event_id, etype, prio, ts, synced, data),
+            "INSERT INTO events (seq, id, type, priority, ts, clock_synced, data) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (seq, event_id, etype, prio, ts, synced, data),
         )
         seq = int(cur.lastrowid or 0)
+        if made is not None:
+            # Same transaction as the insert: the head and the event are committed together or not at all.
+            chain.advance(conn, made, event_id, seq, etype, ts, data)
         if dedupe_key is not None:
             conn.execute(
                 "INSERT INTO dedupe (key, id, seq, expires, boot, live_until) VALUES (?, ?, ?, ?, ?, ?)",

@@ -20,6 +20,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from edge.store.chain import ChainHead
+
 log = logging.getLogger(__name__)
 
 #: How far past the last readable row to probe when the file no longer says how many rows it had.
@@ -55,6 +57,9 @@ class Salvage:
     replies: list[tuple[Any, ...]] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)
     uptime_seen: str | None = None
+    #: The old store's epoch and the last link of its chain, when its ``meta`` could be read.
+    epoch: str | None = None
+    chain_head: ChainHead | None = None
 
 
 def _valid_event(row: tuple[Any, ...], check_type: Callable[[str], None]) -> SalvagedEvent | None:
@@ -177,8 +182,12 @@ def salvage(path: Path, check_type: Callable[[str], None]) -> Salvage:
         for name, value in _rows(conn, "SELECT name, value FROM counters"):
             if isinstance(name, str) and isinstance(value, int):
                 out.counters[name] = value
-        meta = _rows(conn, "SELECT value FROM meta WHERE key = 'uptime_seen'")
-        out.uptime_seen = str(meta[0][0]) if meta else None
+        meta = dict(_rows(conn, "SELECT key, value FROM meta WHERE key IN ('uptime_seen', 'epoch', 'chain')"))
+        out.uptime_seen = str(meta["uptime_seen"]) if "uptime_seen" in meta else None
+        out.epoch = str(meta["epoch"]) if "epoch" in meta else None
+        with contextlib.suppress(TypeError, ValueError, KeyError):
+            head = json.loads(meta["chain"])
+            out.chain_head = ChainHead(str(head["epoch"]), int(head["n"]), str(head["digest"]))
     finally:
         conn.close()
     return out
