@@ -199,8 +199,10 @@ def test_a_relay_board_that_goes_away_fails_the_item_and_recovers(rig: Rig) -> N
     assert rig.card.items == []
 
     def hardware() -> dict[str, Any]:
-        rows = collector_rows(rig.dev.device.db, "SELECT value FROM meta WHERE key = 'broadcast.hardware'")
-        return json.loads(rows[0][0]) if rows else {}
+        # What a technician sees: `edge status` names the relay problem while the daemon runs.
+        status = run_edge(["status", "--json"], env=rig.dev.device.env, check=False)
+        found: dict[str, Any] = json.loads(status.stdout)["hardware"] if status.returncode == 0 else {}
+        return found
 
     assert wait_for(lambda: "relays" in hardware(), TIMEOUT)
     rig.board.replug(new_path=False)
