@@ -182,7 +182,8 @@ def test_each_incident_has_its_own_id() -> None:
 
 
 def test_ten_minutes_of_normal_counter_life_raise_no_tamper() -> None:
-    script = [(30, "seat"), (200, "still"), (260, "work"), (300, "leave"), (320, "seat"), (500, "leave")]
+    script: list[tuple[Any, ...]] = [(30, "seat"), (200, "still"), (260, "work"), (300, "leave")]
+    script += [(320, "seat"), (500, "leave")]
     script += [(400, "light", {"factor": 0.7, "ramp_s": 20}), (560, "light", {"factor": 1.0, "ramp_s": 20})]
     scene = CounterScene(script, duration_s=600, walkers_every_s=6, seed=4)
     assert len(scene.walkers) > 60
@@ -199,6 +200,7 @@ def test_lost_needs_n_ticks_without_a_frame_and_ends_after_n_frames() -> None:
         analyzer.feed(frame)
     assert [analyzer.missed(100.0 + k) for k in range(N - 1)] == [[]] * (N - 1)
     (start,) = analyzer.missed(200.0)
+    assert isinstance(start, TamperChange)
     assert (start.kind, start.state, start.at) == ("lost", "start", 200.0)
     assert analyzer.missed(201.0) == []
     ends = [c for frame in frames[30 : 30 + N] for c in analyzer.feed(frame) if isinstance(c, TamperChange)]

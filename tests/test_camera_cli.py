@@ -27,7 +27,7 @@ def test_the_simulated_camera_gives_its_rate_and_one_blurred_snapshot(tmp_path: 
     assert report["blurred_faces"] >= 1
     assert snapshot.stat().st_mode & 0o777 == 0o600
     picture = cv2.imread(str(snapshot))
-    assert picture.shape == (480, 640, 3)
+    assert picture is not None and picture.shape == (480, 640, 3)
     assert picture[415:, :].max() <= 24  # the privacy mask (the citizen's side) is black
     # The officer's face (where the scene put it) has lost its detail against the unblurred scene.
     scene = CounterScene([(0, "seat")], duration_s=12, walkers_every_s=4)

@@ -123,7 +123,7 @@ def test_calibration_is_taken_on_command_and_survives_a_restart(
     rig = rig_for(rigs, config)
     handler = rig.registry.get("camera.calibrate")
     result = handler.handler(handler.parse_args({"camera": "q1-cam"}), None)  # type: ignore[arg-type]
-    assert result["camera"] == "q1-cam" and result["frames"] == 15
+    assert result is not None and result["camera"] == "q1-cam" and result["frames"] == 15
     stored = tmp_path / "state" / "camera" / "q1-cam.reference.npz"
     assert stored.stat().st_mode & 0o777 == 0o600
     assert rig.service.status()["q1-cam"]["reference"]["how"] == "calibrated"
