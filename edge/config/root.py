@@ -16,6 +16,7 @@ from edge.config.mqtt import MqttConfig, SyncConfig
 from edge.config.relays import RelaysConfig
 from edge.config.speaker import SpeakerConfig
 from edge.config.speech import SpeechConfig
+from edge.config.update import UpdateConfig
 from edge.model import EdgeModel
 
 
@@ -53,6 +54,10 @@ class EdgeConfig(EdgeModel):
     broadcast: BroadcastConfig = Field(
         default_factory=BroadcastConfig,
         description="The broadcast scheduler (loudspeaker devices): quiet hours, volume caps, audio sources.",
+    )
+    update: UpdateConfig = Field(
+        default_factory=UpdateConfig,
+        description="Signed software updates: allowed hosts, the installation, health timeout, versions kept.",
     )
 
     @field_validator("panel")
