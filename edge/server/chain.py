@@ -17,7 +17,7 @@ stored them, :class:`ChainVerifier` names every break:
 Events are verified in chain order, whatever order they arrive in: the collector may receive a
 live rating before the backlog behind it, so a gap is reported as ``missing`` for as long as it
 lasts, and disappears once the events arrive. ``verified`` is how many events from ``n`` = 1 on
-are present with every link holding. The newest event's content is vouched for only once the next
+are present with every link holding, up to the first break. The newest event's content is vouched for only once the next
 one arrives, or by the seal a device sends when an epoch ends (the ``old_chain`` of a
 ``store_quarantined`` or ``store_moved`` ``security`` event), which also tells how long the old
 chain was, so events lost at its end show as missing.
@@ -253,13 +253,16 @@ class _Chain:
         breaks.extend(self.loose)
         breaks.sort(key=lambda b: (b.n if b.n is not None else 1 << 62, b.kind))
         events = sum(len(v) for v in self.by_n.values())
+        # The prefix's links hold, but its last events may be what a later link shows was changed.
+        placed = [b.n for b in breaks if b.n is not None]
+        verified = min(self.prefix, min(placed) - 1) if placed else self.prefix
         return ChainStatus(
             commune,
             device,
             epoch,
             events=events,
             length=length,
-            verified=self.prefix,
+            verified=verified,
             breaks=breaks,
             carried=self.carried,
             sealed=self.seal[0] if self.seal else None,
@@ -297,10 +300,10 @@ class _Chain:
                 out.append(
                     ChainBreak(
                         "reordered",
-                        b.n,
+                        a.n,
                         f"n={b.n} (seq {b.seq}) is stored before n={a.n} (seq {a.seq})",
-                        seq=b.seq,
-                        id=b.id,
+                        seq=a.seq,
+                        id=a.id,
                     )
                 )
         bad = [(a, b) for a, b in pairs if b.prev != a.digest and a.id not in reordered and b.id not in reordered]
