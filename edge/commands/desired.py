@@ -55,6 +55,7 @@ from edge.config import EdgeConfig, load_config_data, merge_config, parse_config
 from edge.exceptions import ConfigError
 from edge.messages import CfgReported
 from edge.model import EdgeModel
+from edge.store import formats
 from edge.store.journal import CommandJournal
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ log = logging.getLogger(__name__)
 DESIRED_FILE = "desired.json"
 
 #: Key paths the server may not set (a section, or ``section.key``).
-LOCAL_ONLY: tuple[str, ...] = ("device.id", "device.commune", "store.state_dir", "mqtt", "commands")
+LOCAL_ONLY: tuple[str, ...] = ("device.id", "device.commune", "store.state_dir", "mqtt", "commands", "update")
 
 
 class DesiredArgs(EdgeModel):
@@ -110,6 +111,8 @@ class DesiredStore:
         """``(version, overlay)``; ``(0, {})`` when nothing was ever applied or the file is unreadable."""
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
+            if not formats.desired_readable(data):
+                raise ValueError(f"written by a newer version (format_compat {data.get('format_compat')!r})")
             version, overlay = data["version"], data["config"]
             if isinstance(version, int) and isinstance(overlay, dict):
                 return version, overlay
@@ -121,7 +124,13 @@ class DesiredStore:
             return 0, {}
 
     def save(self, version: int, overlay: Mapping[str, Any], cmd_id: str) -> None:
-        doc = {"version": version, "config": overlay, "cmd_id": cmd_id, "applied_at": now_iso()}
+        doc = {
+            **formats.desired_stamp(),
+            "version": version,
+            "config": overlay,
+            "cmd_id": cmd_id,
+            "applied_at": now_iso(),
+        }
         tmp = self.path.with_suffix(".tmp")
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(doc, f, ensure_ascii=False, indent=2)

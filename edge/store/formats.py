@@ -22,6 +22,7 @@ before they existed is format 1); in ``desired.json`` they are members of the do
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 from collections.abc import Mapping
@@ -120,8 +121,20 @@ def _numbers(rows: Mapping[str, str]) -> dict[str, int]:
 
 def desired_readable(doc: Mapping[str, Any]) -> bool:
     """Whether this program may use (and later replace) a ``desired.json`` document."""
+    if not isinstance(doc, Mapping):
+        return True  # not a document at all: the reader's own checks say so
     compat = doc.get("format_compat", 1)
     return isinstance(compat, int) and compat <= DESIRED_FORMAT
+
+
+def desired_file_compat(path: Path) -> int:
+    """The ``format_compat`` of the ``desired.json`` at ``path`` (1 if it has none or there is none)."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return 1
+    compat = doc.get("format_compat", 1) if isinstance(doc, Mapping) else 1
+    return compat if isinstance(compat, int) else 1
 
 
 def desired_stamp() -> dict[str, int]:

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from edge.clock import ClockMonitor, now_iso
 from edge.exceptions import EventTooLarge, StoreCorrupt, StoreError, StoreFull
 from edge.ids import new_id
-from edge.store import chain
+from edge.store import chain, formats
 from edge.store.host import DaemonLock, TimeSource, fingerprint, machine_identity, private_dir, private_file
 from edge.store.salvage import Salvage, salvage
 
@@ -479,6 +479,7 @@ class Outbox:
             if check != [("ok",)]:
                 raise StoreCorrupt("; ".join(str(r[0]) for r in check[:3]))
             conn.executescript(_SCHEMA)
+            formats.check_store(conn, self.path)  # a store from a newer version is refused, never migrated
             self._migrate(conn)
         except sqlite3.Error as exc:
             conn.close()
