@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pydantic import ValidationError
 
 from edge import __version__
-from edge.cli import collect, command, device, doctor, hwtest, keys, report, setup, sim
+from edge.cli import collect, command, device, doctor, hwtest, keys, report, setup, sim, update
 from edge.cli.common import CliError
 from edge.exceptions import ConfigError, EdgeError
 from edge.model import problems
@@ -22,7 +22,7 @@ from edge.systemd import use_journal_if_attached
 log = logging.getLogger(__name__)
 
 #: The modules whose subcommands make up ``edge``, in the order ``edge --help`` lists them.
-MODULES = (setup, device, sim, hwtest, keys, command, collect, report, doctor)
+MODULES = (setup, device, sim, hwtest, keys, command, collect, report, doctor, update)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,5 +1,5 @@
-"""Commands every device has: ``sync.resend`` and ``device.selftest`` (``config.desired`` lives in
-:mod:`edge.commands.desired`)."""
+"""Commands every device has: ``sync.resend``, ``device.selftest`` and ``device.update``
+(``config.desired`` lives in :mod:`edge.commands.desired`, ``device.update`` in :mod:`edge.update`)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from pydantic import Field, StrictInt, model_validator
 from edge import __version__
 from edge.commands.registry import CommandContext, CommandRegistry, NoArgs
 from edge.model import EdgeModel
+from edge.update import register_update
 
 if TYPE_CHECKING:
     from edge.daemon import Daemon
@@ -77,7 +78,7 @@ def hardware_found(globs: Sequence[str] = HARDWARE_GLOBS) -> list[str]:
 
 
 def register_builtin(registry: CommandRegistry, daemon: Daemon) -> None:
-    """Register ``sync.resend`` and ``device.selftest`` for ``daemon``."""
+    """Register ``sync.resend``, ``device.selftest`` and ``device.update`` for ``daemon``."""
 
     def resend(args: ResendArgs, ctx: CommandContext) -> dict[str, Any]:
         requeued = 0
@@ -128,3 +129,4 @@ def register_builtin(registry: CommandRegistry, daemon: Daemon) -> None:
     registry.register(
         "device.selftest", NoArgs, selftest, description="Report versions, link, queue and the hardware found."
     )
+    register_update(registry, daemon)
