@@ -250,11 +250,12 @@ class MqttLink:
                 blame = functools.partial(
                     PacketTooLarge, f"the broker dropped the connection over this message: {reason}"
                 )
-            elif culprit is not None and not from_broker and not _is_keepalive_timeout(reason):
+            elif culprit is not None and not from_broker and _is_lost(reason) and not self._stop.is_set():
                 # Most often the broker did not get to say why (it closed the socket while the rest
                 # of a large packet was still being written): let the owner see whether it repeats.
-                # A broker that says why (taken over, shutting down) was not choking on a packet, and
-                # a keepalive timeout is a silent network, not a refusal.
+                # A broker that says why (taken over, shutting down) was not choking on a packet, a
+                # keepalive timeout is a silent network, not a refusal, and a normal disconnection
+                # is our own.
                 sent = pending[culprit][1] if culprit in pending else time.monotonic()
                 if time.monotonic() - sent <= SUSPECT_WINDOW_S:
                     blame = functools.partial(
@@ -499,8 +500,9 @@ def _is_packet_too_large(reason: ReasonCode | None) -> bool:
     return reason is not None and reason.value == 0x95
 
 
-def _is_keepalive_timeout(reason: ReasonCode | None) -> bool:
-    return reason is not None and reason.value == 0x8D
+def _is_lost(reason: ReasonCode | None) -> bool:
+    """A connection that broke under us: neither our own disconnection (0) nor a keepalive timeout."""
+    return reason is not None and reason.value not in (0x00, 0x8D)
 
 
 def _varint_bytes(n: int) -> int:
