@@ -479,7 +479,7 @@ TALLY_HEADER = [
     "counted",
     *LABELS,
     "other_labels",
-    "satisfied",
+    "satisfied_total",  # not "satisfied", which is the column of that label
     "share_satisfied",
     "flagged",
     *(f"flagged_{k}" for k in MISUSE_KINDS),
