@@ -8,6 +8,12 @@ against :class:`~sim.serial_mcu.SerialMcu` on a pseudo-terminal (through a symli
 replug, as ``/dev/serial/by-id`` does). The speaker is the real sounddevice → PortAudio → ALSA path
 into ALSA's ``file`` plugin, so what was said is a WAV file that can be measured.
 
+Cameras: every ``[[camera]]`` of the configuration (and one more with ``camera=True``, ``edge sim
+--camera``) watches a simulated counter scene drawn with the camera's own profile
+(:class:`~sim.counter_camera.SimCamera`), served over HTTP by ffmpeg on loopback; its ``source`` is
+set to that stream. The real camera service reads it, and a low rating pressed on the simulated panel
+records a blurred clip linked to it, as on a real counter.
+
 A person or a test drives it with one vocabulary of JSON requests, from a scenario file or over a
 Unix socket (one JSON object per line, one JSON reply per line)::
 
@@ -17,8 +23,17 @@ Unix socket (one JSON object per line, one JSON reply per line)::
     {"cmd": "wait", "s": 1.5}                {"cmd": "status"}   {"cmd": "outputs"}   {"cmd": "ratings"}
     {"cmd": "stop"}
 
-What the panel and speaker did is printed as it happens (LEDs, buzzer, speaker, ratings, windows,
-panel events), as text or JSON lines.
+and, in front of a camera (``camera``: its name, default the first)::
+
+    {"cmd": "seat"}   {"cmd": "leave"}   {"cmd": "still"}   {"cmd": "work"}
+    {"cmd": "cover", "level": 8}   {"cmd": "uncover"}        {"cmd": "blur", "sigma": 6}   {"cmd": "unblur"}
+    {"cmd": "shift", "dx": 48, "dy": 0}   {"cmd": "unshift"}  {"cmd": "freeze"}   {"cmd": "unfreeze"}
+    {"cmd": "light", "factor": 0.6, "ramp_s": 5}             {"cmd": "stop_stream"}   {"cmd": "start_stream"}
+    {"cmd": "calibrate"}              {"cmd": "evidence"}   (the clips and snapshots written, where they are)
+
+What the panel, speaker and cameras did is printed as it happens (LEDs, buzzer, speaker, ratings,
+windows, panel events; scene actions, presence, tamper and evidence events as committed), as text or
+JSON lines.
 """
 
 from __future__ import annotations
@@ -42,6 +57,7 @@ import yaml
 from drivers.profiles import GpioProfile, SerialProfile
 from edge.config import EdgeConfig, parse_config
 from edge.exceptions import CommandRejected, EdgeError
+from sim.counter_camera import SCENE_ACTIONS, STREAM_FORMATS, SimCamera
 from sim.gpio_panel import SimGpioPanel
 from sim.serial_mcu import SerialMcu
 
@@ -49,6 +65,11 @@ log = logging.getLogger(__name__)
 
 #: The default panel when the configuration has no [panel] section.
 DEFAULT_PROFILE = "gpio-4btn-rpi"
+#: The camera ``edge sim --camera`` adds, and its profile.
+SIM_CAMERA = "sim-cam"
+SIM_CAMERA_PROFILE = "sim-counter-640x480"
+#: How long start() waits for each camera's first picture and empty-seat reference.
+CAMERA_READY_S = 60.0
 
 Printer = Callable[[dict[str, Any]], None]
 
@@ -102,12 +123,35 @@ def watched_mock_factory(on_output: Callable[[int, bool], None]) -> Any:
 class SimCounter:
     """The daemon of a counter device with a simulated panel and speaker. ``start()``, then ``stop()``."""
 
-    def __init__(self, config: EdgeConfig, *, work_dir: Path, printer: Printer, profile: str | None = None) -> None:
+    def __init__(
+        self,
+        config: EdgeConfig,
+        *,
+        work_dir: Path,
+        printer: Printer,
+        profile: str | None = None,
+        camera: bool = False,
+        scene: str = "mjpeg",
+    ) -> None:
         panel = {"profile": profile or (config.panel.profile if config.panel else DEFAULT_PROFILE)}
         data = config.model_dump(mode="json")
         data["panel"] = panel
         if "counter" not in data["device"]["roles"]:
             data["device"]["roles"].append("counter")
+        if scene not in STREAM_FORMATS:
+            raise SimError(f"the scene is served as one of {', '.join(STREAM_FORMATS)}, not {scene!r}")
+        cameras = data.get("camera") or []
+        if camera:
+            if any(c["name"] == SIM_CAMERA for c in cameras):
+                raise SimError(f"the configuration already has a camera named {SIM_CAMERA}")
+            cameras.append({"name": SIM_CAMERA, "source": "0", "profile": SIM_CAMERA_PROFILE})
+        #: The simulated scene in front of each camera, by camera name.
+        self.cameras: dict[str, SimCamera] = {}
+        for cam in cameras:
+            sim_camera = SimCamera(cam["profile"], work_dir=work_dir, fmt=scene, name=cam["name"])
+            cam["source"] = sim_camera.url  # the camera reads the scene's stream, as it reads an IP camera's
+            self.cameras[cam["name"]] = sim_camera
+        data["camera"] = cameras
         self.config = parse_config(data, "edge sim")
         self.work_dir = work_dir
         self.speaker_wav = work_dir / "speaker.wav"
@@ -120,12 +164,15 @@ class SimCounter:
         self._lock = threading.Lock()
         self._ratings = threading.Condition()
         self._ratings_seen = 0
+        self._rating_seqs: dict[str, int] = {}  # rating id -> seq, so an evidence line names the rating's seq
         self._outputs: list[dict[str, Any]] = []
         self._stopped = threading.Event()
         self.gpio: SimGpioPanel | None = None
         self.mcu: SerialMcu | None = None
         self.daemon: Any = None
         self.service: Any = None
+        self.camera_service: Any = None
+        self._evidence_seen = 0
         self._watch: threading.Thread | None = None
         self._server: socket.socket | None = None
         self.control_path: Path | None = None
@@ -158,10 +205,22 @@ class SimCounter:
             assert self.config.panel is not None
             port = self.config.panel.model_copy(update={"port": self.mcu.path})
             self.config = self.config.model_copy(update={"panel": port})
+        for name, sim_camera in self.cameras.items():
+            # Before the daemon: the camera finds its stream at once, as a powered IP camera's.
+            sim_camera.start()
+            how = "MJPEG" if sim_camera.fmt == "mjpeg" else "H.264 in MPEG-TS"
+            self._emit("camera", {"camera": name, "url": sim_camera.url, "format": how, "fps": sim_camera.fps})
         self.daemon = Daemon(self.config)
         services = [s for s in self.daemon.services if isinstance(s, RatingService)]
         self.service = services[0]
         self.service.add_observer(self._on_service)
+        if self.cameras:
+            from edge.services.camera.service import CameraService
+
+            self.camera_service = next(s for s in self.daemon.services if isinstance(s, CameraService))
+            self.camera_service.add_observer(self._on_camera)
+            self._evidence_seen = self.daemon.outbox.last_seq()
+            self.daemon.outbox.add_listener(self._on_commit)
         self.daemon.start()
         if not _wait_until(lambda: self.service.panel is not None and self.service.panel.connected, 15.0):
             self._emit("error", {"error": "the simulated panel did not come up", **self.service.status()["panel"]})
@@ -170,7 +229,24 @@ class SimCounter:
             self._watch.start()
         kind = "GPIO on gpiozero MockFactory" if self.gpio else f"serial MCU on {self.mcu.path if self.mcu else ''}"
         self._emit("sim", {"text": f"counter {self.service.counter} with panel {profile.model} ({kind})"})
+        self._wait_cameras()
         return self
+
+    def _wait_cameras(self) -> None:
+        """Wait until every camera streams and has its empty-seat reference: an officer seated
+        before the reference is taken would be learned as part of the empty seat."""
+        if self.camera_service is None:
+            return
+        watches = self.camera_service.watches
+        if not _wait_until(lambda: all(w.analyzer.reference is not None for w in watches.values()), CAMERA_READY_S):
+            for name, watch in watches.items():
+                if watch.analyzer.reference is None:
+                    stats = watch.camera.stats
+                    why = stats.error or f"camera {stats.state}, {stats.frames} frames"
+                    self._emit("error", {"error": f"camera {name} has no empty-seat reference yet ({why})"})
+            return
+        for name, watch in watches.items():
+            self._emit("sim", {"text": f"camera {name} ready: the empty seat is its reference ({watch.profile.model})"})
 
     def stop(self) -> None:
         if self._stopped.is_set():
@@ -184,6 +260,9 @@ class SimCounter:
                     self.control_path.unlink()
         if self.daemon is not None:
             self.daemon.stop()
+        # After the daemon: a scene gone first would be reported as a lost camera.
+        for sim_camera in self.cameras.values():
+            sim_camera.close()
         if self.mcu is not None:
             self.mcu.close()
         if self._watch is not None:
@@ -266,13 +345,69 @@ class SimCounter:
         if cmd == "stop":
             threading.Thread(target=self.stop, name="sim-stop", daemon=True).start()
             return None
+        if cmd in SCENE_ACTIONS:
+            name, sim_camera = self._camera(req.pop("camera", None))
+            try:
+                t = sim_camera.act(cmd, req)
+            except ValueError as exc:
+                raise SimError(str(exc)) from None
+            self._emit("scene", {"camera": name, "action": cmd, **req, "t": round(t, 2)})
+            return {"camera": name, "t": round(t, 2)}
+        if cmd in ("stop_stream", "start_stream"):
+            name, sim_camera = self._camera(req.pop("camera", None))
+            if cmd == "stop_stream":
+                sim_camera.stop_stream()
+            else:
+                sim_camera.start_stream()
+            self._emit("stream", {"camera": name, "state": "stopped" if cmd == "stop_stream" else "serving"})
+            return {"camera": name, "streaming": sim_camera.streaming}
+        if cmd == "calibrate":
+            name, _ = self._camera(req.pop("camera", None))
+            return self._command("camera.calibrate", {"camera": name})
+        if cmd == "evidence":
+            return {"evidence": self.evidence(limit=int(req.get("limit", 100)))}
         raise SimError(f"unknown cmd {cmd!r}")
 
     def status(self) -> dict[str, Any]:
         out: dict[str, Any] = {"rating": self.service.status(), "speaker_wav": str(self.speaker_wav)}
         if self.mcu is not None:
             out["mcu"] = {"pty": self.mcu.pty_path, "unacked": self.mcu.unacked, "acks": len(self.mcu.acked)}
+        if self.camera_service is not None:
+            cameras = self.camera_service.status()
+            for name, sim_camera in self.cameras.items():
+                cameras[name]["scene"] = {
+                    "url": sim_camera.url,
+                    "streaming": sim_camera.streaming,
+                    "t": round(sim_camera.now(), 2),
+                    "officer_seated": sim_camera.officer_seated(),
+                }
+            out["cameras"] = cameras
         return out
+
+    def evidence(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The clips and snapshots written, oldest first: their events, and where each file is on the
+        device (``path``; ``on_disk`` false once retention or the byte budget has deleted it)."""
+        events = reversed(self.daemon.outbox.list_events(type="evidence", limit=limit))
+        return [self._evidence_record(e.seq, e.id, e.data) for e in events]
+
+    def _evidence_record(self, seq: int, event_id: str, data: dict[str, Any]) -> dict[str, Any]:
+        path = self.config.store.state_dir / "media" / str(data.get("file", ""))
+        record = {"seq": seq, "id": event_id, **data, "path": str(path), "on_disk": path.is_file()}
+        with self._ratings:
+            rating_seq = self._rating_seqs.get(str(data.get("rating_id")))
+        if rating_seq is not None:
+            record["rating_seq"] = rating_seq
+        return record
+
+    def _camera(self, name: Any) -> tuple[str, SimCamera]:
+        """The camera an action is for: the one named, else the first."""
+        if not self.cameras:
+            raise SimError("this counter has no camera: add a [[camera]] section, or run edge sim --camera")
+        if name is None:
+            name = next(iter(self.cameras))
+        if name not in self.cameras:
+            raise SimError(f"no camera {name!r} (this counter has: {', '.join(self.cameras)})")
+        return str(name), self.cameras[name]
 
     def run_scenario(self, steps: Iterable[dict[str, Any]]) -> bool:
         """Run requests in order; stops at the first that fails (printed). True if all succeeded."""
@@ -398,10 +533,29 @@ class SimCounter:
             seen_leds, seen_beeps = len(leds), len(beeps)
             self._stopped.wait(0.02)
 
+    def _on_camera(self, kind: str, detail: dict[str, Any]) -> None:
+        """The camera service's presence and tamper events (as committed) and references taken."""
+        self._emit(kind, detail)
+
+    def _on_commit(self, last_seq: int) -> None:
+        """An outbox listener (on the store's writer thread, after each commit that appended): print
+        the evidence events among what was just committed. The recorders write them from their own
+        threads, and reading the rows just appended costs a range scan of a few rows."""
+        rows = self.daemon.outbox.query(
+            "SELECT seq, id, data FROM events WHERE seq > ? AND seq <= ? AND type = 'evidence' ORDER BY seq",
+            (self._evidence_seen, last_seq),
+        )
+        self._evidence_seen = max(self._evidence_seen, last_seq)
+        for seq, event_id, data in rows:
+            self._emit("evidence", self._evidence_record(int(seq), str(event_id), json.loads(data)))
+
     def _on_service(self, kind: str, detail: dict[str, Any]) -> None:
         if kind == "rating":
             with self._ratings:
                 self._ratings_seen += 1
+                self._rating_seqs[str(detail.get("id"))] = int(detail.get("seq") or 0)
+                while len(self._rating_seqs) > 1000:
+                    del self._rating_seqs[next(iter(self._rating_seqs))]
                 self._ratings.notify_all()
         if kind == "speech":
             wav_s = wav_seconds(self.speaker_wav)
@@ -436,6 +590,61 @@ def format_record(record: dict[str, Any]) -> str:
         text = f"LED {r['led']} {r['state']}"
     elif what == "sim":
         text = str(r["text"])
+    elif what in CAMERA_FORMATS:
+        text = CAMERA_FORMATS[what](r)
     else:
         text = " ".join(f"{k}={v}" for k, v in r.items())
     return f"{t} {what:<8} {text}"
+
+
+def _clock(iso_time: Any) -> str:
+    """``2026-12-01T08:15:30.104+07:00`` → ``08:15:30.104``."""
+    return str(iso_time or "-")[11:23] or "-"
+
+
+def format_presence(r: dict[str, Any]) -> str:
+    """A committed ``presence`` event, e.g. ``seq 7: q1-cam officer present since 08:15:30.104 ...``."""
+    return (
+        f"seq {r['seq']}: {r['camera']} officer {r['state']} since {_clock(r['since'])}, counter {r['counter']}, "
+        f"occupancy {r['occupancy']}"
+    )
+
+
+def format_tamper(r: dict[str, Any]) -> str:
+    """A committed ``tamper`` event: the kind, start or end, the incident, and the clip of a start."""
+    text = f"seq {r['seq']}: {r['camera']} {r['kind']} {r['state']}, incident {r['incident']}"
+    if r.get("error"):
+        text += f", {r['error']}"
+    if r.get("clip_id"):
+        text += f", clip {r['clip_id']}"
+    return text
+
+
+def format_evidence(r: dict[str, Any]) -> str:
+    """A committed ``evidence`` event: what was written, why, linked to what, and where the file is."""
+    text = f"seq {r['seq']}: {r['camera']} {r['kind']} {r['clip_id']} for {r['reason']}"
+    if r.get("rating_id"):
+        seq = f"seq {r['rating_seq']}, " if r.get("rating_seq") else ""
+        text += f" (rating {seq}id {r['rating_id']}, window {r.get('window_id') or '-'})"
+    pictures = f"{r['frames']} frames" if r.get("kind") == "clip" else "1 picture"
+    text += (
+        f": {pictures} {r.get('width')}x{r.get('height')}, {r['blurred_faces']} face(s) blurred"
+        f"{', mask black' if r.get('masked') else ''}, {r['bytes']} bytes, sha256 {r['sha256']}, file {r['path']}"
+    )
+    return text
+
+
+def _format_scene(r: dict[str, Any]) -> str:
+    params = ", ".join(f"{k} {v}" for k, v in r.items() if k not in ("camera", "action", "t"))
+    return f"{r['camera']}: {r['action']}{f' ({params})' if params else ''} at scene {r['t']:.1f} s"
+
+
+CAMERA_FORMATS: dict[str, Callable[[dict[str, Any]], str]] = {
+    "presence": format_presence,
+    "tamper": format_tamper,
+    "evidence": format_evidence,
+    "scene": _format_scene,
+    "stream": lambda r: f"{r['camera']}: stream {r['state']}",
+    "camera": lambda r: f"{r['camera']}: simulated counter scene, {r['format']} over HTTP at {r['url']}",
+    "reference": lambda r: f"{r['camera']}: empty-seat reference {r['how']} at {_clock(r['taken'])}",
+}

@@ -1,5 +1,5 @@
-"""``edge sim``: a simulated device, the real daemon on simulated hardware: a counter (panel and speaker)
-or a loudspeaker (relay board and sound card)."""
+"""``edge sim``: a simulated device, the real daemon on simulated hardware: a counter (panel, speaker and
+cameras) or a loudspeaker (relay board and sound card)."""
 
 from __future__ import annotations
 
@@ -54,6 +54,8 @@ def cmd_sim(args: argparse.Namespace) -> int:
     work = config.store.state_dir / "sim"
     work.mkdir(parents=True, exist_ok=True)
     loudspeaker = sim_role(args.role, config.device.roles) == "loudspeaker"
+    if loudspeaker and args.camera:
+        raise CliError("--camera: cameras watch a counter; simulate a counter (--role counter)")
     if loudspeaker:
         from sim.loudspeaker import format_record
     else:
@@ -76,7 +78,9 @@ def cmd_sim(args: argparse.Namespace) -> int:
         if not args.real_speaker and "ALSA_CONFIG_PATH" not in os.environ:
             # Before PortAudio loads: the speaker becomes a WAV file that shows what was said.
             os.environ["ALSA_CONFIG_PATH"] = str(speaker_alsa_config(work / "asound.conf", work / "speaker.wav"))
-        sim = SimCounter(config, work_dir=work, printer=printer, profile=args.profile)
+        sim = SimCounter(
+            config, work_dir=work, printer=printer, profile=args.profile, camera=args.camera, scene=args.scene
+        )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -128,8 +132,10 @@ def register(sub: Any) -> None:
         "sim",
         help="run a simulated device (the daemon on a simulated panel, or relays and sound card)",
         description="Run the daemon of a device on simulated hardware chosen by the profile. A counter: a "
-        "simulated rating panel (GPIO on gpiozero's MockFactory or a serial MCU on a pseudo-terminal) and a "
-        "speaker recorded to a WAV file; it prints what the LEDs, buzzer and speaker did. A loudspeaker: "
+        "simulated rating panel (GPIO on gpiozero's MockFactory or a serial MCU on a pseudo-terminal), a "
+        "speaker recorded to a WAV file, and for each [[camera]] (and with --camera) a simulated counter scene "
+        "served over HTTP by ffmpeg on loopback; it prints what the LEDs, buzzer and speaker did, and the "
+        "presence, tamper and evidence events as committed. A loudspeaker: "
         "simulated relays (MockFactory pins or a serial relay board on a pseudo-terminal) and a simulated "
         "sound card recorded to STATE_DIR/sim/speaker.wav; it prints the relays as they switch and each "
         "broadcast event as committed. Drive it from a scenario file or over the control socket.",
@@ -145,6 +151,19 @@ def register(sub: Any) -> None:
         "--profile",
         help="hardware profile: a counter's panel (default: [panel], else gpio-4btn-rpi) or a loudspeaker's "
         "relay board (default: [relays], else gpio-4ch-rpi)",
+    )
+    p.add_argument(
+        "--camera",
+        action="store_true",
+        help="a counter: add a camera (sim-cam, profile sim-counter-640x480) on the simulated scene; every "
+        "[[camera]] of the config watches a simulated scene anyway",
+    )
+    p.add_argument(
+        "--scene",
+        choices=("mjpeg", "mpegts"),
+        default="mjpeg",
+        help="how ffmpeg serves the simulated scene to the cameras: MJPEG over HTTP (default, as most IP "
+        "cameras) or H.264 in MPEG-TS over HTTP",
     )
     p.add_argument("--scenario", metavar="FILE", help="YAML list of requests to run, e.g. - {cmd: press, button: 1}")
     p.add_argument("--exit-after-scenario", action="store_true", help="stop once the scenario has run")
