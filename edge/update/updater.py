@@ -170,8 +170,12 @@ class Updater:
         config_file = self._config_file()
         about = {"cmd_id": cmd_id, "from": __version__, "to": args.version, "release": release}
 
-        self._step(ctx, "downloading", {**about, "url": args.url, "bytes": args.bytes})
-        wheel = self._download(args, sha)
+        fetcher = self._fetcher(args)  # the URL and the size are refused before anything is dialled
+        try:
+            self._step(ctx, "downloading", {**about, "url": args.url, "bytes": args.bytes})
+            wheel = self._download(fetcher, args, sha)
+        finally:
+            fetcher.close()
         self._step(ctx, "downloaded", {**about, "sha256": sha, "bytes": args.bytes})
         try:
             target = install_release(self.inst, wheel, release, self.settings.check_timeout_s)
@@ -227,17 +231,15 @@ class Updater:
             )
         return path
 
-    def _download(self, args: UpdateArgs, sha: str) -> Path:
+    def _fetcher(self, args: UpdateArgs) -> Fetcher:
+        """A fetcher for ``args.url``, checked against ``[update]`` (no I/O)."""
         if args.bytes > self.settings.max_bytes:
             raise CommandFailed(
                 "too_large",
                 f"{args.bytes} bytes announced; update.max_bytes is {self.settings.max_bytes}",
                 {"step": "download"},
             )
-        downloads = self.inst.downloads
         try:
-            downloads.mkdir(mode=0o700, parents=True, exist_ok=True)
-            remove_partials(downloads)
             fetcher = Fetcher(
                 FetchPolicy(
                     section="update",
@@ -250,17 +252,24 @@ class Updater:
             )
         except ConfigError as exc:
             raise CommandFailed("config_error", str(exc), {"step": "download"}) from None
-        except OSError as exc:
-            raise CommandFailed("install_failed", f"{downloads}: {exc}", {"step": "download"}) from None
         try:
+            fetcher.check_url(args.url)
+        except FetchRejected as exc:
+            fetcher.close()
+            raise CommandFailed(exc.reason, exc.detail, {"step": "download"}) from None
+        return fetcher
+
+    def _download(self, fetcher: Fetcher, args: UpdateArgs, sha: str) -> Path:
+        downloads = self.inst.downloads
+        try:
+            downloads.mkdir(mode=0o700, parents=True, exist_ok=True)
+            remove_partials(downloads)
             dest = downloads / _wheel_name(args.url, args.version)
             return fetcher.download(args.url, sha, args.bytes, dest, cap=self.settings.max_bytes)
         except FetchRejected as exc:
             raise CommandFailed(exc.reason, exc.detail, {"step": "download"}) from None
         except OSError as exc:
             raise CommandFailed("install_failed", f"{downloads}: {exc}", {"step": "download"}) from None
-        finally:
-            fetcher.close()
 
     def _on_disk(self) -> dict[str, int]:
         """The format numbers of the state on disk now (events.db's meta, desired.json)."""
