@@ -71,6 +71,8 @@ def test_a_press_in_the_simulator_reaches_the_collector_as_one_rating_and_is_tha
             "case": "HS-2026-0042",
             "misuse": None,
             "panel": "gpio-4btn-rpi",
+            # The first link of the device's rating chain (tests/test_chain.py).
+            "chain": {**stored(collector.db, "rating")[0]["chain"], "n": 1, "prev": "0" * 64},
         }
     ]
     # What the citizen saw and heard, in order: the rating, then button 2's light, then the voice.

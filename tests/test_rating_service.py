@@ -132,6 +132,7 @@ def test_a_press_in_an_officer_window_is_one_rating_with_everything_attributed(t
     assert c.wait_note("rating")
 
     [rating] = c.ratings()
+    assert rating.pop("chain")["n"] == 1  # the store's link in the rating chain (tests/test_chain.py)
     assert rating == {
         "counter": "q1",
         "officer": "nv-07",
