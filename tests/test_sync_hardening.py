@@ -401,6 +401,7 @@ def test_edge_collect_ends_with_a_clear_line_when_its_store_keeps_failing(
 
 
 @pytest.mark.parametrize("part", ["mqtt-link", "replies", "commands"])
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the injected death
 def test_a_daemon_that_loses_a_loop_names_it_and_stops(tmp_path: Path, broker: MosquittoBroker, part: str) -> None:
     config_path = write_device_config(tmp_path / "edge.toml", broker.url, state_dir=tmp_path / "state")
     daemon = Daemon(load_config(config_path, environ=FAST_SYNC))
