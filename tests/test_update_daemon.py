@@ -192,6 +192,8 @@ class Unit:
     root: Path
     env: dict[str, str]
     log_path: Path
+    #: Whether the unit has its ExecStartPre guard (without it, the new version is on its own).
+    guard: bool = True
     #: The release each start ran (where ``current`` pointed when it was started) and how it ended.
     starts: list[str] = field(default_factory=list)
     exits: list[int] = field(default_factory=list)
@@ -211,16 +213,17 @@ class Unit:
         assert self._log is not None
         env = {**os.environ, **self.env}
         while not self._stop.is_set():
-            guard = subprocess.run(
-                [str(self.root / "confirmed" / "bin" / "edge"), "update", "guard"],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=120,
-                check=False,
-            )
-            self._log.write(f"--- guard exited {guard.returncode}: {guard.stdout}{guard.stderr}\n")
-            self._log.flush()
+            if self.guard:
+                guard = subprocess.run(
+                    [str(self.root / "confirmed" / "bin" / "edge"), "update", "guard"],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=120,
+                    check=False,
+                )
+                self._log.write(f"--- guard exited {guard.returncode}: {guard.stdout}{guard.stderr}\n")
+                self._log.flush()
             with self._lock:
                 if self._stop.is_set():
                     return
@@ -361,7 +364,8 @@ class Rig:
 def rig(
     tmp_path: Path, device: Device, broker: MosquittoBroker, wheels: WheelShop, request: pytest.FixtureRequest
 ) -> Iterator[Rig]:
-    health_timeout_s = getattr(request, "param", 90.0)
+    options: dict[str, Any] = getattr(request, "param", {})
+    health_timeout_s = options.get("health_timeout_s", 90.0)
     ca = pki.init_ca(tmp_path / "ca", commune=COMMUNE)
     cert = pki.issue_broker(ca, "localhost", ips=["127.0.0.1"])  # the update server's certificate
     key = keys.generate_signing_key(tmp_path / "signing.key")
@@ -382,7 +386,7 @@ def rig(
     )
     status = StatusWatcher(broker).start()
     sender = sender_for(broker).start()
-    unit = Unit(inst.root, device.env, device.log)
+    unit = Unit(inst.root, device.env, device.log, guard=options.get("guard", True))
     with MediaServer(cert_file=cert.cert_path, key_file=cert.key_path) as server:
         rig = Rig(device, inst, unit.start(), server, sender, status, key, kid, a)
         try:
@@ -554,7 +558,7 @@ def test_a_b_whose_daemon_cannot_start_is_rolled_back_by_the_guard(rig: Rig, whe
     assert marker is not None and marker.reported  # reported once, by A
 
 
-@pytest.mark.parametrize("rig", [8.0], indirect=True)  # update.health_timeout_s
+@pytest.mark.parametrize("rig", [{"health_timeout_s": 8.0}], indirect=True)
 def test_a_b_that_never_gets_healthy_rolls_itself_back(rig: Rig, wheels: WheelShop) -> None:
     b = wheels["B-offline"]
 
@@ -572,3 +576,27 @@ def test_a_b_that_never_gets_healthy_rolls_itself_back(rig: Rig, wheels: WheelSh
     assert events[-1]["reason"] == "not healthy within 8 s: the broker link is not up"
     # The status topic never saw B online.
     assert (True, b.version) not in rig.status.seen
+
+
+@pytest.mark.parametrize("rig", [{"guard": False}], indirect=True)
+def test_a_b_killed_during_its_trial_rolls_back_at_its_next_start_even_without_the_guard(
+    rig: Rig, wheels: WheelShop
+) -> None:
+    b = wheels["B-offline"]
+    cmd_id = rig.update(b)
+    assert rig.wait_done(cmd_id)["state"] == "succeeded"
+
+    # B is on trial (it cannot reach the broker, and has 90 s to): a power cut for the process.
+    assert wait_for(lambda: "trial" in [e["state"] for e in rig.update_events()], START_S), rig.log()
+    pid = rig.unit.pid
+    assert pid is not None and rig.unit.starts[-1] == b.release
+    os.kill(pid, signal.SIGKILL)
+
+    # Started again with no guard in front of it, B itself sees that its earlier run never confirmed.
+    assert wait_for(lambda: rig.marker_state() == "rolled_back", START_S), rig.log()
+    rig.wait_running(VERSION_A)
+    assert rig.unit.starts == [rig.a.release, b.release, b.release, rig.a.release]
+    assert rig.unit.exits[:3] == [0, -signal.SIGKILL, 0]
+    assert rig.inst.current() == rig.a.release
+    rolled = [e for e in rig.update_events() if e["state"] == "rolled_back"]
+    assert [e["reason"] for e in rolled] == [f"{b.version} stopped before it was healthy"]

@@ -151,6 +151,9 @@ class Updater:
             step = str(exc.result.get("step", step))
             self._event("failed", {"cmd_id": ctx.claims.cmd_id, "to": args.version, "step": step, "reason": exc.reason})
             raise
+        except Exception:
+            self._event("failed", {"cmd_id": ctx.claims.cmd_id, "to": args.version, "reason": "internal_error"})
+            raise
 
     def _update(self, args: UpdateArgs, ctx: CommandContext) -> dict[str, Any]:
         cmd_id = ctx.claims.cmd_id
@@ -323,6 +326,13 @@ class Updater:
             os._exit(FORCED_EXIT_STATUS)
 
         threading.Thread(target=force, name="update-exit", daemon=True).start()
+        # A decision taken while the daemon still starts waits for it: before `edge run` handles
+        # SIGTERM, the signal would end the process without its orderly stop.
+        deadline = time.monotonic() + EXIT_GRACE_S
+        while not self.daemon.supervisor.alive() and not self.daemon.supervisor.failed.is_set():
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(POLL_S)
         os.kill(os.getpid(), signal.SIGTERM)
 
     # -- after a switch ----------------------------------------------------------------------------
