@@ -25,6 +25,9 @@ import pytest
 
 from edge.collector import CollectorStore
 from edge.exceptions import EventTooLarge
+from edge.messages import EventBatch, parse
+from edge.server.browse import metadata
+from edge.server.chain import ChainVerifier
 from edge.store import NewEvent, Outbox
 from sim.harness import edge_command, run_edge, write_device_config
 from tests.report_fixtures import deliver, store_batches, wire_batches
@@ -365,3 +368,42 @@ def test_a_forged_rating_beside_a_real_one_and_a_stripped_chain(
         b["detail"] for b in chain["breaks"] if b["kind"] == "duplicate"
     )
     assert chain["verified"] == 9
+
+
+# -- the verifier as the collector will run it ----------------------------------------------------------
+
+
+def test_the_verifier_takes_batches_in_any_order_and_records_the_chains_table(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "device" / "events.db") as outbox:
+        for i in range(30):
+            outbox.append("rating", rating(1 + i % 4))
+            if i % 7 == 0:
+                outbox.append("broadcast", {"broadcast_id": f"b-{i}", "state": "finished", "duration_s": 1.5})
+        events = outbox.pending(limit=1000)
+        epoch = outbox.epoch
+    # A live rating goes out before the backlog behind it (DESIGN.md §4): the newest batch first.
+    payloads = [p for e in reversed(events) for p in wire_batches("gia-ray", "counter-01", epoch, [e])]
+    verifier = ChainVerifier()
+    key = ("gia-ray", "counter-01", epoch)
+    assert verifier.feed(parse(EventBatch, payloads[0], 1 << 20)) == {key}
+    gap = verifier.status(key)
+    assert [(b.kind, b.n, b.to_n) for b in gap.breaks] == [("missing", 1, 34)] and gap.verified == 0
+    for payload in payloads[1:]:
+        verifier.feed(parse(EventBatch, payload, 1 << 20))
+    whole = verifier.status(key)
+    assert whole.whole and whole.verified == whole.length == whole.events == 35
+    # A repeat changes nothing.
+    assert verifier.feed(parse(EventBatch, payloads[5], 1 << 20)) == set()
+
+    db = tmp_path / "collector.db"
+    store = CollectorStore(db)
+    store_batches(store, payloads)
+    store.close()
+    assert run_edge(["verify", "--db", str(db), "--record"]).returncode == 0
+    conn = sqlite3.connect(db)
+    row = conn.execute("SELECT commune, device, epoch, events, length, verified, whole, breaks FROM chains").fetchall()
+    columns = {r[1] for r in conn.execute("PRAGMA table_info(chains)")}
+    conn.close()
+    assert row == [("gia-ray", "counter-01", epoch, 35, 35, 35, 1, 0)]
+    # Every column of the table is described for browsing.
+    assert set(metadata(db)["databases"][db.stem]["tables"]["chains"]["columns"]) == columns
