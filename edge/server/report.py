@@ -32,13 +32,12 @@ import logging
 import re
 import sqlite3
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from edge.clock import now_iso
 from edge.exceptions import EdgeError
 from edge.server.chain import verify_db
 from edge.server.db import VIETNAM, Row, events, parse_time
@@ -428,7 +427,7 @@ def build(
         "commune": commune,
         "utc_offset": _offset(month.tz),
         "period": {"from": month.start.isoformat(), "to": month.end.isoformat()},
-        "generated_at": now_iso(),
+        "generated_at": now.isoformat(timespec="seconds"),
         "settings": {"threshold": threshold, "min_votes": min_votes, "office_hours": str(office)},
         "totals": {
             **this.total.as_dict(),
@@ -618,12 +617,3 @@ def month_arg(text: str | None, tz: timezone = VIETNAM, today: datetime | None =
         return Month.parse(text, tz)
     now = (today or datetime.now(tz)).astimezone(tz)
     return Month(now.year, now.month, tz).previous()
-
-
-def flatten_breaks(report: dict[str, Any]) -> Sequence[dict[str, Any]]:
-    """Every chain break of the report with its device, for listing."""
-    return [
-        {"commune": s["commune"], "device": s["device"], "epoch": s["epoch"], **b}
-        for s in report["chains"]
-        for b in s["breaks"]
-    ]
