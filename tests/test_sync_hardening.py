@@ -415,12 +415,18 @@ def test_a_daemon_that_loses_a_loop_names_it_and_stops(tmp_path: Path, broker: M
     try:
         assert daemon.link.wait_connected(30) or part == "mqtt-link"
         if part == "replies":
-            daemon.journal.pending_replies = die  # type: ignore[method-assign]
+            setattr(daemon.journal, "pending_replies", die)  # noqa: B010 - the injected failure
             daemon.replies.wake()
         elif part == "commands":
-            daemon.channel._handle = die  # type: ignore[method-assign]
+            setattr(daemon.channel, "_handle", die)  # noqa: B010 - the injected failure
             sender = Probe(broker, "server")
-            sender.publish(TOPICS.cmd("device.selftest"), b"anything")
+
+            # Until the daemon's subscription is surely in place: any message kills the intake.
+            def poke() -> bool:
+                sender.publish(TOPICS.cmd("device.selftest"), b"anything")
+                return daemon.supervisor.failed.is_set()
+
+            wait_for(poke, timeout=30, interval=0.5)
             sender.stop()
         assert daemon.wait(threading.Event(), timeout=30) == "failed"
         assert daemon.supervisor.reason == f"{part} thread died: SystemExit: {part} injected"
