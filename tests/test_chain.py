@@ -167,6 +167,22 @@ def test_a_caller_cannot_write_the_chain_and_a_chained_event_keeps_room_for_it(t
         outbox.append("test", {"note": "x" * 1850})  # unchained: fits
 
 
+def test_an_unreadable_chain_head_never_stops_a_rating(tmp_path: Path) -> None:
+    db = tmp_path / "events.db"
+    with Outbox(db) as outbox:
+        for s in (4, 3, 2):
+            outbox.append("rating", rating(s))
+        outbox.append("health", {"uptime_s": 1})
+        epoch = outbox.epoch
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("UPDATE meta SET value = 'not json' WHERE key = 'chain'")
+    conn.close()
+    with Outbox(db) as outbox:
+        outbox.append("rating", rating(1))  # committed, and linked after the newest chained event
+    assert_linked(stored(db), epoch)
+
+
 def test_a_store_moved_to_another_machine_starts_a_new_chain_and_seals_the_old(tmp_path: Path) -> None:
     db = tmp_path / "events.db"
     with Outbox(db, owner=True, machine_id="pi-a", device_id="counter-01") as outbox:

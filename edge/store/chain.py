@@ -27,12 +27,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from edge.jsonfmt import canonical, compact
+
+log = logging.getLogger(__name__)
 
 #: The event types that are chained.
 CHAINED_TYPES = frozenset({"rating", "broadcast"})
@@ -75,8 +78,32 @@ def read_head(conn: sqlite3.Connection) -> ChainHead | None:
     row = conn.execute("SELECT value FROM meta WHERE key = ?", (META_HEAD,)).fetchone()
     if row is None:
         return None
-    head = json.loads(row[0])
-    return ChainHead(str(head["epoch"]), int(head["n"]), str(head["digest"]))
+    try:
+        head = json.loads(row[0])
+        return ChainHead(str(head["epoch"]), int(head["n"]), str(head["digest"]))
+    except (TypeError, ValueError, KeyError):
+        # Never a reason to refuse a rating: go on from the newest chained event still stored.
+        log.error("the rating chain's head in meta is unreadable (%r); going on from the newest chained event", row[0])
+        return _head_from_events(conn)
+
+
+def _head_from_events(conn: sqlite3.Connection) -> ChainHead | None:
+    types = sorted(CHAINED_TYPES)
+    row = conn.execute(
+        f"SELECT seq, id, type, ts, data FROM events WHERE type IN ({','.join('?' * len(types))}) "
+        "ORDER BY seq DESC LIMIT 1",
+        types,
+    ).fetchone()
+    if row is None:
+        return None
+    seq, event_id, event_type, ts, data_json = row
+    try:
+        data = json.loads(data_json)
+        member = data["chain"]
+        return ChainHead(str(member["epoch"]), int(member["n"]), event_digest(event_id, seq, event_type, ts, data))
+    except (TypeError, ValueError, KeyError):
+        # Nothing to go on from: the chain starts again, and the collector sees its positions twice.
+        return None
 
 
 def _epoch(conn: sqlite3.Connection) -> str:
