@@ -620,8 +620,9 @@ def format_tamper(r: dict[str, Any]) -> str:
     return text
 
 
-def format_evidence(r: dict[str, Any]) -> str:
-    """A committed ``evidence`` event: what was written, why, linked to what, and where the file is."""
+def format_evidence(r: dict[str, Any], *, file: bool = True) -> str:
+    """A committed ``evidence`` event: what was written, why, linked to what, and (``file``) its sha256
+    and where the file is (``r["path"]``)."""
     text = f"seq {r['seq']}: {r['camera']} {r['kind']} {r['clip_id']} for {r['reason']}"
     if r.get("rating_id"):
         seq = f"seq {r['rating_seq']}, " if r.get("rating_seq") else ""
@@ -629,9 +630,9 @@ def format_evidence(r: dict[str, Any]) -> str:
     pictures = f"{r['frames']} frames" if r.get("kind") == "clip" else "1 picture"
     text += (
         f": {pictures} {r.get('width')}x{r.get('height')}, {r['blurred_faces']} face(s) blurred"
-        f"{', mask black' if r.get('masked') else ''}, {r['bytes']} bytes, sha256 {r['sha256']}, file {r['path']}"
+        f"{', mask black' if r.get('masked') else ''}, {r['bytes']} bytes"
     )
-    return text
+    return text + (f", sha256 {r['sha256']}, file {r['path']}" if file else "")
 
 
 def _format_scene(r: dict[str, Any]) -> str:

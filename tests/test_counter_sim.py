@@ -48,6 +48,8 @@ def test_a_press_in_the_simulator_reaches_the_collector_as_one_rating_and_is_tha
     collector.start()
     sim, sock = start_sim(device, tmp_path, ALSA_CONFIG_PATH=str(alsa), EDGE_RATING__COUNTER="q1")
     try:
+        no_camera = send_request(sock, {"cmd": "seat"})  # this counter has no [[camera]]
+        assert not no_camera["ok"] and "this counter has no camera" in no_camera["error"]
         ask(sock, "assign", officer="nv-07")
         ask(sock, "open", case="HS-2026-0042")  # the queue system calls the next citizen's case
         ask(sock, "press", button=2)  # returns once the press is committed

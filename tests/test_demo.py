@@ -1,8 +1,9 @@
-"""The README's demo command, run as a person runs it: a counter and a loudspeaker in the simulator, a
-private broker killed halfway, and the collector's record read back at the end."""
+"""The README's demo command, run as a person runs it: a counter (with its camera) and a loudspeaker in
+the simulator, a private broker killed halfway, and the collector's record read back at the end."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 from pathlib import Path
@@ -35,6 +36,18 @@ def test_the_demo_shows_the_announcement_cut_by_the_emergency_at_the_collector_a
         ]
         tests = conn.execute("SELECT COUNT(*) FROM events WHERE device = ? AND type = 'test'", (demo.COUNTER,))
         counter_tests = tests.fetchone()[0]
+        camera = {
+            etype: [
+                json.loads(data)
+                for (data,) in conn.execute(
+                    "SELECT data FROM events WHERE device = ? AND type = ? ORDER BY seq", (demo.COUNTER, etype)
+                )
+            ]
+            for etype in ("presence", "tamper", "evidence", "rating")
+        }
+        (rating_id, rating_seq) = conn.execute(
+            "SELECT id, seq FROM events WHERE device = ? AND type = 'rating'", (demo.COUNTER,)
+        ).fetchone()
     finally:
         conn.close()
     assert devices == {demo.COUNTER, demo.LOUDSPEAKER}
@@ -46,3 +59,24 @@ def test_the_demo_shows_the_announcement_cut_by_the_emergency_at_the_collector_a
     assert all(e["level_dbfs"] is not None and e["level_dbfs"] > -40 for e in spoken)
     for event in proof:
         assert f"{event['broadcast_id']} {event['state']}" in printed
+
+    # The counter's camera: the officer seen sitting down, one incident for the covered lens, and the low
+    # rating's clip linked to it, blurred, on the device where the demo says it is.
+    assert "present" in [p["state"] for p in camera["presence"]]
+    assert all((p["camera"], p["counter"]) == (demo.CAMERA, demo.COUNTER_NAME) for p in camera["presence"])
+    start, end = camera["tamper"]
+    assert (start["kind"], start["state"], end["kind"], end["state"]) == ("covered", "start", "covered", "end")
+    assert start["incident"] == end["incident"]
+    [low] = [e for e in camera["evidence"] if e["reason"] == "low_rating"]
+    [rating] = camera["rating"]
+    assert (low["rating_id"], low["window_id"], rating["score"]) == (rating_id, rating["window_id"], 1)
+    assert low["blurred_faces"] >= 1 and low["masked"] is True
+    [tamper_clip] = [e for e in camera["evidence"] if e["reason"] == "tamper"]
+    assert tamper_clip["clip_id"] == start["clip_id"]
+    clip = tmp_path / "state" / "media" / low["file"]
+    assert hashlib.sha256(clip.read_bytes()).hexdigest() == low["sha256"]
+    assert f"the low rating's clip, on {demo.COMMUNE}/{demo.COUNTER}: {clip}" in printed
+    assert f"sha256 {low['sha256']} (as in its evidence event)" in printed
+    assert f"blurred_faces {low['blurred_faces']}, privacy mask black: True" in printed
+    assert f"covered start, incident {start['incident']}" in printed
+    assert f"for low_rating (rating seq {rating_seq}, id {rating_id}, window {low['window_id']})" in printed
