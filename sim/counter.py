@@ -57,7 +57,8 @@ import yaml
 from drivers.profiles import GpioProfile, SerialProfile
 from edge.config import EdgeConfig, parse_config
 from edge.exceptions import CommandRejected, EdgeError
-from sim.counter_camera import SCENE_ACTIONS, STREAM_FORMATS, SimCamera
+from sim.broker import free_port
+from sim.counter_camera import SCENE_ACTIONS, STREAM_FORMATS, SimCamera, stream_url
 from sim.gpio_panel import SimGpioPanel
 from sim.serial_mcu import SerialMcu
 
@@ -145,14 +146,18 @@ class SimCounter:
             if any(c["name"] == SIM_CAMERA for c in cameras):
                 raise SimError(f"the configuration already has a camera named {SIM_CAMERA}")
             cameras.append({"name": SIM_CAMERA, "source": "0", "profile": SIM_CAMERA_PROFILE})
-        #: The simulated scene in front of each camera, by camera name.
-        self.cameras: dict[str, SimCamera] = {}
+        ports: dict[str, int] = {}
         for cam in cameras:
-            sim_camera = SimCamera(cam["profile"], work_dir=work_dir, fmt=scene, name=cam["name"])
-            cam["source"] = sim_camera.url  # the camera reads the scene's stream, as it reads an IP camera's
-            self.cameras[cam["name"]] = sim_camera
+            ports[cam["name"]] = free_port()
+            # The camera reads the scene's stream, as it reads an IP camera's.
+            cam["source"] = stream_url(ports[cam["name"]], scene)
         data["camera"] = cameras
         self.config = parse_config(data, "edge sim")
+        #: The simulated scene in front of each camera, by camera name.
+        self.cameras: dict[str, SimCamera] = {
+            cam.name: SimCamera(cam.profile, work_dir=work_dir, fmt=scene, port=ports[cam.name], name=cam.name)
+            for cam in self.config.camera
+        }
         self.work_dir = work_dir
         self.speaker_wav = work_dir / "speaker.wav"
         self._print = printer
@@ -173,6 +178,7 @@ class SimCounter:
         self.service: Any = None
         self.camera_service: Any = None
         self._evidence_seen = 0
+        self._references: set[str] = set()  # cameras that took an empty-seat reference in this run
         self._watch: threading.Thread | None = None
         self._server: socket.socket | None = None
         self.control_path: Path | None = None
@@ -180,6 +186,15 @@ class SimCounter:
     # -- lifecycle ---------------------------------------------------------------------------------
 
     def start(self) -> SimCounter:
+        """Start the simulated hardware and the daemon; returns once the panel is up and every camera
+        has its empty-seat reference. What did start is stopped again if anything fails."""
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> SimCounter:
         from drivers.panel.base import Panel  # noqa: F401 - the panel drivers load before the daemon
         from edge.daemon import Daemon
         from edge.services.rating import RatingService, panel_profile
@@ -207,10 +222,14 @@ class SimCounter:
             self.config = self.config.model_copy(update={"panel": port})
         for name, sim_camera in self.cameras.items():
             # Before the daemon: the camera finds its stream at once, as a powered IP camera's.
-            sim_camera.start()
+            try:
+                sim_camera.start()
+            except RuntimeError as exc:  # no ffmpeg, or it would not listen
+                raise SimError(f"camera {name}: the simulated scene cannot be served: {exc}") from None
             how = "MJPEG" if sim_camera.fmt == "mjpeg" else "H.264 in MPEG-TS"
             self._emit("camera", {"camera": name, "url": sim_camera.url, "format": how, "fps": sim_camera.fps})
         self.daemon = Daemon(self.config)
+        stored: set[str] = set()
         services = [s for s in self.daemon.services if isinstance(s, RatingService)]
         self.service = services[0]
         self.service.add_observer(self._on_service)
@@ -219,6 +238,7 @@ class SimCounter:
 
             self.camera_service = next(s for s in self.daemon.services if isinstance(s, CameraService))
             self.camera_service.add_observer(self._on_camera)
+            stored = {name for name, w in self.camera_service.watches.items() if w.analyzer.reference is not None}
             self._evidence_seen = self.daemon.outbox.last_seq()
             self.daemon.outbox.add_listener(self._on_commit)
         self.daemon.start()
@@ -229,24 +249,32 @@ class SimCounter:
             self._watch.start()
         kind = "GPIO on gpiozero MockFactory" if self.gpio else f"serial MCU on {self.mcu.path if self.mcu else ''}"
         self._emit("sim", {"text": f"counter {self.service.counter} with panel {profile.model} ({kind})"})
-        self._wait_cameras()
+        self._wait_cameras(stored)
         return self
 
-    def _wait_cameras(self) -> None:
-        """Wait until every camera streams and has its empty-seat reference: an officer seated
-        before the reference is taken would be learned as part of the empty seat."""
+    def _wait_cameras(self, stored: set[str]) -> None:
+        """Wait until every camera streams and has its empty-seat reference (``stored``: the cameras
+        that had one from an earlier run): an officer seated before the reference is taken would be
+        learned as part of the empty seat."""
         if self.camera_service is None:
             return
         watches = self.camera_service.watches
-        if not _wait_until(lambda: all(w.analyzer.reference is not None for w in watches.values()), CAMERA_READY_S):
+
+        def ready(name: str) -> bool:
+            with self._lock:
+                referenced = name in stored or name in self._references
+            return referenced and watches[name].camera.stats.frames > 0
+
+        if not _wait_until(lambda: all(ready(name) for name in watches), CAMERA_READY_S):
             for name, watch in watches.items():
-                if watch.analyzer.reference is None:
+                if not ready(name):
                     stats = watch.camera.stats
                     why = stats.error or f"camera {stats.state}, {stats.frames} frames"
-                    self._emit("error", {"error": f"camera {name} has no empty-seat reference yet ({why})"})
+                    self._emit("error", {"error": f"camera {name} is not ready: no empty-seat reference yet ({why})"})
             return
-        for name, watch in watches.items():
-            self._emit("sim", {"text": f"camera {name} ready: the empty seat is its reference ({watch.profile.model})"})
+        for name in watches:
+            how = "stored by an earlier run" if name in stored else "learned from the first seconds"
+            self._emit("sim", {"text": f"camera {name} ready: the empty seat is its reference, {how}"})
 
     def stop(self) -> None:
         if self._stopped.is_set():
@@ -535,6 +563,9 @@ class SimCounter:
 
     def _on_camera(self, kind: str, detail: dict[str, Any]) -> None:
         """The camera service's presence and tamper events (as committed) and references taken."""
+        if kind == "reference":
+            with self._lock:
+                self._references.add(str(detail.get("camera")))
         self._emit(kind, detail)
 
     def _on_commit(self, last_seq: int) -> None:

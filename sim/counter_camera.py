@@ -64,6 +64,12 @@ SCENE_HOURS = 24.0
 LISTEN_TIMEOUT_S = 15.0
 
 
+def stream_url(port: int, fmt: str) -> str:
+    """Where a simulated camera on ``port`` serves its stream in format ``fmt``."""
+    name = "camera.mjpg" if fmt == "mjpeg" else "camera.ts"
+    return f"http://127.0.0.1:{port}/{name}"
+
+
 class SimCamera:
     """A live counter scene for one camera, served as an HTTP stream. ``start()``, then ``close()``.
 
@@ -110,8 +116,7 @@ class SimCamera:
     @property
     def url(self) -> str:
         """The stream's URL: what the camera's ``source`` is set to."""
-        name = "camera.mjpg" if self.fmt == "mjpeg" else "camera.ts"
-        return f"http://127.0.0.1:{self.port}/{name}"
+        return stream_url(self.port, self.fmt)
 
     @property
     def streaming(self) -> bool:

@@ -108,8 +108,9 @@ def test_the_officer_seated_a_covered_lens_and_a_low_rating_become_events_and_a_
     finally:
         stdout = sim.stop()
 
-    # One event per change: the officer sat down, then left; one incident for the covered lens.
-    assert [p["state"] for p in presence][-2:] == ["present", "absent"]
+    # One event per change: the officer sat down (the empty seat may have been reported first), then
+    # left; one incident for the covered lens.
+    assert [p["state"] for p in presence] in (["present", "absent"], ["absent", "present", "absent"])
     assert all(p["camera"] == "q1-cam" and p["counter"] == "q1" for p in presence)
     start, end = tamper
     assert [(t["kind"], t["state"]) for t in tamper] == [("covered", "start"), ("covered", "end")]
