@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         if done.returncode != 0:
             raise RuntimeError(f"{name} {play['broadcast_id']} was not accepted: {final}")
 
-    committed: set[str] = set()
+    committed: dict[str, set[str]] = {COUNTER: set(), LOUDSPEAKER: set()}
     story_ok = False
     try:
         at_counter.start()
@@ -323,10 +323,11 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(max(0.0, args.seconds - (time.monotonic() - began)))
         ls_stdout = loudspeaker.stop()
         counter.stop()
-        for env in (counter_env, ls_env):
+        for device, env in ((COUNTER, counter_env), (LOUDSPEAKER, ls_env)):
             events = json.loads(run_edge(["events", "--json", "--limit", "100000"], env).stdout)
-            committed |= {e["id"] for e in events}
-        wait_for(lambda: committed <= {r[0] for r in collector_rows(db)}, timeout=30)
+            committed[device] |= {e["id"] for e in events}
+        everything = committed[COUNTER] | committed[LOUDSPEAKER]
+        wait_for(lambda: everything <= {r[0] for r in collector_rows(db)}, timeout=30)
         story_ok = True
     except (RuntimeError, OSError) as exc:
         print(f"demo        stopped: {exc}")
@@ -345,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {line}")
 
     ids = [r[0] for r in collector_rows(db, "SELECT id FROM events")]
-    missing = committed - set(ids)
+    missing = (committed[COUNTER] | committed[LOUDSPEAKER]) - set(ids)
     print()
     print("delivered to the collector:")
     for device in (COUNTER, LOUDSPEAKER):
@@ -362,7 +363,14 @@ def main(argv: list[str] | None = None) -> int:
     if summary:
         print(f"collector summary: {summary[-1]}")
     played = [(d["broadcast_id"], d["state"]) for _, d in proof]
-    print(f"committed on the devices: {len(committed)}; stored at the collector: {len(ids)}; missing: {len(missing)}")
+    for device in (COUNTER, LOUDSPEAKER):
+        held = {r[0] for r in collector_rows(db, "SELECT id FROM events WHERE device = ?", (device,))}
+        print(
+            f"{COMMUNE}/{device}: committed on the device: {len(committed[device])}; "
+            f"stored at the collector: {len(held)}; missing: {len(committed[device] - held)}"
+        )
+    total = len(committed[COUNTER]) + len(committed[LOUDSPEAKER])
+    print(f"committed on the devices: {total}; stored at the collector: {len(ids)}; missing: {len(missing)}")
     if played != EXPECTED:
         print(f"the proof of play is not the expected story: {played}")
     if not camera_ok:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sqlite3
 from pathlib import Path
 
@@ -23,7 +24,9 @@ def test_the_demo_shows_the_announcement_cut_by_the_emergency_at_the_collector_a
     printed = capsys.readouterr().out
     assert status == 0, printed
     assert "chaos       broker killed with SIGKILL and restarted (while the siren plays)" in printed
-    assert "missing: 0" in printed
+    for device in (demo.COUNTER, demo.LOUDSPEAKER):
+        assert re.search(rf"{demo.COMMUNE}/{device}: committed on the device: [1-9]\d*; .*; missing: 0\n", printed)
+    assert re.search(r"committed on the devices: (\d+); stored at the collector: \1; missing: 0\n", printed)
     # What the collector holds is what the demo printed: both devices, the proof of play in its order.
     conn = sqlite3.connect(tmp_path / "collector.db")
     try:
