@@ -122,7 +122,7 @@ def watched_mock_factory(on_output: Callable[[int, bool], None]) -> Any:
 
 
 class SimCounter:
-    """The daemon of a counter device with a simulated panel and speaker. ``start()``, then ``stop()``."""
+    """The daemon of a counter device with a simulated panel, speaker and cameras. ``start()``, then ``stop()``."""
 
     def __init__(
         self,
