@@ -172,6 +172,7 @@ class Daemon:
     def _on_connect(self) -> None:
         self.link.publish(self.topics.status, self._status(online=True), qos=1, retain=True)
         self._link_state = ("up", now_iso())
+        self.supervisor.wake()  # recorded at once, on the supervisor's thread
 
     def _on_oversized(self, topic: str, size: int) -> None:
         self._oversized_unrecorded += 1  # network thread: counted in the store by the chore
@@ -193,6 +194,7 @@ class Daemon:
 
     def _on_disconnect(self) -> None:
         self._link_state = ("down", now_iso())
+        self.supervisor.wake()
 
     def _record_link_state(self) -> None:
         """The supervisor's chore (about once a second): the link state and the count of oversized

@@ -73,6 +73,7 @@ class Supervisor:
         self._watched: list[_Watched] = []
         self._chores: list[tuple[str, Callable[[], None]]] = []
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
     def watch(
@@ -86,7 +87,12 @@ class Supervisor:
         self.watch(name, lambda: thread_alive(thread()), lambda: thread_failure(thread()))
 
     def chore(self, name: str, fn: Callable[[], None]) -> None:
+        """Run ``fn()`` on the supervisor's thread after every round."""
         self._chores.append((name, fn))
+
+    def wake(self) -> None:
+        """Do a round now rather than at the next interval (from any thread; never blocks)."""
+        self._wake.set()
 
     def check(self) -> str | None:
         """The first dead loop, as "<name> thread died: <exception>"; None while all run."""
@@ -102,7 +108,11 @@ class Supervisor:
         return None
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
+        while not self._stop.is_set():
+            self._wake.wait(self.interval_s)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             reason = self.check()
             if reason is not None:
                 self.reason = reason
@@ -125,5 +135,6 @@ class Supervisor:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(5)
