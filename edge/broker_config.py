@@ -24,9 +24,10 @@ TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "scripts" / "broker"
 CONF_TEMPLATE = TEMPLATE_DIR / "mosquitto.conf.template"
 ACL_TEMPLATE = TEMPLATE_DIR / "acl.template"
 
-#: Largest publish the broker accepts by default. Commands and configs are far smaller (the device
-#: itself caps incoming messages lower); event batches are the large ones.
-DEFAULT_MESSAGE_SIZE_LIMIT = 1024 * 1024
+#: Largest packet the broker accepts by default (``max_packet_size``, announced to MQTT 5 clients).
+#: Commands and configs are far smaller (the device itself caps incoming messages lower); event
+#: batches are the large ones, and a device keeps them under the announced size.
+DEFAULT_MAX_PACKET_SIZE = 1024 * 1024
 
 _BLOCK_RE = re.compile(r"^#@server-begin\n(?P<body>.*?)^#@server-end\n", re.MULTILINE | re.DOTALL)
 _SAFE_VALUE_RE = re.compile(r"^[^\s#]([^\n\r#]*[^\s#])?$")
@@ -78,7 +79,7 @@ def render_mosquitto_conf(
     port: int = 8883,
     bind_address: str | None = None,
     log_dest: str = "syslog",
-    message_size_limit: int = DEFAULT_MESSAGE_SIZE_LIMIT,
+    max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
     user: str = "mosquitto",
     template: Path | None = None,
 ) -> str:
@@ -92,8 +93,8 @@ def render_mosquitto_conf(
     _slug(commune, "commune")
     if not 1 <= port <= 65535:
         raise BrokerConfigError(f"port {port}: must be 1-65535")
-    if message_size_limit < 1024:
-        raise BrokerConfigError(f"message_size_limit {message_size_limit}: too small for an event batch")
+    if max_packet_size < 1024:
+        raise BrokerConfigError(f"max_packet_size {max_packet_size}: too small for an event batch")
     listen = str(port)
     if bind_address is not None:
         listen += " " + _safe(bind_address, "bind_address")
@@ -106,7 +107,7 @@ def render_mosquitto_conf(
         "acl_file": _safe(str(acl_file), "acl_file"),
         "persistence_dir": _safe(str(persistence_dir).rstrip("/") or "/", "persistence_dir"),
         "log_dest": _safe(log_dest, "log_dest"),
-        "message_size_limit": str(message_size_limit),
+        "max_packet_size": str(max_packet_size),
         "user": _safe(user, "user"),
     }
     return _substitute(Template(_read(template or CONF_TEMPLATE)), **values)
@@ -125,7 +126,7 @@ def write_broker_config(
     port: int = 8883,
     bind_address: str | None = None,
     log_dest: str = "syslog",
-    message_size_limit: int = DEFAULT_MESSAGE_SIZE_LIMIT,
+    max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
     user: str = "mosquitto",
     force: bool = False,
 ) -> BrokerFiles:
@@ -144,7 +145,7 @@ def write_broker_config(
         port=port,
         bind_address=bind_address,
         log_dest=log_dest,
-        message_size_limit=message_size_limit,
+        max_packet_size=max_packet_size,
         user=user,
     )
     write_file(acl_path, acl.encode(), mode=0o644, force=force)

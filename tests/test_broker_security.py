@@ -126,6 +126,7 @@ class Probe:
             self.client.will_set(will_topic, f"will of {client_id}".encode(), qos=1)
         self._cond = threading.Condition()
         self.connack: ReasonCode | None = None
+        self.connack_properties: object = None
         self.disconnected = False
         self.messages: list[tuple[str, bytes]] = []
         self._pubacks: dict[int, ReasonCode] = {}
@@ -137,9 +138,10 @@ class Probe:
         self.client.on_subscribe = self._on_subscribe
 
     # -- paho callbacks (network thread) --
-    def _on_connect(self, _c: object, _u: object, _f: object, rc: ReasonCode, _p: object) -> None:
+    def _on_connect(self, _c: object, _u: object, _f: object, rc: ReasonCode, props: object) -> None:
         with self._cond:
             self.connack = rc
+            self.connack_properties = props
             self._cond.notify_all()
 
     def _on_disconnect(self, _c: object, _u: object, _f: object, _rc: ReasonCode, _p: object) -> None:
@@ -292,6 +294,16 @@ def test_device_made_key_and_csr_signed_by_the_ca_can_connect(
     device.connect()
     assert accepted(device.publish(f"{PREFIX}/dev/loa-09/evt/test", b"hello"))
     server.wait_for(f"{PREFIX}/dev/loa-09/evt/test", b"hello")
+
+
+def test_the_shipped_broker_announces_its_packet_limit(
+    request: pytest.FixtureRequest, tls_broker: MosquittoBroker, client: ClientFactory
+) -> None:
+    # A device keeps its batches under the announced limit and never sends a packet over it.
+    if "shipped-template" not in request.node.callspec.id:
+        pytest.skip("the test broker sets no packet limit")
+    device = client("counter-01")
+    assert getattr(device.connack_properties, "MaximumPacketSize", None) == broker_config.DEFAULT_MAX_PACKET_SIZE
 
 
 def test_a_device_cannot_take_over_another_devices_session(client: ClientFactory) -> None:

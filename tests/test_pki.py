@@ -236,7 +236,7 @@ def test_conf_renders_a_client_certificate_listener(tmp_path: Path) -> None:
     assert lines["acl_file"] == "acl_file /etc/mosquitto/acl"
     assert lines["persistence"] == "persistence true"
     assert lines["persistence_location"] == "persistence_location /var/lib/mosquitto/"
-    assert lines["message_size_limit"] == f"message_size_limit {broker_config.DEFAULT_MESSAGE_SIZE_LIMIT}"
+    assert lines["max_packet_size"] == f"max_packet_size {broker_config.DEFAULT_MAX_PACKET_SIZE}"
     assert "password_file" not in lines
 
 

@@ -255,6 +255,25 @@ def test_a_broker_that_drops_the_connection_over_a_packet_gets_the_rest_and_the_
     assert big.id not in stored_ids(tmp_path / "collector.db")
 
 
+def test_a_publish_over_message_size_limit_costs_a_few_reconnects_then_the_event_is_set_aside(
+    tmp_path: Path, stacks: list[Any]
+) -> None:
+    # Mosquitto 2.0 answers a publish over message_size_limit with PUBACK 0x95, a code MQTT 5 allows
+    # only in DISCONNECT: paho takes that PUBACK for a protocol error and drops the connection itself,
+    # every time, right after the same batch. The limit is not announced either.
+    broker = MosquittoBroker(tmp_path / "broker", message_size_limit=65536).start()
+    stacks.append(broker)
+    start_collector(tmp_path, broker, stacks)
+    stack = sync_stack(tmp_path, broker, stacks)
+    assert stack.link.max_packet_bytes is None
+    big, *small = stack.outbox.append_many([NewEvent("test", BIG), *(NewEvent("test", {"n": i}) for i in range(20))])
+    assert wait_for(lambda: stored_ids(tmp_path / "collector.db") >= {c.id for c in small}, timeout=90)
+    assert wait_for(lambda: [u["id"] for u in undeliverable(stack.outbox)] == [big.id], timeout=30)
+    assert "dropped right after" in undeliverable(stack.outbox)[0]["reason"]
+    assert stack.uplink.stats.split_batches >= 1
+    assert wait_for(lambda: stack.outbox.stats().depth == 0, timeout=30)
+
+
 def test_an_evtack_may_reject_ranges_and_old_evtacks_still_mean_what_they_meant() -> None:
     old = parse(EvtAck, b'{"v":1,"epoch":"00112233aabbccdd","ranges":[[1,5]]}', 65536)
     assert old.ranges == [(1, 5)] and old.rejected == [] and old.reason is None
