@@ -18,7 +18,7 @@ from edge.cli.common import (
     out,
     print_json,
 )
-from edge.config import EdgeConfig
+from edge.config import EdgeConfig, config_path
 from edge.services.broadcast import HARDWARE_META as BROADCAST_HARDWARE_META
 from edge.store import PRIORITIES, Outbox
 from edge.sync.undeliverable import undeliverable, undeliverable_count
@@ -29,6 +29,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from edge.daemon import Daemon
 
     config, base, _version = load_effective_config(args.config)
+    # The file this daemon runs with, for the versions it installs and checks (device.update) to read too.
+    os.environ["EDGE_CONFIG"] = str(config_path(args.config).absolute())
     return Daemon(config, base).run()
 
 

@@ -18,6 +18,7 @@ from edge.config.relays import RelaysConfig
 from edge.config.root import EdgeConfig
 from edge.config.speaker import SpeakerConfig
 from edge.config.speech import SpeechConfig
+from edge.config.update import UpdateConfig
 from edge.model import EdgeModel
 
 
@@ -81,6 +82,20 @@ def render_toml(values: Mapping[str, Any], model: type[EdgeModel] = EdgeConfig, 
     return "\n".join(lines) + "\n"
 
 
+#: Before the starter's ``[update]``, which is written commented out: updates are off until a
+#: technician names the update server (``[update]`` can only be set in the local file).
+UPDATE_LEAD = (
+    "# Signed software updates (device.update) are off: to take them, uncomment [update] and allow_hosts\n"
+    "# and list the commune's update server there; uncomment another key to change it. As written, every\n"
+    "# update is refused.\n"
+)
+
+
+def commented_out(toml: str) -> str:
+    """``toml`` with its tables and keys commented out; its comments stay as they are."""
+    return "".join(line if line.startswith("#") or not line.strip() else f"# {line}" for line in toml.splitlines(True))
+
+
 def starter_config(
     role: Role,
     device: str | None = None,
@@ -123,4 +138,5 @@ def starter_config(
         "# Check it with `edge config validate`; any value can be overridden by an environment\n"
         "# variable EDGE_<SECTION>__<KEY>, e.g. EDGE_MQTT__BROKER=mqtts://server:8883.\n\n"
     )
-    return header + render_toml(data)
+    update = render_toml({"update": UpdateConfig().model_dump(mode="json")})
+    return header + render_toml(data) + "\n" + UPDATE_LEAD + commented_out(update)
