@@ -34,6 +34,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from edge.exceptions import CommandRejected
+from edge.jsonfmt import compact
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ def _json_object(data: bytes, what: str) -> dict[str, Any]:
 
 
 def _dumps(obj: Mapping[str, Any]) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    return compact(obj).encode("utf-8")
 
 
 def sign(

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edge.clock import CommandClock, SystemTime
+from edge.jsonfmt import compact
 from edge.store.outbox import Outbox
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ class Reply:
 
 
 def _dumps(value: Mapping[str, Any]) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return compact(value)
 
 
 class CommandJournal:

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from edge.clock import ClockMonitor, now_iso
 from edge.exceptions import EventTooLarge, StoreCorrupt, StoreError, StoreFull
 from edge.ids import new_id
+from edge.jsonfmt import compact
 from edge.store import chain, formats
 from edge.store.host import DaemonLock, TimeSource, fingerprint, machine_identity, private_dir, private_file
 from edge.store.salvage import Salvage, salvage
@@ -970,7 +971,7 @@ class Outbox:
         priority = event.priority or DEFAULT_PRIORITY.get(event.type, "normal")
         if priority not in _PRIORITY_CODE:
             raise ValueError(f"priority must be one of {', '.join(PRIORITIES)}: {priority!r}")
-        data = json.dumps(event.data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        data = compact(event.data)
         # The writer adds the chain link to chained events: room for it is kept here, where the
         # caller can still be told the event is too large.
         extra = chain.CHAIN_BYTES if event.type in chain.CHAINED_TYPES else 0
