@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 
-from edge.keys import SLUG_RE, write_file
+from edge.keys import write_file
+from edge.model import SLUG_RE
 from edge.pki import PkiError, server_cn
 
 #: Where the templates live in a checkout (the broker is set up from the repository, not from a Pi).

@@ -24,7 +24,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -37,11 +36,11 @@ from cryptography.x509.oid import NameOID
 
 from edge.commands.jws import b64url_decode, b64url_encode
 from edge.exceptions import EdgeError
+from edge.model import SLUG_RE
 
 log = logging.getLogger(__name__)
 
 #: Device and commune identifiers (DESIGN.md §4); the same rule as :data:`edge.model.Slug`.
-SLUG_RE = re.compile(r"^[a-z0-9-]{1,64}$")
 
 
 class KeyMaterialError(EdgeError, ValueError):

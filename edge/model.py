@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
 
-#: Device, commune and root identifiers: lower-case letters, digits and hyphens (DESIGN.md §4).
-Slug = Annotated[str, StringConstraints(pattern=r"^[a-z0-9-]+$", min_length=1, max_length=64)]
+#: Device, commune and root identifiers: lower-case letters, digits and hyphens (DESIGN.md §4), at most
+#: 64. One rule, used by the models (:data:`Slug`) and by code that checks a plain string (:data:`SLUG_RE`).
+SLUG_PATTERN = r"^[a-z0-9-]{1,64}$"
+SLUG_RE = re.compile(SLUG_PATTERN)
+Slug = Annotated[str, StringConstraints(pattern=SLUG_PATTERN)]
 
 
 class EdgeModel(BaseModel):

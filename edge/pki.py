@@ -38,7 +38,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from edge.keys import SLUG_RE, KeyFileExists, KeyMaterialError, write_file, write_private_key
+from edge.keys import KeyFileExists, KeyMaterialError, write_file, write_private_key
+from edge.model import SLUG_RE
 
 log = logging.getLogger(__name__)
 
