@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import os
+import shlex
 import shutil
 import stat
 import subprocess
@@ -181,6 +182,13 @@ def passwd_entry(root: Path, name: str) -> str | None:
     return None
 
 
+def user_ids(root: Path, name: str) -> tuple[int, int]:
+    entry = passwd_entry(root, name)
+    assert entry is not None, name
+    _name, _pw, uid, gid, *_rest = entry.split(":")
+    return int(uid), int(gid)
+
+
 def group_members(root: Path) -> dict[str, list[str]]:
     groups = {}
     for line in (root / "etc/group").read_text().splitlines():
@@ -193,6 +201,33 @@ INSTALL = (
     f"bash {SOURCE_IN_ROOT}/scripts/install-pi --role counter --device counter-01 --commune gia-ray"
     " --broker mqtts://server.gia-ray.local:8883"
 )
+#: A shell command run as the daemon's user, as the unit runs it (no capabilities).
+AS_DAEMON = "setpriv --reuid=commune-edge --regid=commune-edge --init-groups --bounding-set=-all -- "
+OPT = "/opt/commune-edge"
+
+
+def make_versions(chroot: Chroot, versions: dict[str, tuple[str, str | None]]) -> None:
+    """Complete versions made as the daemon makes them on updates, as its user: ``name: (stamp
+    time, the version its commune_edge_deps.pth names or None)``."""
+    site = chroot.sh(f"cd {OPT}/current && ls -d lib/python3.*/site-packages").stdout.strip()
+    assert site, "the installed venv has no site-packages"
+    lines = [f"set -e; site={site}"]
+    for name, (when, deps) in versions.items():
+        d = f"{OPT}/versions/{name}"
+        stamp = f"{d}/.commune-edge-release"
+        lines.append(f'mkdir -p {d}/$site; echo {name} > {stamp}; touch -d "{when}" {stamp}')
+        if deps is not None:
+            lines.append(f"echo {OPT}/versions/{deps}/$site > {d}/$site/commune_edge_deps.pth")
+    script = "\n".join(lines)
+    made = chroot.sh(f"{AS_DAEMON} /bin/bash -c {shlex.quote(script)}")
+    assert made.returncode == 0, made.stdout + made.stderr
+
+
+def switch_as_daemon(chroot: Chroot, link: str, release: str) -> None:
+    """Point ``link`` at ``release`` as the daemon does (edge.update.layout), as its user."""
+    script = f"ln -s versions/{release} {OPT}/.{link}.new && mv -T {OPT}/.{link}.new {OPT}/{link}"
+    done = chroot.sh(f"{AS_DAEMON} /bin/bash -c {shlex.quote(script)}")
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_install_twice_changes_nothing_the_second_time_then_uninstall(chroot: Chroot) -> None:
@@ -217,6 +252,22 @@ def test_install_twice_changes_nothing_the_second_time_then_uninstall(chroot: Ch
     current = root / "opt/commune-edge/current"
     assert current.is_symlink() and os.readlink(current).startswith("versions/0.1.0-")
     assert (current / "bin/edge").exists()
+    # The guard before every start runs from confirmed: the first version is confirmed as installed.
+    confirmed = root / "opt/commune-edge/confirmed"
+    assert os.readlink(confirmed) == os.readlink(current)
+    release = os.readlink(current).removeprefix("versions/")
+    # The installation is the daemon's to update: /opt/commune-edge and versions/ are root's, writable
+    # by its group and sticky; the venv and both symlinks are its own, every file of it.
+    uid, gid = user_ids(root, "commune-edge")
+    for d in (root / "opt/commune-edge", root / "opt/commune-edge/versions"):
+        st = d.lstat()
+        assert (stat.S_ISDIR(st.st_mode), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (True, 0o1775, 0, gid), d
+    assert current.lstat().st_uid == confirmed.lstat().st_uid == uid
+    not_its_own = chroot.sh(f"find {OPT}/versions/{release} ! -user commune-edge -o ! -group commune-edge")
+    assert not_its_own.returncode == 0 and not_its_own.stdout == "", not_its_own.stdout[:2000]
+    # The groups install-pi made are recorded where the daemon cannot write.
+    record = root / "etc/commune-edge/.install-pi-groups"
+    assert record.read_text().split() == ["gpio"] and record.stat().st_uid == 0
     unit = root / "etc/systemd/system/commune-edge.service"
     assert unit.read_bytes() == (REPO / "systemd/commune-edge.service").read_bytes()
     wants = root / "etc/systemd/system/multi-user.target.wants/commune-edge.service"
@@ -241,6 +292,33 @@ def test_install_twice_changes_nothing_the_second_time_then_uninstall(chroot: Ch
     assert "installing Debian packages" not in second.stdout
     assert differences(before, manifest(root)) == []
 
+    # Versions come and go on updates, made by the daemon as its user. Then install-pi runs again
+    # (keep_versions = 2): it keeps current and the confirmed version, though older than a newer one,
+    # and the version the confirmed one takes its dependencies from, though the oldest of all.
+    newer, junk, based, base = "9.9.9-dddddddddddd", "0.0.8-bbbbbbbbbbbb", "0.0.9-cccccccccccc", "0.0.7-aaaaaaaaaaaa"
+    make_versions(
+        chroot,
+        {
+            base: ("2020-01-01", None),
+            junk: ("2021-01-01", None),
+            based: ("2022-01-01", base),
+            newer: ("tomorrow", None),
+        },
+    )
+    partial = chroot.sh(f"{AS_DAEMON} mkdir {OPT}/versions/0.0.6-eeeeeeeeeeee")  # an install cut short
+    assert partial.returncode == 0, partial.stderr
+    switch_as_daemon(chroot, "confirmed", based)
+    # What root made there the daemon cannot move or replace.
+    moved = chroot.sh(f"{AS_DAEMON} mv -T {OPT}/versions {OPT}/elsewhere")
+    assert moved.returncode != 0 and (root / "opt/commune-edge/versions").is_dir()
+    pruned = chroot.sh(INSTALL)
+    assert pruned.returncode == 0, f"third install failed:\n{pruned.stdout}\n{pruned.stderr}"
+    gone = {line.split()[-1] for line in pruned.stdout.splitlines() if "removed the old version" in line}
+    assert gone == {newer, junk, "0.0.6-eeeeeeeeeeee"}, pruned.stdout
+    kept = sorted(p.name for p in (root / "opt/commune-edge/versions").iterdir())
+    assert kept == sorted([release, based, base])
+    assert os.readlink(current) == f"versions/{release}" and os.readlink(confirmed) == f"versions/{based}"
+
     # The unit as installed passes systemd-analyze verify (systemd installed as a Pi has it).
     got_systemd = chroot.sh("apt-get install -y -qq --no-install-recommends systemd >/dev/null")
     assert got_systemd.returncode == 0, got_systemd.stderr
@@ -251,6 +329,11 @@ def test_install_twice_changes_nothing_the_second_time_then_uninstall(chroot: Ch
     assert security.returncode == 0, security.stdout + security.stderr
     assert "Overall exposure level for commune-edge.service" in security.stdout
 
+    # The daemon can delete what install-pi installed, as it deletes old versions after an update.
+    deleted = chroot.sh(f"{AS_DAEMON} rm -rf {OPT}/versions/{release}")
+    assert deleted.returncode == 0, deleted.stderr[:2000]
+    assert not (root / "opt/commune-edge/versions" / release).exists()
+
     # Uninstall: unit, venvs and user go; config and state stay.
     (state / "events.db").write_bytes(b"kept")
     removed = chroot.sh(f"bash {SOURCE_IN_ROOT}/scripts/install-pi --uninstall")
@@ -259,14 +342,18 @@ def test_install_twice_changes_nothing_the_second_time_then_uninstall(chroot: Ch
     assert not unit.exists() and not wants.exists()
     assert passwd_entry(root, "commune-edge") is None
     assert "gpio" not in group_members(root)  # made by install-pi, so removed by it
+    assert not record.exists()
     assert config.exists() and (state / "events.db").read_bytes() == b"kept"
 
     # Installing again finds the kept config and state and gives the state to the new user.
     again = chroot.sh(INSTALL)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "keeping the existing /etc/commune-edge/edge.toml" in again.stdout
-    uid = int(chroot.sh("id -u commune-edge").stdout)
+    uid, gid = user_ids(root, "commune-edge")
     assert (state / "events.db").stat().st_uid == uid
+    # The kept config's group was the old user's: the new one must be able to read it.
+    assert "gave /etc/commune-edge/edge.toml to the group commune-edge" in again.stdout
+    assert config.stat().st_gid == gid
 
     purged = chroot.sh(f"bash {SOURCE_IN_ROOT}/scripts/install-pi --uninstall --purge")
     assert purged.returncode == 0, purged.stdout + purged.stderr
