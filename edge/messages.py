@@ -7,11 +7,10 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, StringConstraints, ValidationError, model_validator
 
 from edge.exceptions import BadMessage
-from edge.model import EdgeModel, Slug
+from edge.model import EdgeModel, Slug, Uuid
 
 EventType = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_.-]{1,64}$")]
 Epoch = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{8,64}$")]
-Uuid = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")]
 
 MAX_EVENTS_PER_BATCH = 10_000
 MAX_ACK_RANGES = 10_000

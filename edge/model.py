@@ -13,6 +13,12 @@ SLUG_PATTERN = r"^[a-z0-9-]{1,64}$"
 SLUG_RE = re.compile(SLUG_PATTERN)
 Slug = Annotated[str, StringConstraints(pattern=SLUG_PATTERN)]
 
+#: A UUID in canonical form (lower-case, hyphenated): event ids and command ids. A replay set keyed by
+#: the string must not see "ABC…" and "abc…" as two commands.
+UUID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+UUID_RE = re.compile(UUID_PATTERN)
+Uuid = Annotated[str, StringConstraints(pattern=UUID_PATTERN)]
+
 
 class EdgeModel(BaseModel):
     """Strict base: unknown keys are errors, so a typo in a config is never silently ignored."""

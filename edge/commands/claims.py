@@ -32,7 +32,6 @@ Decisions, and why:
 
 from __future__ import annotations
 
-import re
 import time
 import uuid
 from collections.abc import Mapping
@@ -42,7 +41,7 @@ from pydantic import ConfigDict, Field, StrictInt, StringConstraints, Validation
 
 from edge.clock import CommandTime
 from edge.exceptions import CommandRejected
-from edge.model import EdgeModel, Slug, problems, summarize
+from edge.model import UUID_RE, EdgeModel, Slug, problems, summarize
 
 #: The reasons :func:`check_claims` gives.
 REASONS = frozenset({"malformed", "wrong_device", "not_yet_valid", "expired", "too_long_lived"})
@@ -56,7 +55,6 @@ DEFAULT_LIFE_S = 120
 
 CLAIMS_VERSION = 1
 
-_UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 #: Unix seconds, bounded so that arithmetic and date conversion never overflow (year 2^53 s is far).
 UnixTime = Annotated[StrictInt, Field(ge=0, le=2**53 - 1)]
@@ -91,7 +89,7 @@ class Claims(EdgeModel):
     @field_validator("cmd_id")
     @classmethod
     def _canonical_uuid(cls, value: str) -> str:
-        if not _UUID_RE.fullmatch(value):
+        if not UUID_RE.fullmatch(value):
             raise ValueError("must be a UUID in canonical lower-case form")
         return value
 
