@@ -47,6 +47,14 @@ class Topics:
     def cfg_reported(self) -> str:
         return f"{self.prefix}cfg/reported"
 
+    def media(self, clip_id: str) -> str:
+        """Where the chunks of an evidence clip go (DESIGN.md §9 "Upload")."""
+        return f"{self.prefix}media/{clip_id}"
+
+    @property
+    def mediaack(self) -> str:
+        return f"{self.prefix}mediaack"
+
     @property
     def server_status(self) -> str:
         return server_status_topic(self.root, self.commune)
@@ -59,6 +67,11 @@ def server_status_topic(root: str, commune: str) -> str:
 def events_filter(root: str, commune: str = "+") -> str:
     """What the collector subscribes to: every device's events in a commune (or all: ``+``)."""
     return f"{root}/{commune}/dev/+/evt/#"
+
+
+def media_filter(root: str, commune: str = "+") -> str:
+    """What the collector subscribes to for evidence uploads: every device's ``media/{clip_id}``."""
+    return f"{root}/{commune}/dev/+/media/#"
 
 
 @dataclass(frozen=True)
