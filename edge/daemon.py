@@ -31,7 +31,7 @@ from edge.exceptions import ConfigError, LinkError
 from edge.health import health_data
 from edge.keys import load_trusted_keys
 from edge.services import LIVE_KEYS, Service, ServiceContext, build_services
-from edge.store import Outbox
+from edge.store import Outbox, max_event_bytes_for
 from edge.store.journal import CommandJournal
 from edge.supervisor import Supervisor
 from edge.sync import LinkSettings, MqttLink, Uplink, Will
@@ -163,7 +163,7 @@ class Daemon:
         sup.watch("uplink", self.uplink.alive, lambda: self.uplink.failure)
         sup.watch("replies", self.replies.alive, lambda: self.replies.failure)
         # The channel's intake thread: verification, the replay check and the journal write.
-        sup.watch_thread("commands", lambda: self.channel._thread)
+        sup.watch_thread("commands", lambda: self.channel.thread)
         sup.chore("recording the link state", self._record_link_state)
 
     def _status(self, online: bool) -> bytes:
@@ -187,6 +187,7 @@ class Daemon:
             return
         self.config = new
         self.outbox.max_bytes = new.store.max_bytes
+        self.outbox.max_event_bytes = max_event_bytes_for(new)  # follows sync.batch_max_bytes
         self.outbox.keep_acked_s = new.store.keep_acked_s
         self.uplink.settings = new.sync
         for service in self.services:
@@ -236,7 +237,12 @@ class Daemon:
                 self.started,
                 {
                     "boot": self.boot,
-                    "link": {"connected": self.link.connected.is_set(), **_link_counts(self.link)},
+                    "link": {
+                        "connected": self.link.connected.is_set(),
+                        "state": self._link_state[0],
+                        "since": self._link_state[1],
+                        **_link_counts(self.link),
+                    },
                     "inflight": self.uplink.inflight,
                 },
             ),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import time
 from typing import Any
 
@@ -19,6 +20,7 @@ from edge.cli.common import (
     print_json,
 )
 from edge.config import EdgeConfig, config_path
+from edge.health import chain_head, cpu_temp_c, mem_available_bytes, read_throttled
 from edge.services.broadcast import HARDWARE_META as BROADCAST_HARDWARE_META
 from edge.store import PRIORITIES, Outbox
 from edge.sync.undeliverable import undeliverable, undeliverable_count
@@ -69,7 +71,36 @@ def status_report(config: EdgeConfig, outbox: Outbox) -> dict[str, Any]:
         "undeliverable_total": undeliverable_count(outbox),
         "undeliverable": undeliverable(outbox),
         "hardware": _hardware_problems(outbox, running),
+        "host": host_health(outbox),
+        "chain": chain_head(outbox),
     }
+
+
+def host_health(outbox: Outbox) -> dict[str, Any]:
+    """This machine's temperature, throttling, load, memory and the state directory's free disk."""
+    return {
+        "cpu_temp_c": cpu_temp_c(),
+        "throttled": read_throttled(),
+        "load": [round(x, 2) for x in os.getloadavg()],
+        "mem_available_bytes": mem_available_bytes(),
+        "disk_free_bytes": shutil.disk_usage(outbox.path.parent).free,
+    }
+
+
+def _host_line(host: dict[str, Any]) -> str:
+    parts = [] if host["cpu_temp_c"] is None else [f"{host['cpu_temp_c']:.1f} °C"]
+    parts.append(f"load {host['load'][0]:.2f}")
+    if host["mem_available_bytes"] is not None:
+        parts.append(f"{host['mem_available_bytes'] / 2**20:.0f} MB memory free")
+    parts.append(f"{host['disk_free_bytes'] / 2**30:.1f} GB disk free")
+    flags = host["throttled"] or {}
+    now = [f for f in ("under_voltage", "freq_capped", "throttled", "soft_temp_limit") if flags.get(f)]
+    past = [f for f in ("under_voltage", "throttled") if flags.get(f + "_occurred") and not flags.get(f)]
+    if now:
+        parts.append("NOW: " + ", ".join(f.replace("_", "-") for f in now))
+    if past:
+        parts.append("since boot: " + ", ".join(f.replace("_", "-") for f in past))
+    return ", ".join(parts)
 
 
 def _hardware_problems(outbox: Outbox, running: bool) -> dict[str, str]:
@@ -106,6 +137,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"evictions   bulk {report['evictions']['bulk']}, normal {report['evictions']['normal']}",
         f"store       {report['store']['bytes']} of {report['store']['cap']} bytes, epoch {report['store']['epoch']}",
     ]
+    lines.append(f"host        {_host_line(report['host'])}")
+    chain = report["chain"]
+    head = "nothing chained yet" if chain is None else f"n {chain['n']}, digest {chain['digest'][:16]}…"
+    lines.append(f"chain       {head}")
     for part, problem in report["hardware"].items():
         lines.append(f"{part:<11} problem: {problem}")
     if report["undeliverable_total"]:
