@@ -384,6 +384,11 @@ class CommandChannel:
 
     # -- lifetime -------------------------------------------------------------------------------
 
+    @property
+    def thread(self) -> threading.Thread | None:
+        """The intake thread, once started: the daemon's supervisor watches it."""
+        return self._thread
+
     def start(self) -> CommandChannel:
         self.finish_interrupted()
         self.clock.remember()
