@@ -154,6 +154,13 @@ class Daemon:
         self.services: list[Service] = build_services(
             ServiceContext(config, self.outbox, self.registry, process_resources())
         )
+        if config.camera:
+            # evidence.upload needs the link, which services are not given: built here, run as one.
+            from edge.services.camera.upload import EvidenceUploader
+
+            cameras = {cam.name: cam.evidence for cam in config.camera}
+            media = config.store.state_dir / "media"
+            self.services.append(EvidenceUploader(media, cameras, self.outbox, self.link, self.topics, self.registry))
         self._watch()
 
     def _watch(self) -> None:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+#: A clip id in ``media/{clip_id}`` is the UUID its evidence event gave the clip (edge.ids.new_id); being
+#: nothing else, it is safe as a file name on either side.
+CLIP_ID_RE = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+
 
 @dataclass(frozen=True)
 class Topics:

@@ -66,6 +66,20 @@ class EvidenceConfig(EdgeModel):
         description="Detector score from which a region counts as a face and is blurred; lower blurs more "
         "(a false face costs a blurred patch, a missed face costs privacy).",
     )
+    upload_max_kbps: float = Field(
+        default=256,
+        gt=0,
+        le=100_000,
+        description="evidence.upload sends this camera's clips at most this fast (kilobits per second), one "
+        "chunk at a time, so that events always find the uplink free.",
+    )
+    upload_chunk_bytes: int = Field(
+        default=48 * 1024,
+        ge=1024,
+        le=256 * 1024,
+        description="Bytes of a clip per MQTT message of an upload; smaller still if the broker announces a "
+        "lower maximum packet size.",
+    )
 
     @model_validator(mode="after")
     def _ring_holds_a_clip(self) -> EvidenceConfig:

@@ -49,12 +49,10 @@ from edge.clock import now_iso
 from edge.jsonfmt import compact
 from edge.model import EdgeModel
 from edge.store import ranges_of
-from edge.topics import parse_device_topic
+from edge.topics import CLIP_ID_RE, parse_device_topic
 
 log = logging.getLogger(__name__)
 
-#: A clip id is the UUID of its ``evidence`` event's clip (edge.ids.new_id): nothing else is a file name.
-CLIP_ID_RE = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 _CLIP_ID = re.compile(CLIP_ID_RE)
 #: The largest chunk the collector takes (the device's default is 48 KiB, under any sane broker cap).
 MAX_CHUNK_BYTES = 256 * 1024
