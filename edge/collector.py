@@ -1,8 +1,9 @@
 """``edge collect``: the commune-side collector.
 
-It subscribes to every device's events, validates each batch, stores the events in SQLite by id
-(a repeat is ignored, so delivery is exactly-once in effect), **commits, then** publishes an
-``evtack`` to the device. Messages waiting at the same moment are stored together, up to
+It subscribes to every device's events, validates each batch, stores the events by id in SQLite or
+PostgreSQL (:mod:`edge.server.storage`; a repeat is ignored, so delivery is exactly-once in effect,
+also when several collectors share the load through a shared subscription), **commits, then**
+publishes an ``evtack`` to the device. Messages waiting at the same moment are stored together, up to
 ``GROUP_MAX_EVENTS`` events per transaction, taking each topic (device and event type) in turn.
 
 An event that can never be stored (it breaks the contract) is answered, not ignored: the
@@ -30,11 +31,10 @@ import json
 import logging
 import math
 import re
-import sqlite3
+import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,10 +46,11 @@ from edge.config import BrokerAddress
 from edge.exceptions import BadMessage, StoreError
 from edge.jsonfmt import compact
 from edge.messages import MAX_EVENTS_PER_BATCH, EventBatch, WireEvent, parse
+from edge.server.storage import SqliteStorage, Storage, StorageError, open_storage
 from edge.store import ranges_of
 from edge.supervisor import Supervisor, thread_alive
 from edge.sync import LinkSettings, MqttLink, Will
-from edge.topics import DeviceTopic, events_filter, parse_device_topic, server_status_topic
+from edge.topics import DeviceTopic, events_filter, media_filter, parse_device_topic, server_status_topic
 
 log = logging.getLogger(__name__)
 
@@ -75,25 +76,6 @@ def _non_finite(value: Any) -> bool:
     if isinstance(value, list):
         return any(_non_finite(v) for v in value)
     return False
-
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
-    id           TEXT PRIMARY KEY,
-    device       TEXT NOT NULL,
-    commune      TEXT NOT NULL,
-    epoch        TEXT NOT NULL,
-    seq          INTEGER NOT NULL,
-    type         TEXT NOT NULL,
-    priority     TEXT NOT NULL,
-    ts           TEXT NOT NULL,
-    clock_synced INTEGER NOT NULL,
-    data         TEXT NOT NULL,
-    received_at  TEXT NOT NULL
-);  -- a rowid table: rowid order is arrival order
-CREATE INDEX IF NOT EXISTS events_by_device ON events (commune, device, epoch, seq);
-CREATE INDEX IF NOT EXISTS events_by_type ON events (type, ts);
-"""
 
 
 @dataclass
@@ -143,55 +125,15 @@ class Received:
     rejections: list[Rejection] = field(default_factory=list)
 
 
-class CollectorStore:
-    """The collector's SQLite database (table ``events``, one row per event id)."""
+def _default_client_id(root: str, commune: str, share: str | None) -> str:
+    """One collector's MQTT client id. The collectors of a share group need distinct ids (one id is
+    one session: a second login would take over the first), so the host's name is part of it."""
+    base = f"edge-collect-{root}-{commune.replace('+', 'all')}"
+    return f"{base}-{share}-{socket.gethostname()}" if share else base
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=15.0)
-        self.conn.execute("PRAGMA journal_mode = WAL")
-        self.conn.execute("PRAGMA synchronous = FULL")
-        self.conn.executescript(_SCHEMA)
 
-    def store(self, batches: Iterable[EventBatch]) -> list[tuple[EventBatch, int]]:
-        """Insert every event of every batch in one transaction; returns new rows per batch."""
-        received = now_iso()
-        out: list[tuple[EventBatch, int]] = []
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            for batch in batches:
-                before = self.conn.total_changes
-                self.conn.executemany(
-                    "INSERT OR IGNORE INTO events (id, device, commune, epoch, seq, type, priority, ts, "
-                    "clock_synced, data, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (
-                            e.id,
-                            batch.device,
-                            batch.commune,
-                            batch.epoch,
-                            e.seq,
-                            e.type,
-                            e.priority,
-                            e.ts,
-                            int(e.clock_synced),
-                            compact(e.data),
-                            received,
-                        )
-                        for e in batch.events
-                    ],
-                )
-                out.append((batch, self.conn.total_changes - before))
-            self.conn.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                self.conn.execute("ROLLBACK")
-            raise
-        return out
-
-    def close(self) -> None:
-        self.conn.close()
+#: The SQLite backend under the name it had before PostgreSQL was added.
+CollectorStore = SqliteStorage
 
 
 class Collector:
@@ -208,13 +150,17 @@ class Collector:
         ca_file: Path | None = None,
         cert_file: Path | None = None,
         key_file: Path | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        share: str | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES,
         store_retry_s: float = DEFAULT_STORE_RETRY_S,
+        media_dir: Path | None = None,
     ) -> None:
         self.root = root
         self.commune = commune
-        self.store = CollectorStore(db)
+        self.store: Storage = open_storage(db)
         self.stats = CollectorStats()
         self.max_message_bytes = max_message_bytes
         self.max_queued_bytes = max_queued_bytes
@@ -236,10 +182,12 @@ class Collector:
         self.link = MqttLink(
             LinkSettings(
                 address=BrokerAddress.parse(broker),
-                client_id=client_id or f"edge-collect-{root}-{commune.replace('+', 'all')}",
+                client_id=client_id or _default_client_id(root, commune, share),
                 ca_file=ca_file,
                 cert_file=cert_file,
                 key_file=key_file,
+                username=username,
+                password=password,
                 # Oversized messages are dropped (and counted) before they are even parsed.
                 max_incoming_bytes=max_message_bytes,
                 reconnect_min_s=0.2,
@@ -247,7 +195,18 @@ class Collector:
                 will=will,
             )
         )
-        self.link.subscribe(events_filter(root, commune), self._on_message)
+        # With a share group the broker hands each message to one collector of the group; any of
+        # them may get any batch (and a redelivery may go to another), which the id key absorbs.
+        events = events_filter(root, commune)
+        self.link.subscribe(f"$share/{share}/{events}" if share else events, self._on_message)
+        # Evidence uploads (edge.server.media), never through the share group: chunks spread over
+        # collectors with stores of their own would never make a whole clip anywhere.
+        from edge.server.media import MediaReceiver, media_paths
+
+        index, directory = media_paths(db, media_dir)
+        self.media = MediaReceiver(index, directory, lambda t, p: self.link.publish(t, p, qos=1), root=root)
+        self.link.subscribe(media_filter(root, commune), self.media.on_message)
+        self.supervisor.watch_thread("collector-media", lambda: self.media.thread)
         self.link.on_connect(self._on_connect)
         self.supervisor.watch_thread("collector", lambda: self._thread)
         self.supervisor.watch("mqtt-link", self.link.alive, lambda: self.link.failure)
@@ -469,7 +428,7 @@ class Collector:
             while (self._inbox or self._queues) and not self._stop.is_set():
                 try:
                     self._drain()
-                except sqlite3.Error as exc:
+                except StorageError as exc:
                     # Nothing was acknowledged, so the devices will send again; keep trying, but a
                     # store that stays broken ends the collector (systemd restarts it, and says so).
                     now = time.monotonic()
@@ -477,7 +436,7 @@ class Collector:
                         failing_since = now
                     if now - failing_since >= self.store_retry_s:
                         raise StoreError(
-                            f"the collector's database {self.store.path} has failed for "
+                            f"the collector's database {self.store.location} has failed for "
                             f"{now - failing_since:.0f} s: {exc}"
                         ) from exc
                     log.warning("could not store events (%s); they will be sent again", exc)
@@ -488,6 +447,7 @@ class Collector:
     def summary(self) -> dict[str, Any]:
         """Counters so far; oversized messages are counted by the link, which drops them unread."""
         out = self.stats.as_dict()
+        out["media"] = self.media.stats.as_dict()
         if self.link.stats.oversized_dropped:
             out["rejected"]["oversized"] = out["rejected"].get("oversized", 0) + self.link.stats.oversized_dropped
         return out
@@ -498,6 +458,7 @@ class Collector:
     def start(self) -> Collector:
         self._thread = threading.Thread(target=self._run, name="collector", daemon=True)
         self._thread.start()
+        self.media.start()
         self.link.start()
         self.supervisor.start()
         return self
@@ -514,4 +475,5 @@ class Collector:
         if self._thread is not None:
             self._thread.join(5)
         self.link.stop()
+        self.media.stop()
         self.store.close()

@@ -20,6 +20,17 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
     from edge.collector import Collector
 
+    password = None
+    if args.password_file is not None:
+        if not args.username:
+            log.error("--password-file needs --username")
+            return 2
+        try:
+            # One line, as the device's mqtt-password credential: the newline an editor adds is not part of it.
+            password = args.password_file.read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as exc:
+            log.error("cannot read the password file %s: %s", args.password_file, exc)
+            return 2
     collector = Collector(
         args.broker,
         args.db,
@@ -29,9 +40,13 @@ def cmd_collect(args: argparse.Namespace) -> int:
         ca_file=args.ca,
         cert_file=args.cert,
         key_file=args.key,
+        username=args.username,
+        password=password,
+        share=args.share,
         max_message_bytes=args.max_message_bytes,
         max_queued_bytes=args.max_queued_bytes,
         store_retry_s=args.store_retry_s,
+        media_dir=args.media,
     ).start()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -61,7 +76,21 @@ def cmd_collect(args: argparse.Namespace) -> int:
 def register(sub: Any) -> None:
     p = sub.add_parser("collect", help="the commune-side collector: subscribe, store, acknowledge")
     p.add_argument("--broker", required=True, help="mqtt://HOST:PORT or mqtts://HOST:PORT")
-    p.add_argument("--db", required=True, help="SQLite file to store events in")
+    p.add_argument(
+        "--db",
+        required=True,
+        help="where to store events: a SQLite file, or postgresql://USER@HOST[:PORT]/DB "
+        "(several collectors may share one)",
+    )
+    p.add_argument(
+        "--share",
+        metavar="GROUP",
+        default=None,
+        help="subscribe through the MQTT 5 shared subscription $share/GROUP/...: the collectors of one group "
+        "share the messages (give them one PostgreSQL --db and distinct --client-id)",
+    )
+    p.add_argument("--username", default=None, help="MQTT username, for a broker that logs in with passwords")
+    p.add_argument("--password-file", type=Path, default=None, help="file holding the MQTT password (one line)")
     p.add_argument("--commune", default="+", help="commune slug, or + for all")
     p.add_argument("--root", default="vn")
     p.add_argument("--client-id", default=None)
@@ -69,6 +98,13 @@ def register(sub: Any) -> None:
     p.add_argument("--cert", type=Path, help="client certificate (mqtts)")
     p.add_argument("--key", type=Path, help="client key (mqtts)")
     p.add_argument("--max-message-bytes", type=int, default=4 * 1024 * 1024)
+    p.add_argument(
+        "--media",
+        type=Path,
+        default=None,
+        help="directory for uploaded evidence clips (default: media/ beside a SQLite --db; "
+        "with PostgreSQL: ./media unless given, its index in DIR/media.db)",
+    )
     p.add_argument(
         "--max-queued-bytes",
         type=int,

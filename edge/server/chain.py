@@ -459,10 +459,22 @@ def verify_db(conn: sqlite3.Connection, *, commune: str | None = None, device: s
     return verifier.statuses()
 
 
-def record(conn: sqlite3.Connection, statuses: Iterable[ChainStatus]) -> int:
-    """Write statuses to the ``chains`` table (created if need be) in one transaction; returns how many."""
+#: Writes one row of :func:`chain_rows` to the ``chains`` table, replacing the chain's earlier status
+#: (``?`` placeholders; the same statement runs on PostgreSQL with ``%s``).
+UPSERT_CHAIN = (
+    "INSERT INTO chains (commune, device, epoch, events, length, verified, whole, breaks, first_break_kind, "
+    "first_break_n, first_break, detail, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (commune, device, epoch) DO UPDATE SET events = excluded.events, length = excluded.length, "
+    "verified = excluded.verified, whole = excluded.whole, breaks = excluded.breaks, "
+    "first_break_kind = excluded.first_break_kind, first_break_n = excluded.first_break_n, "
+    "first_break = excluded.first_break, detail = excluded.detail, updated_at = excluded.updated_at"
+)
+
+
+def chain_rows(statuses: Iterable[ChainStatus]) -> list[tuple[Any, ...]]:
+    """The ``chains`` table's rows for ``statuses``, in the column order of :data:`UPSERT_CHAIN`."""
     now = now_iso()
-    rows = []
+    rows: list[tuple[Any, ...]] = []
     for s in statuses:
         first = s.first_break
         rows.append(
@@ -482,15 +494,13 @@ def record(conn: sqlite3.Connection, statuses: Iterable[ChainStatus]) -> int:
                 now,
             )
         )
+    return rows
+
+
+def record(conn: sqlite3.Connection, statuses: Iterable[ChainStatus]) -> int:
+    """Write statuses to the ``chains`` table (created if need be) in one transaction; returns how many."""
+    rows = chain_rows(statuses)
     conn.executescript(CHAINS_SCHEMA)
     with conn:
-        conn.executemany(
-            "INSERT INTO chains (commune, device, epoch, events, length, verified, whole, breaks, first_break_kind, "
-            "first_break_n, first_break, detail, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (commune, device, epoch) DO UPDATE SET events = excluded.events, length = excluded.length, "
-            "verified = excluded.verified, whole = excluded.whole, breaks = excluded.breaks, "
-            "first_break_kind = excluded.first_break_kind, first_break_n = excluded.first_break_n, "
-            "first_break = excluded.first_break, detail = excluded.detail, updated_at = excluded.updated_at",
-            rows,
-        )
+        conn.executemany(UPSERT_CHAIN, rows)
     return len(rows)

@@ -61,6 +61,16 @@ class Will:
     retain: bool = True
 
 
+def _routed(topic_filter: str) -> str:
+    """The filter that messages of a subscription arrive under: a shared subscription's
+    ``$share/{group}/`` prefix is not part of the topics the broker delivers."""
+    if topic_filter.startswith("$share/"):
+        parts = topic_filter.split("/", 2)
+        if len(parts) == 3:
+            return parts[2]
+    return topic_filter
+
+
 @dataclass
 class LinkSettings:
     """Everything needed to reach a broker."""
@@ -331,7 +341,7 @@ class MqttLink:
             self.stats.handler_errors += 1
             return
         for topic_filter, handler in self._handlers:
-            if mqtt.topic_matches_sub(topic_filter, topic):
+            if mqtt.topic_matches_sub(_routed(topic_filter), topic):
                 try:
                     handler(topic, bytes(message.payload))
                 except Exception:
