@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import json
 import os
 import shlex
 import shutil
@@ -21,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from tests.test_update_daemon import WheelShop
 
 pytestmark = pytest.mark.slow
 
@@ -223,6 +226,26 @@ def make_versions(chroot: Chroot, versions: dict[str, tuple[str, str | None]]) -
     assert made.returncode == 0, made.stdout + made.stderr
 
 
+#: What the daemon does with a signed device.update once the wheel is downloaded (edge.update), run by
+#: the installed version as the daemon's user: install it beside the running version, check it with
+#: itself, switch current and confirmed, prune.
+UPDATE = r"""
+import json, sys
+from pathlib import Path
+from edge.store import formats
+from edge.update import Installation
+from edge.update.install import check_release, install_release
+inst = Installation(Path("/opt/commune-edge"))
+wheel, release, version = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+target = install_release(inst, wheel, release, timeout_s=600)
+on_disk = {"store_compat": formats.STORE_COMPAT, "desired_compat": formats.DESIRED_COMPAT}
+checks = check_release(target, version, Path("/etc/commune-edge/edge.toml"), on_disk, timeout_s=600)
+inst.point("current", release)
+inst.point("confirmed", release)
+print(json.dumps({"checks": checks, "removed": sorted(inst.prune(2))}))
+"""
+
+
 def switch_as_daemon(chroot: Chroot, link: str, release: str) -> None:
     """Point ``link`` at ``release`` as the daemon does (edge.update.layout), as its user."""
     script = f"ln -s versions/{release} {OPT}/.{link}.new && mv -T {OPT}/.{link}.new {OPT}/{link}"
@@ -230,7 +253,7 @@ def switch_as_daemon(chroot: Chroot, link: str, release: str) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_install_twice_changes_nothing_the_second_time_then_uninstall(chroot: Chroot) -> None:
+def test_install_twice_changes_nothing_the_second_time_then_uninstall(chroot: Chroot, tmp_path: Path) -> None:
     root = chroot.root
     assert passwd_entry(root, "commune-edge") is None
     assert not (root / "usr/bin/systemctl").exists()  # a fresh minbase root: no systemd at all
@@ -319,6 +342,26 @@ def test_install_twice_changes_nothing_the_second_time_then_uninstall(chroot: Ch
     assert kept == sorted([release, based, base])
     assert os.readlink(current) == f"versions/{release}" and os.readlink(confirmed) == f"versions/{based}"
 
+    # A signed update, as the daemon's user: a wheel of version B installed beside the installed
+    # version, its dependencies from that venv, checked with itself, switched to, and the versions
+    # nobody needs any more pruned; then the unit's guard, from confirmed.
+    b = WheelShop(tmp_path / "wheels")["B"]
+    shutil.copy(b.path, root / "tmp" / b.path.name)
+    # By the interpreter the daemon runs on: the one its `edge` script names, in versions/.
+    python = f"{OPT}/versions/{release}/bin/python"
+    assert chroot.sh(f"head -1 {OPT}/current/bin/edge").stdout.strip() == f"#!{python}"
+    updated = chroot.sh(f"{AS_DAEMON} {python} -c {shlex.quote(UPDATE)} /tmp/{b.path.name} {b.release} {b.version}")
+    assert updated.returncode == 0, updated.stdout + updated.stderr
+    result = json.loads(updated.stdout.splitlines()[-1])
+    assert result["checks"]["version"] == b.version and result["checks"]["config"] == "valid"
+    assert result["removed"] == sorted([based, base])
+    assert os.readlink(current) == os.readlink(confirmed) == f"versions/{b.release}"
+    assert sorted(p.name for p in (root / "opt/commune-edge/versions").iterdir()) == sorted([release, b.release])
+    guarded = chroot.sh(f"EDGE_CONFIG=/etc/commune-edge/edge.toml {AS_DAEMON} {OPT}/confirmed/bin/edge update guard")
+    assert guarded.returncode == 0 and "no update on trial" in guarded.stdout, guarded.stdout + guarded.stderr
+    version_b = chroot.sh(f"{AS_DAEMON} {OPT}/current/bin/edge --version")
+    assert version_b.stdout.strip() == f"commune-edge {b.version}", version_b.stdout + version_b.stderr
+
     # The unit as installed passes systemd-analyze verify (systemd installed as a Pi has it).
     got_systemd = chroot.sh("apt-get install -y -qq --no-install-recommends systemd >/dev/null")
     assert got_systemd.returncode == 0, got_systemd.stderr
@@ -329,7 +372,7 @@ def test_install_twice_changes_nothing_the_second_time_then_uninstall(chroot: Ch
     assert security.returncode == 0, security.stdout + security.stderr
     assert "Overall exposure level for commune-edge.service" in security.stdout
 
-    # The daemon can delete what install-pi installed, as it deletes old versions after an update.
+    # The daemon can delete what install-pi installed, as its pruning does once no kept version needs it.
     deleted = chroot.sh(f"{AS_DAEMON} rm -rf {OPT}/versions/{release}")
     assert deleted.returncode == 0, deleted.stderr[:2000]
     assert not (root / "opt/commune-edge/versions" / release).exists()
