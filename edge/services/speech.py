@@ -4,6 +4,10 @@ Rendering and playing happen on this module's own worker thread, never on the pa
 missing speaker must never delay the next rating. A thank-you asked for while one is still playing
 is dropped (and counted): a citizen pressing twice gets one thank-you, not a queue of them.
 
+At start (and after a change) the worker renders the text and looks for the speaker, so problems
+show at boot; but it looks for the speaker in a child process and keeps the WAV on disk, so the idle
+daemon does not load numpy, sounddevice or PortAudio before the first thank-you is spoken.
+
 Problems (espeak-ng not installed, no audio device, a failed play) are reported through
 ``on_problem`` once per distinct problem, and ``on_problem`` is told again when speech works; the
 rating service turns both into ``panel`` events.
@@ -22,8 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from drivers.audio import AudioPlayer, AudioUnavailable, BadAudio, Clip, open_player
+from drivers.audio.probe import probe_output
 from drivers.resources import Resources
 from edge.config import RatingFeedbackConfig
+from edge.exceptions import ResourceBusy
 from edge.speech import EspeakEngine, SpeechUnavailable, render_cached
 
 log = logging.getLogger(__name__)
@@ -34,6 +40,8 @@ RETRY_S = 30.0
 ProblemCallback = Callable[[dict[str, Any]], None]
 PlayedCallback = Callable[[str, float], None]
 PlayerFactory = Callable[[str | int | None, Resources, str], AudioPlayer]
+#: Looks for the output device without opening it; returns its name, raises AudioUnavailable.
+SpeakerProbe = Callable[[str | int | None], str]
 
 
 def render_tts(text: str, voice: str, speed_wpm: int, cache_dir: Path) -> Path:
@@ -67,6 +75,7 @@ class SpokenThanks:
         on_problem: ProblemCallback,
         on_played: PlayedCallback | None = None,
         player_factory: PlayerFactory = _default_player,
+        probe: SpeakerProbe = probe_output,
         holder: str = "rating.feedback.audio_device",
     ) -> None:
         self.stats = SpeechStats()
@@ -76,12 +85,16 @@ class SpokenThanks:
         self._on_problem = on_problem
         self._on_played = on_played
         self._player_factory = player_factory
+        self._probe = probe
+        self._probed: str | None = None  # the speaker found by the probe, reserved for this holder
         self._holder = holder
         self._requests: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._player: AudioPlayer | None = None
         self._clip: Clip | None = None
         self._clip_key: tuple[str, str, int] | None = None
+        self._wav: Path | None = None
+        self._wav_key: tuple[str, str, int] | None = None
         self._last_attempt = -RETRY_S
         self._problem: str | None = None  # the problem last reported, None when all is well
         self._pending_or_playing = threading.Event()  # a thank-you is queued or being played
@@ -131,6 +144,7 @@ class SpokenThanks:
         if self._player is not None:
             self._player.close()
             self._player = None
+        self._release_probed()
 
     # -- the worker --------------------------------------------------------------------------------
 
@@ -139,9 +153,11 @@ class SpokenThanks:
             request = self._requests.get()
             if request is None:
                 return
-            if request == "reopen" and self._player is not None:
-                self._player.close()
-                self._player = None
+            if request == "reopen":
+                if self._player is not None:
+                    self._player.close()
+                    self._player = None
+                self._release_probed()
                 self._last_attempt = -RETRY_S
             try:
                 self._serve(request == "say")
@@ -156,19 +172,20 @@ class SpokenThanks:
         if not self._settings.speak:
             return
         try:
+            if not speak:
+                self._ready_wav()
+                if self._check_speaker():
+                    self._report(None, "audio")
+                return
             clip = self._ready_clip()
-            player = self._ready_player(force=speak)
+            player = self._ready_player(force=True)
         except AudioUnavailable as exc:
             if speak:
                 self.stats.failed += 1
             self._report(str(exc), "tts" if isinstance(exc, SpeechUnavailable) else "audio")
             return
         if player is None:  # not retried yet (RETRY_S)
-            if speak:
-                self.stats.failed += 1
-            return
-        if not speak:
-            self._report(None, "audio")
+            self.stats.failed += 1
             return
         try:
             result = player.play(clip)
@@ -183,11 +200,20 @@ class SpokenThanks:
         if self._on_played is not None:
             self._on_played(self._settings.text, result.seconds)
 
+    def _ready_wav(self) -> Path:
+        """The rendered thank-you on disk (rendered once per text, voice and speed)."""
+        s = self._settings
+        key = (s.text, s.voice, s.speed_wpm)
+        if self._wav is None or self._wav_key != key or not self._wav.is_file():
+            self._wav = render_tts(s.text, s.voice, s.speed_wpm, self._cache_dir)
+            self._wav_key = key
+        return self._wav
+
     def _ready_clip(self) -> Clip:
         s = self._settings
         key = (s.text, s.voice, s.speed_wpm)
         if self._clip is None or self._clip_key != key:
-            path = render_tts(s.text, s.voice, s.speed_wpm, self._cache_dir)
+            path = self._ready_wav()
             try:
                 self._clip = Clip.from_wav(path)
             except BadAudio as exc:
@@ -206,10 +232,36 @@ class SpokenThanks:
         if force and self._problem is not None and now - self._last_attempt < RETRY_S:
             return None  # known missing: do not probe the audio system at every press
         self._last_attempt = now
-        device = self._settings.audio_device
-        index: str | int | None = int(device) if device is not None and device.isdigit() else device
-        self._player = self._player_factory(index, self._resources, self._holder)
+        self._player = self._player_factory(self._device(), self._resources, self._holder)
         return self._player
+
+    def _check_speaker(self) -> bool:
+        """Look for the speaker without opening it (True: found and reserved; False: not tried yet,
+        RETRY_S). Reserving it now makes a clash with another part show at start, as opening it would."""
+        if self._player is not None:
+            return True
+        now = time.monotonic()
+        if now - self._last_attempt < RETRY_S:
+            return False
+        self._last_attempt = now
+        name = self._probe(self._device())
+        if name != self._probed:
+            self._release_probed()
+            try:
+                self._resources.reserve("audio", name, self._holder)
+            except ResourceBusy as exc:
+                raise AudioUnavailable(str(exc)) from None
+            self._probed = name
+        return True
+
+    def _release_probed(self) -> None:
+        if self._probed is not None:
+            self._resources.release("audio", self._probed, self._holder)
+            self._probed = None
+
+    def _device(self) -> str | int | None:
+        device = self._settings.audio_device
+        return int(device) if device is not None and device.isdigit() else device
 
     def _report(self, problem: str | None, part: str) -> None:
         if problem == self._problem:

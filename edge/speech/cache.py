@@ -9,10 +9,9 @@ import logging
 import os
 import threading
 import time
+import wave
 from collections.abc import Collection
 from pathlib import Path
-
-import soundfile as sf
 
 from edge.speech.engine import SpeechEngine, SpeechUnavailable, TextTooLong
 from edge.speech.normalise import normalise_vi
@@ -71,11 +70,7 @@ def render_cached(
     tmp = cache_dir / f".{path.stem}.{os.getpid()}.{threading.get_ident()}.tmp.wav"
     try:
         engine.render(spoken, tmp, voice=chosen_voice, speed_wpm=speed)
-        try:
-            info = sf.info(str(tmp))
-        except RuntimeError as exc:  # libsndfile cannot read it
-            raise SpeechUnavailable(f"{engine.name} wrote a file that is not audio: {exc}", "failed") from None
-        if info.frames == 0:
+        if _rendered_frames(tmp, engine.name) == 0:
             raise SpeechUnavailable(f"{engine.name} rendered no sound for the text", "failed")
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
@@ -88,6 +83,22 @@ def render_cached(
     if engine.cache_max_bytes is not None:
         prune_cache(cache_dir, engine.cache_max_bytes, keep=(path,))
     return path
+
+
+def _rendered_frames(path: Path, engine_name: str) -> int:
+    """Frames in a render. A PCM WAV (what espeak-ng and Piper write) is read with the standard
+    library, so rendering at start does not load libsndfile and numpy into an idle daemon."""
+    try:
+        with wave.open(str(path), "rb") as w:
+            return w.getnframes()
+    except (wave.Error, EOFError):
+        pass  # not a PCM WAV: libsndfile reads more, or says what is wrong
+    import soundfile as sf
+
+    try:
+        return int(sf.info(str(path)).frames)
+    except RuntimeError as exc:  # libsndfile cannot read it
+        raise SpeechUnavailable(f"{engine_name} wrote a file that is not audio: {exc}", "failed") from None
 
 
 def prune_cache(cache_dir: Path, max_bytes: int, *, keep: Collection[Path] = ()) -> list[Path]:
