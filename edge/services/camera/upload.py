@@ -188,6 +188,11 @@ class EvidenceUploader:
         log.info("evidence upload of %s queued (%d bytes, %d chunks)", clip_id, job.size, job.total)
         return job
 
+    def job(self, clip_id: str) -> UploadJob | None:
+        """The latest upload of ``clip_id`` since this uploader started (queued, running or ended)."""
+        with self._cond:
+            return self._jobs.get(clip_id)
+
     def _locate(self, clip_id: str) -> tuple[str, Path, str]:
         for camera in sorted(self.configs):
             for ext in SUFFIXES:
@@ -244,14 +249,16 @@ class EvidenceUploader:
 
     def _cmd_upload(self, args: UploadArgs, ctx: CommandContext | None) -> dict[str, Any]:
         job = self.upload(args.clip_id)
-        reported = (-1, -1)
-        while not job.done.wait(PROGRESS_EVERY_S):
+        reported = (0, 0)
+        last = -PROGRESS_EVERY_S
+        while not job.done.wait(0.5):
             if self._stop.is_set():
                 raise CommandFailed(
                     "interrupted", "the device is stopping; the upload goes on at its next start", job.result()
                 )
-            if ctx is not None and (job.sent, job.held) != reported:
-                reported = (job.sent, job.held)
+            now = time.monotonic()
+            if ctx is not None and (job.sent, job.held) != reported and now - last >= PROGRESS_EVERY_S:
+                reported, last = (job.sent, job.held), now
                 ctx.progress(job.result())
         if job.state != "delivered":
             raise CommandFailed(job.reason or "upload_failed", f"clip {job.clip_id} not delivered", job.result())

@@ -1,0 +1,334 @@
+"""evidence.upload: a clip from the device's media directory to the collector's, in chunks over a real Mosquitto.
+
+The device side is the real uploader on a real MqttLink and a real outbox; the commune side is the
+real collector (edge.collector.Collector, with its media receiver) on its own link and SQLite file.
+The clip is a file of random bytes where the evidence recorder keeps its clips
+(``state_dir/media/<camera>/<clip_id>.mp4``): the upload never looks inside it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge.collector import Collector
+from edge.commands.claims import Claims
+from edge.commands.registry import CommandContext, CommandFailed, CommandRegistry
+from edge.config import BrokerAddress
+from edge.config.evidence import EvidenceConfig
+from edge.exceptions import CommandRejected
+from edge.ids import new_id
+from edge.services.camera.upload import META_KEY, EvidenceUploader, UploadJob
+from edge.store import Outbox
+from edge.sync import LinkSettings, MqttLink
+from edge.topics import Topics
+from sim.broker import MosquittoBroker
+from sim.harness import wait_for
+from tests.test_broker_security import (  # noqa: F401 (fixtures)
+    NOT_AUTHORIZED,
+    PREFIX,
+    ClientFactory,
+    accepted,
+    certs,
+    client,
+    probes,
+    tls_broker,
+)
+
+COMMUNE = "gia-ray"
+DEVICE = "counter-01"
+CAMERA = "cam1"
+CLIP_BYTES = 600_000  # 13 chunks of 48 KiB
+TIMEOUT = 90.0
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@dataclass
+class Rig:
+    broker: MosquittoBroker
+    tmp: Path
+    outbox: Outbox
+    registry: CommandRegistry
+    collectors: list[Collector]
+    links: list[MqttLink]
+    uploaders: list[EvidenceUploader]
+
+    @property
+    def media(self) -> Path:
+        return self.tmp / "state" / "media"
+
+    @property
+    def db(self) -> Path:
+        return self.tmp / "collector.db"
+
+    def clip(self, size: int = CLIP_BYTES) -> tuple[str, Path]:
+        """A clip as the recorder leaves it: 0600 under media/<camera>/."""
+        clip_id = new_id()
+        path = self.media / CAMERA / f"{clip_id}.mp4"
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path.write_bytes(os.urandom(size))
+        path.chmod(0o600)
+        return clip_id, path
+
+    def collector(self) -> Collector:
+        c = Collector(self.broker.url, self.db, commune=COMMUNE, client_id=f"collector-{len(self.collectors)}").start()
+        self.collectors.append(c)
+        assert wait_for(c.link.connected.is_set, 20)
+        return c
+
+    def uploader(self, max_kbps: float = 20_000, registry: CommandRegistry | None = None) -> EvidenceUploader:
+        link = MqttLink(
+            LinkSettings(
+                address=BrokerAddress.parse(self.broker.url),
+                client_id=f"{DEVICE}-{len(self.links)}",
+                reconnect_min_s=0.1,
+                reconnect_max_s=0.5,
+            )
+        )
+        self.links.append(link)
+        evidence = EvidenceConfig(upload_max_kbps=max_kbps)
+        up = EvidenceUploader(
+            self.media, {CAMERA: evidence}, self.outbox, link, Topics("vn", COMMUNE, DEVICE), registry
+        )
+        self.uploaders.append(up)
+        link.start()
+        assert link.wait_connected(20)
+        up.start()
+        return up
+
+    def recorded(self) -> list[tuple[Any, ...]]:
+        with sqlite3.connect(self.db) as conn:
+            return conn.execute("SELECT clip_id, device, sha256, bytes, path FROM media").fetchall()
+
+    def upload_events(self) -> list[dict[str, Any]]:
+        return [e.data for e in self.outbox.pending(limit=10_000) if e.type == "upload"]
+
+
+@pytest.fixture
+def rig(tmp_path: Path, broker: MosquittoBroker) -> Iterator[Rig]:
+    outbox = Outbox(tmp_path / "state" / "events.db", owner=True, device_id=DEVICE)
+    r = Rig(broker, tmp_path, outbox, CommandRegistry(), [], [], [])
+    try:
+        yield r
+    finally:
+        for up in r.uploaders:
+            up.stop()
+        for link in r.links:
+            link.stop()
+        for c in r.collectors:
+            c.stop()
+        outbox.close()
+
+
+def assert_delivered(rig: Rig, job: UploadJob, clip_id: str, path: Path) -> Path:
+    """The job ended delivered, the collector recorded the clip, and its copy is the device's byte for byte."""
+    assert job.done.wait(TIMEOUT), f"upload still {job.state}: sent {job.sent}, held {job.held}"
+    assert job.state == "delivered", job.reason
+    [(rec_clip, rec_device, rec_sha, rec_bytes, rec_path)] = rig.recorded()
+    assert (rec_clip, rec_device, rec_bytes) == (clip_id, DEVICE, path.stat().st_size)
+    stored = Path(rec_path)
+    assert stored == rig.db.parent / "media" / COMMUNE / DEVICE / f"{clip_id}.mp4"
+    assert rec_sha == sha256(path) == sha256(stored)
+    assert stored.stat().st_mode & 0o777 == 0o600
+    assert not list(stored.parent.glob("*.part"))
+    events = rig.upload_events()
+    assert [(e["clip_id"], e["state"], e["sha256"]) for e in events] == [(clip_id, "delivered", rec_sha)]
+    assert rig.outbox.get_meta(META_KEY) == "[]"
+    return stored
+
+
+def context(clip_id: str, progress: list[dict[str, Any]]) -> CommandContext:
+    now = int(time.time())
+    claims = Claims(
+        v=1,
+        cmd_id=new_id(),
+        device=DEVICE,
+        commune=COMMUNE,
+        name="evidence.upload",
+        args={"clip_id": clip_id},
+        iat=now,
+        exp=now + 300,
+    )
+    return CommandContext(claims, lambda result: progress.append(dict(result)))
+
+
+def test_command_delivers_a_clip_with_matching_sha256(rig: Rig) -> None:
+    collector = rig.collector()
+    # 1 Mbit/s: 600 kB take about 5 s, so the command reports progress on the way.
+    rig.uploader(max_kbps=1000, registry=rig.registry)
+    clip_id, path = rig.clip()
+    registration = rig.registry.get("evidence.upload")
+    progress: list[dict[str, Any]] = []
+
+    result = registration.handler(registration.parse_args({"clip_id": clip_id}), context(clip_id, progress))
+
+    assert result is not None
+    assert result["state"] == "delivered" and result["sha256"] == sha256(path)
+    assert result["chunks"] == 13 and result["sent"] == 13
+    assert progress and all(p["state"] == "sending" for p in progress)
+    assert [p["sent"] for p in progress] == sorted(p["sent"] for p in progress)
+    job = rig.uploaders[0].job(clip_id)
+    assert job is not None
+    assert_delivered(rig, job, clip_id, path)
+    media = collector.summary()["media"]
+    assert media["chunks_stored"] == 13 and media["duplicates"] == 0 and media["completed"] == 1
+
+
+def test_broker_kill_in_the_middle_resumes_without_resending_what_the_collector_had(rig: Rig) -> None:
+    collector = rig.collector()
+    up = rig.uploader(max_kbps=800)  # about 6 s for the clip
+    clip_id, path = rig.clip()
+    job = up.upload(clip_id)
+    assert wait_for(lambda: collector.media.stats.chunks_stored >= 4, 30)
+
+    rig.broker.kill()
+    assert wait_for(lambda: not rig.links[0].connected.is_set(), 20)
+    held_at_kill = collector.media.stats.chunks_stored
+    assert held_at_kill < 13, "the clip was through before the broker was killed"
+    rig.broker.start()
+
+    assert_delivered(rig, job, clip_id, path)
+    media = collector.summary()["media"]
+    assert media["chunks_stored"] == 13
+    # At most the one chunk whose PUBACK the kill swallowed goes twice.
+    assert media["duplicates"] <= 1
+    assert job.sent <= 13 + 1
+
+
+def test_collector_restart_in_the_middle(rig: Rig) -> None:
+    first = rig.collector()
+    up = rig.uploader(max_kbps=800)
+    clip_id, path = rig.clip()
+    job = up.upload(clip_id)
+    assert wait_for(lambda: first.media.stats.chunks_stored >= 4, 30)
+    first.stop()
+    held = first.media.stats.chunks_stored
+    assert held < 13
+
+    second = rig.collector()
+    assert_delivered(rig, job, clip_id, path)
+    # The new collector found what the old one had on disk and got only the rest, once each.
+    assert second.media.stats.chunks_stored == 13 - held
+    assert second.media.stats.duplicates == 0
+
+
+def test_device_restart_in_the_middle_goes_on_from_the_store(rig: Rig) -> None:
+    collector = rig.collector()
+    first = rig.uploader(max_kbps=800)
+    clip_id, path = rig.clip()
+    first.upload(clip_id)
+    assert wait_for(lambda: collector.media.stats.chunks_stored >= 4, 30)
+    first.stop()
+    rig.links[0].stop()
+    assert json.loads(rig.outbox.get_meta(META_KEY) or "[]") == [clip_id]
+    assert rig.upload_events() == []
+
+    second = rig.uploader(max_kbps=800)
+    job = second.job(clip_id)  # resumed at start, from the queue in the store
+    assert job is not None
+    assert_delivered(rig, job, clip_id, path)
+    assert collector.media.stats.chunks_stored == 13
+    assert collector.media.stats.duplicates <= 1
+
+
+def test_unknown_and_forged_clip_ids_are_refused(rig: Rig) -> None:
+    rig.collector()
+    rig.uploader(registry=rig.registry)
+    registration = rig.registry.get("evidence.upload")
+    # A well-formed id that no camera of this device has: a failed command, nothing sent.
+    with pytest.raises(CommandFailed) as failed:
+        registration.handler(registration.parse_args({"clip_id": new_id()}), context("x", []))
+    assert failed.value.reason == "unknown_clip"
+    # Anything but a clip id never reaches the handler: it could name a file outside the media directory.
+    secret = rig.tmp / "state" / "events.db"
+    for forged in ("../events", "../../state/events.db", str(secret), "*", ""):
+        with pytest.raises(CommandRejected) as rejected:
+            registration.parse_args({"clip_id": forged})
+        assert rejected.value.reason == "invalid_args"
+    # A link elsewhere under a clip's name is not a clip.
+    clip_id = new_id()
+    (rig.media / CAMERA).mkdir(parents=True, exist_ok=True)
+    (rig.media / CAMERA / f"{clip_id}.mp4").symlink_to(secret)
+    with pytest.raises(CommandFailed):
+        registration.handler(registration.parse_args({"clip_id": clip_id}), context(clip_id, []))
+    assert rig.recorded() == []
+
+
+def test_collector_refuses_chunks_that_do_not_match_their_sha256(rig: Rig) -> None:
+    collector = rig.collector()
+    answers: list[dict[str, Any]] = []
+    raw = MqttLink(LinkSettings(address=BrokerAddress.parse(rig.broker.url), client_id="forger"))
+    rig.links.append(raw)
+    topics = Topics("vn", COMMUNE, DEVICE)
+    raw.subscribe(topics.mediaack, lambda _t, p: answers.append(json.loads(p)))
+    raw.start()
+    assert raw.wait_connected(20)
+    clip_id = new_id()
+    data = os.urandom(3000)
+    header = {
+        "v": 1,
+        "kind": "chunk",
+        "clip_id": clip_id,
+        "ext": "mp4",
+        "sha256": hashlib.sha256(b"another file").hexdigest(),
+        "bytes": 3000,
+        "chunk_bytes": 2000,
+        "total": 2,
+    }
+
+    def send(topic_clip: str, index: int, **change: Any) -> None:
+        line = json.dumps({**header, "index": index, **change}).encode()
+        raw.publish(topics.media(topic_clip), line + b"\n" + data[index * 2000 : (index + 1) * 2000]).result(10)
+
+    send(clip_id, 0)
+    send(clip_id, 1)
+    assert wait_for(lambda: len(answers) >= 2, 20)
+    assert answers[0]["have"] == [[0, 0]] and not answers[0]["complete"]
+    # Whole, but not the file announced: discarded, and said so.
+    assert answers[1] == {"v": 1, "clip_id": clip_id, "have": [], "complete": False, "sha256_ok": False}
+    assert collector.media.stats.sha256_mismatches == 1
+    # A header naming another clip than its topic, and a chunk of the wrong size, are refused outright.
+    send(new_id(), 0)
+    send(clip_id, 0, chunk_bytes=1000, total=3)
+    assert wait_for(lambda: len(answers) >= 4, 20)
+    assert answers[2]["error"] == "wrong_topic"
+    assert answers[3]["error"] == "schema"
+    assert rig.recorded() == []
+    assert not list((rig.db.parent / "media").rglob("*.mp4"))
+
+
+def test_acl_lets_a_device_upload_only_under_its_own_prefix(client: ClientFactory) -> None:  # noqa: F811
+    server = client("server", "srv-media")
+    assert [rc.value for rc in server.subscribe(f"{PREFIX}/dev/+/media/#")] == [1]
+    device = client("counter-02", "media-writer")
+    device.subscribe(f"{PREFIX}/dev/counter-02/mediaack")
+    snoop = client("counter-01", "media-snoop")
+    snoop.subscribe(f"{PREFIX}/dev/+/mediaack")
+    clip = new_id()
+
+    # Its own prefix: the chunk reaches the server, the server's answer reaches the device.
+    assert accepted(device.publish(f"{PREFIX}/dev/counter-02/media/{clip}", b"chunk"))
+    server.wait_for(f"{PREFIX}/dev/counter-02/media/{clip}", b"chunk")
+    assert accepted(server.publish(f"{PREFIX}/dev/counter-02/mediaack", b"have"))
+    device.wait_for(f"{PREFIX}/dev/counter-02/mediaack", b"have")
+    # Another device's prefix, and answering itself, are refused.
+    assert device.publish(f"{PREFIX}/dev/counter-01/media/{clip}", b"forged").value == NOT_AUTHORIZED
+    assert device.publish(f"{PREFIX}/dev/counter-02/mediaack", b"self-ack").value == NOT_AUTHORIZED
+    # The server may not upload in a device's name; another device never reads this one's answers.
+    assert server.publish(f"{PREFIX}/dev/counter-01/media/{clip}", b"srv-forged").value == NOT_AUTHORIZED
+    assert accepted(server.publish(f"{PREFIX}/dev/counter-01/mediaack", b"marker"))
+    snoop.wait_for(f"{PREFIX}/dev/counter-01/mediaack", b"marker")
+    assert (f"{PREFIX}/dev/counter-02/mediaack", b"have") not in snoop.messages
+    assert b"forged" not in [p for _, p in server.messages]
