@@ -17,21 +17,11 @@ closed under a ``select()``.
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import os
-import queue
 import random
-import select
-import threading
 import time
-import tty
 from collections import Counter, deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self, TypeVar
 
 from drivers.panel.protocol import (
     HOST_FRAMES,
@@ -50,10 +40,7 @@ from drivers.panel.protocol import (
     Led,
     Ping,
 )
-
-log = logging.getLogger(__name__)
-
-T = TypeVar("T")
+from sim.pty_device import PtyDevice
 
 
 @dataclass
@@ -112,12 +99,16 @@ class _Pending:
     last_sent: float
 
 
-class SerialMcu:
+class SerialMcu(PtyDevice):
     """A simulated panel MCU. Use as a context manager, or call :meth:`start` and :meth:`close`.
 
     ``link``: a symlink path kept pointing at the current pty (removed while unplugged), like a
     ``/dev/serial/by-id`` link; :attr:`path` is the link if given, else the pty itself.
     """
+
+    kind = "MCU"
+    # Repeats and noise counters change between host frames; wait_for looks often.
+    wait_poll_s = 0.01
 
     def __init__(
         self,
@@ -134,6 +125,7 @@ class SerialMcu:
         seed: int | None = None,
         reject_cfg: tuple[str, ...] = (),
     ) -> None:
+        super().__init__(link=link)
         self.buttons = buttons
         self.model = model
         self.fw = fw
@@ -142,7 +134,6 @@ class SerialMcu:
         self.repeat_s = repeat_ms / 1000
         self.max_pending = max_pending
         self.noise = noise or Noise()
-        self.link = Path(link) if link is not None else None
         self.reject_cfg = reject_cfg
         self.stats = SimStats()
         self.leds: dict[str, str] = {}
@@ -155,67 +146,13 @@ class SerialMcu:
         self.acked: list[SimPress] = []
 
         self._rng = random.Random(seed)
-        self._lock = threading.Condition()
         self._unsent: deque[SimPress] = deque()
         self._pending: dict[int, _Pending] = {}
         self._mseq = 0
         self._boot = time.monotonic()
         self._silent = False
-        self._master: int | None = None
-        self._slave: int | None = None
-        self._pty_path: str | None = None
-        self._last_pty: str | None = None
         self._parser = FrameParser(HOST_FRAMES)
         self._next_hb = 0.0
-        self._commands: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_w, False)
-        self._running = False
-        self._thread: threading.Thread | None = None
-
-    # -- lifecycle ---------------------------------------------------------------------------------
-
-    def start(self) -> Self:
-        """Plug in (open the pty, send HELLO as at boot) and start the MCU's thread."""
-        self._plug(new_path=False)
-        self._boot_now()
-        self._running = True
-        self._thread = threading.Thread(target=self._run, name="sim-mcu", daemon=True)
-        self._thread.start()
-        return self
-
-    def close(self) -> None:
-        """Stop the thread and unplug. Idempotent."""
-        if not self._running:
-            return
-        self._running = False
-        self._wake()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._unplug()
-        os.close(self._wake_r)
-        os.close(self._wake_w)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    @property
-    def path(self) -> str:
-        """What the driver should open: the link if one was given, else the current pty."""
-        if self.link is not None:
-            return str(self.link)
-        assert self._pty_path is not None, "unplugged"
-        return self._pty_path
-
-    @property
-    def pty_path(self) -> str | None:
-        """The current pty slave path (``/dev/pts/N``), None while unplugged."""
-        return self._pty_path
 
     @property
     def uptime_ms(self) -> int:
@@ -246,21 +183,6 @@ class SerialMcu:
         with self._lock:
             return self._lock.wait_for(lambda: len(self.acked) >= count, timeout)
 
-    def wait_for(self, predicate: Callable[[SerialMcu], bool], timeout: float = 10.0) -> bool:
-        """Wait until ``predicate(self)`` holds; False on timeout.
-
-        Checked whenever the MCU handles a host frame, and every few milliseconds for what changes
-        without one (repeats, noise counters).
-        """
-        deadline = time.monotonic() + timeout
-        with self._lock:
-            while not predicate(self):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._lock.wait(min(remaining, 0.01))
-            return True
-
     def send_err(self, code: str, text: str = "") -> None:
         """Send ``ERR <code> <text>`` (e.g. ``STUCK 2``)."""
         self._call(lambda: self._emit(Err(code, text).encode(), noisy=False))
@@ -280,10 +202,6 @@ class SerialMcu:
         """Restart the MCU: uptime and mseq from 0, unacknowledged presses lost, HELLO sent."""
         self._call(self._boot_now)
 
-    def unplug(self) -> None:
-        """Pull the USB cable: close the pty (the host's reads fail) and remove the link."""
-        self._call(self._unplug)
-
     def replug(self, *, new_path: bool = True, reboot: bool = True) -> str:
         """Plug back in, on a new pty path unless ``new_path`` is False (then possibly the same one).
 
@@ -301,30 +219,9 @@ class SerialMcu:
 
     # -- the MCU's thread --------------------------------------------------------------------------
 
-    def _run(self) -> None:
-        while self._running:
-            timeout = self._step(time.monotonic())
-            fds = [self._wake_r] + ([self._master] if self._master is not None else [])
-            try:
-                ready, _, _ = select.select(fds, [], [], timeout)
-            except (OSError, ValueError):
-                continue
-            if self._wake_r in ready:
-                with contextlib.suppress(BlockingIOError):
-                    os.read(self._wake_r, 4096)
-            while True:
-                try:
-                    cmd = self._commands.get_nowait()
-                except queue.Empty:
-                    break
-                cmd()
-            if self._master is not None and self._master in ready:
-                try:
-                    data = os.read(self._master, 4096)
-                except OSError:
-                    data = b""  # no host has the slave open: nothing to read
-                for frame in self._parser.feed(data):
-                    self._on_host_frame(frame)
+    def _received(self, data: bytes) -> None:
+        for frame in self._parser.feed(data):
+            self._on_host_frame(frame)
 
     def _step(self, now: float) -> float:
         """Send what is due (heartbeat, new presses, repeats); return seconds until the next duty."""
@@ -407,40 +304,16 @@ class SerialMcu:
             self._next_hb = 0.0
         self._emit(self._hello())
 
-    def _plug(self, *, new_path: bool) -> None:
-        old = self._last_pty
-        master, slave = os.openpty()
-        spare = None
-        if new_path and os.ttyname(slave) == old:
-            # The kernel reused the old number; take the next one, as a re-enumerated USB device would.
-            spare = (master, slave)
-            master, slave = os.openpty()
-        if spare is not None:
-            os.close(spare[0])
-            os.close(spare[1])
-        tty.setraw(slave)  # no echo, no CR/LF translation, before the host opens it
-        os.set_blocking(master, False)
-        self._master, self._slave = master, slave
-        self._pty_path = self._last_pty = os.ttyname(slave)
-        self._parser.reset()
-        if self.link is not None:
-            tmp = self.link.with_name(self.link.name + ".tmp")
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            tmp.symlink_to(self._pty_path)
-            os.replace(tmp, self.link)  # atomic, as udev does it
-        log.debug("sim MCU plugged in at %s", self._pty_path)
+    def _thread_name(self) -> str:
+        return "sim-mcu"
 
-    def _unplug(self) -> None:
-        if self.link is not None:
-            with contextlib.suppress(FileNotFoundError):
-                self.link.unlink()
-        for fd in (self._master, self._slave):
-            if fd is not None:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-        self._master = self._slave = None
-        self._pty_path = None
+    def _power_up(self) -> None:
+        self._boot_now()
+
+    def _plug(self, *, new_path: bool) -> None:
+        # A new pty starts a new line: a frame cut short by the unplug must not join the next one.
+        self._parser.reset()
+        super()._plug(new_path=new_path)
 
     def _emit(self, data: bytes, *, noisy: bool = True) -> None:
         """Send one frame, with the configured noise."""
@@ -475,41 +348,7 @@ class SerialMcu:
             return data[:pos] + data[pos + 1 :]
         return data[:pos]  # the rest of the frame lost (no line end: the next '$' resyncs)
 
-    def _write(self, data: bytes) -> None:
-        if self._master is None:
-            return
-        try:
-            written = os.write(self._master, data)
-        except BlockingIOError:
-            written = 0
-        except OSError:
-            return
-        if written < len(data):
-            self.stats.overflow += len(data) - written
-
-    def _wake(self) -> None:
-        with contextlib.suppress(BlockingIOError, OSError):
-            os.write(self._wake_w, b"x")
-
-    def _call(self, fn: Callable[[], T]) -> T:
-        """Run ``fn`` on the MCU's thread and return its result."""
-        if not self._running:
-            return fn()
-        done = threading.Event()
-        box: dict[str, Any] = {}
-
-        def run() -> None:
-            try:
-                box["result"] = fn()
-            except BaseException as exc:  # handed back to the caller's thread
-                box["error"] = exc
-            finally:
-                done.set()
-
-        self._commands.put(run)
-        self._wake()
-        if not done.wait(timeout=10):
-            raise TimeoutError("the simulated MCU did not respond")
-        if "error" in box:
-            raise box["error"]
-        return box["result"]  # type: ignore[no-any-return]
+    def _write(self, data: bytes) -> int:
+        refused = super()._write(data)
+        self.stats.overflow += refused
+        return refused

@@ -20,19 +20,10 @@ closed under a ``select()``.
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import os
-import queue
-import select
-import threading
-import time
-import tty
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from abc import abstractmethod
+from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any
 
 from pymodbus.constants import ExcCodes
 from pymodbus.exceptions import ModbusException
@@ -49,13 +40,10 @@ from pymodbus.pdu.bit_message import (
 
 from drivers.relay.lcus import START, lcus_frame
 from drivers.relay.profile import LcusRelayProfile, ModbusRelayProfile, RelayProfile
-
-log = logging.getLogger(__name__)
-
-T = TypeVar("T")
+from sim.pty_device import PtyDevice
 
 
-class SimRelayBoard(ABC):
+class SimRelayBoard(PtyDevice):
     """A relay board on a pty. Use as a context manager, or call :meth:`start` and :meth:`close`.
 
     ``relays``: how many relays the board has (numbered from 1 for LCUS, coils from 0 for Modbus).
@@ -64,10 +52,11 @@ class SimRelayBoard(ABC):
     relays already closed at power-on, as a previous process might have left them.
     """
 
+    kind = "relay board"
+
     def __init__(self, relays: int, *, link: str | Path | None = None, closed: Mapping[int, bool] | None = None):
+        super().__init__(link=link)
         self.relays = relays
-        self.link = Path(link) if link is not None else None
-        self._lock = threading.Condition()
         self._states: dict[int, bool] = {n: False for n in self._numbers()}
         for number, state in (closed or {}).items():
             self._check_number(number)
@@ -75,58 +64,6 @@ class SimRelayBoard(ABC):
         self.switch_log: list[tuple[int, bool]] = []
         """Every relay the board switched, in order, as ``(number, closed)``."""
         self._silent = False
-        self._master: int | None = None
-        self._slave: int | None = None
-        self._pty_path: str | None = None
-        self._last_pty: str | None = None
-        self._commands: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_w, False)
-        self._running = False
-        self._thread: threading.Thread | None = None
-
-    # -- lifecycle ---------------------------------------------------------------------------------
-
-    def start(self) -> Self:
-        """Plug in (open the pty) and start the board's thread."""
-        self._plug(new_path=False)
-        self._running = True
-        self._thread = threading.Thread(target=self._run, name=f"sim-{type(self).__name__}", daemon=True)
-        self._thread.start()
-        return self
-
-    def close(self) -> None:
-        """Stop the thread and unplug. Idempotent."""
-        if not self._running:
-            return
-        self._running = False
-        self._wake()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._unplug()
-        os.close(self._wake_r)
-        os.close(self._wake_w)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    @property
-    def path(self) -> str:
-        """What the driver should open: the link if one was given, else the current pty."""
-        if self.link is not None:
-            return str(self.link)
-        assert self._pty_path is not None, "unplugged"
-        return self._pty_path
-
-    @property
-    def pty_path(self) -> str | None:
-        """The current pty slave path (``/dev/pts/N``), None while unplugged."""
-        return self._pty_path
 
     # -- test handles ------------------------------------------------------------------------------
 
@@ -150,10 +87,6 @@ class SimRelayBoard(ABC):
         with self._lock:
             self._silent = silent
 
-    def unplug(self) -> None:
-        """Pull the USB cable: close the pty (the host's reads and writes fail) and remove the link."""
-        self._call(self._unplug)
-
     def replug(self, *, new_path: bool = True) -> str:
         """Plug back in, on a new pty path unless ``new_path`` is False. Relays power up open.
 
@@ -168,17 +101,6 @@ class SimRelayBoard(ABC):
             return self._pty_path or ""
 
         return self._call(do)
-
-    def wait_for(self, predicate: Callable[[Any], bool], timeout: float = 10.0) -> bool:
-        """Wait until ``predicate(self)`` holds; False on timeout. Checked after each request the board handles."""
-        deadline = time.monotonic() + timeout
-        with self._lock:
-            while not predicate(self):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._lock.wait(min(remaining, 0.05))
-            return True
 
     # -- for the boards ----------------------------------------------------------------------------
 
@@ -203,100 +125,12 @@ class SimRelayBoard(ABC):
         self._states[number] = closed
         self.switch_log.append((number, closed))
 
-    def _write(self, data: bytes) -> None:
-        if self._master is None:
-            return
-        with contextlib.suppress(BlockingIOError, OSError):
-            os.write(self._master, data)
-
-    # -- the board's thread ------------------------------------------------------------------------
-
-    def _run(self) -> None:
-        while self._running:
-            fds = [self._wake_r] + ([self._master] if self._master is not None else [])
-            try:
-                ready, _, _ = select.select(fds, [], [], 1.0)
-            except (OSError, ValueError):
-                continue
-            if self._wake_r in ready:
-                with contextlib.suppress(BlockingIOError):
-                    os.read(self._wake_r, 4096)
-            while True:
-                try:
-                    cmd = self._commands.get_nowait()
-                except queue.Empty:
-                    break
-                cmd()
-            if self._master is not None and self._master in ready:
-                try:
-                    data = os.read(self._master, 4096)
-                except OSError:
-                    # No host has the slave open (EIO): nothing to read until one does.
-                    time.sleep(0.01)
-                    continue
-                with self._lock:
-                    if not self._silent:
-                        self._on_bytes(data)
-                    self._lock.notify_all()
-
-    def _plug(self, *, new_path: bool) -> None:
-        old = self._last_pty
-        master, slave = os.openpty()
-        if new_path and os.ttyname(slave) == old:
-            # The kernel reused the old number; take the next one, as a re-enumerated USB device would.
-            spare = (master, slave)
-            master, slave = os.openpty()
-            os.close(spare[0])
-            os.close(spare[1])
-        tty.setraw(slave)  # no echo, no CR/LF translation, before the host opens it
-        os.set_blocking(master, False)
-        self._master, self._slave = master, slave
-        self._pty_path = self._last_pty = os.ttyname(slave)
-        if self.link is not None:
-            tmp = self.link.with_name(self.link.name + ".tmp")
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            tmp.symlink_to(self._pty_path)
-            os.replace(tmp, self.link)  # atomic, as udev does it
-        log.debug("sim relay board plugged in at %s", self._pty_path)
-
-    def _unplug(self) -> None:
-        if self.link is not None:
-            with contextlib.suppress(FileNotFoundError):
-                self.link.unlink()
-        for fd in (self._master, self._slave):
-            if fd is not None:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-        self._master = self._slave = None
-        self._pty_path = None
-
-    def _wake(self) -> None:
-        with contextlib.suppress(BlockingIOError, OSError):
-            os.write(self._wake_w, b"x")
-
-    def _call(self, fn: Callable[[], T]) -> T:
-        """Run ``fn`` on the board's thread and return its result."""
-        if not self._running:
-            return fn()
-        done = threading.Event()
-        box: dict[str, Any] = {}
-
-        def run() -> None:
-            try:
-                box["result"] = fn()
-            except BaseException as exc:  # handed back to the caller's thread
-                box["error"] = exc
-            finally:
-                done.set()
-
-        self._commands.put(run)
-        self._wake()
-        if not done.wait(timeout=10):
-            raise TimeoutError("the simulated relay board did not respond")
-        if "error" in box:
-            raise box["error"]
-        return box["result"]  # type: ignore[no-any-return]
+    def _received(self, data: bytes) -> None:
+        # Waiters are woken after each request, whether or not a hung board handled it.
+        with self._lock:
+            if not self._silent:
+                self._on_bytes(data)
+            self._lock.notify_all()
 
 
 class SimLcusBoard(SimRelayBoard):
