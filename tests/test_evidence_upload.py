@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge.collector import Collector
 from edge.commands.claims import Claims
@@ -33,6 +34,7 @@ from edge.sync import LinkSettings, MqttLink
 from edge.topics import Topics
 from sim.broker import MosquittoBroker
 from sim.harness import wait_for
+from tests.commands_fixtures import build_channel
 from tests.test_broker_security import (  # noqa: F401 (fixtures)
     NOT_AUTHORIZED,
     PREFIX,
@@ -43,6 +45,8 @@ from tests.test_broker_security import (  # noqa: F401 (fixtures)
     probes,
     tls_broker,
 )
+from tests.test_camera_evidence import SCENE
+from tests.test_camera_evidence_rig import DEFAULT_SETTINGS, WAIT, camera_rig
 
 COMMUNE = "gia-ray"
 DEVICE = "counter-01"
@@ -332,3 +336,52 @@ def test_acl_lets_a_device_upload_only_under_its_own_prefix(client: ClientFactor
     snoop.wait_for(f"{PREFIX}/dev/counter-01/mediaack", b"marker")
     assert (f"{PREFIX}/dev/counter-02/mediaack", b"have") not in snoop.messages
     assert b"forged" not in [p for _, p in server.messages]
+
+
+# -- a real clip, a signed command, a broker kill ----------------------------------------------------
+
+
+def test_signed_upload_of_a_recorded_clip_through_a_broker_kill(
+    tmp_path: Path, broker: MosquittoBroker, signing_key: Ed25519PrivateKey
+) -> None:
+    collector = Collector(broker.url, tmp_path / "collector.db", commune=COMMUNE, client_id="collector-e2e").start()
+    channel = build_channel(tmp_path, broker, signing_key, lambda _registry: None)
+    uploader: EvidenceUploader | None = None
+    try:
+        with camera_rig(tmp_path, SCENE, outbox=channel.outbox) as rig:
+            assert rig.feeder.wait_frames(5)
+            evidence = rig.recorder.record("command").result(WAIT)
+            size = evidence.path.stat().st_size
+            # Small chunks, paced so that the clip takes about 8 s whatever its size.
+            settings = DEFAULT_SETTINGS.model_copy(
+                update={"upload_chunk_bytes": 4096, "upload_max_kbps": max(4.0, size * 8 / 1000 / 8)}
+            )
+            uploader = EvidenceUploader(
+                rig.media, {"cam1": settings}, channel.outbox, channel.link, channel.channel.topics
+            )
+            uploader.register(channel.registry)
+            uploader.start()
+            total = -(-size // 4096)
+            assert total >= 6, f"a {size}-byte clip is too small to be cut in the middle"
+
+            cmd_id, _ = channel.send("evidence.upload", {"clip_id": evidence.clip_id})
+            assert wait_for(lambda: collector.media.stats.chunks_stored >= total // 3, WAIT)
+            broker.kill()
+            assert wait_for(lambda: not channel.link.connected.is_set(), 20)
+            assert collector.media.stats.chunks_stored < total
+            broker.start()
+
+            ack = channel.sender.wait_ack(cmd_id, TIMEOUT + WAIT)
+            assert ack is not None and ack["state"] == "succeeded", channel.sender.acks(cmd_id)
+            assert ack["result"]["sha256"] == evidence.data["sha256"]
+            assert "in_progress" in channel.states(cmd_id)
+            with sqlite3.connect(tmp_path / "collector.db") as conn:
+                [(sha, stored)] = conn.execute("SELECT sha256, path FROM media WHERE clip_id = ?", (evidence.clip_id,))
+            assert sha == evidence.data["sha256"] == sha256(Path(stored))
+            assert Path(stored).read_bytes() == evidence.path.read_bytes()
+            assert collector.media.stats.chunks_stored == total and collector.media.stats.duplicates <= 1
+    finally:
+        if uploader is not None:
+            uploader.stop()
+        channel.stop()
+        collector.stop()

@@ -132,12 +132,18 @@ class EvidenceUploader:
         self._meta_lock = threading.Lock()  # the queue in the store is read, changed and written back
         link.subscribe(topics.mediaack, self._on_ack)
         if registry is not None:
-            registry.register(
-                "evidence.upload",
-                UploadArgs,
-                self._cmd_upload,
-                description="Send an evidence clip or snapshot to the collector (resumable, sha256-verified).",
-            )
+            self.register(registry)
+
+    def register(self, registry: CommandRegistry) -> None:
+        """Register ``evidence.upload``: on a lane of its own (``serial``), since the handler waits for
+        the upload's outcome, and uploads must never take the places of ``rating.open`` and the like."""
+        registry.register(
+            "evidence.upload",
+            UploadArgs,
+            self._cmd_upload,
+            description="Send an evidence clip or snapshot to the collector (resumable, sha256-verified).",
+            serial=True,
+        )
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
