@@ -38,17 +38,11 @@ JSON lines.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
-import os
-import queue
-import socket
 import threading
 import time
 import wave
-from collections.abc import Callable, Iterable
-from datetime import datetime
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,13 +50,12 @@ import yaml
 
 from drivers.profiles import GpioProfile, SerialProfile
 from edge.config import EdgeConfig, parse_config
-from edge.exceptions import CommandRejected, EdgeError
+from edge.exceptions import CommandRejected
 from sim.broker import free_port
+from sim.control import Printer, SimControl, SimError
 from sim.counter_camera import SCENE_ACTIONS, STREAM_FORMATS, SimCamera, stream_url
 from sim.gpio_panel import SimGpioPanel
 from sim.serial_mcu import SerialMcu
-
-log = logging.getLogger(__name__)
 
 #: The default panel when the configuration has no [panel] section.
 DEFAULT_PROFILE = "gpio-4btn-rpi"
@@ -71,12 +64,6 @@ SIM_CAMERA = "sim-cam"
 SIM_CAMERA_PROFILE = "sim-counter-640x480"
 #: How long start() waits for each camera's first picture and empty-seat reference.
 CAMERA_READY_S = 60.0
-
-Printer = Callable[[dict[str, Any]], None]
-
-
-class SimError(EdgeError, ValueError):
-    """A request the simulated counter cannot carry out (unknown command, no such button...)."""
 
 
 def speaker_alsa_config(path: Path, wav: Path) -> Path:
@@ -121,7 +108,7 @@ def watched_mock_factory(on_output: Callable[[int, bool], None]) -> Any:
     return MockFactory(pin_class=WatchedPin)
 
 
-class SimCounter:
+class SimCounter(SimControl):
     """The daemon of a counter device with a simulated panel, speaker and cameras. ``start()``, then ``stop()``."""
 
     def __init__(
@@ -160,18 +147,10 @@ class SimCounter:
         }
         self.work_dir = work_dir
         self.speaker_wav = work_dir / "speaker.wav"
-        self._print = printer
-        # Printing goes through a queue: a slow terminal or a full pipe must never hold up the
-        # panel's dispatcher thread, which is where most records come from.
-        self._printing: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=10000)
-        self._printer = threading.Thread(target=self._print_loop, name="sim-print", daemon=True)
-        self._printer.start()
-        self._lock = threading.Lock()
+        super().__init__(printer)
         self._ratings = threading.Condition()
         self._ratings_seen = 0
         self._rating_seqs: dict[str, int] = {}  # rating id -> seq, so an evidence line names the rating's seq
-        self._outputs: list[dict[str, Any]] = []
-        self._stopped = threading.Event()
         self.gpio: SimGpioPanel | None = None
         self.mcu: SerialMcu | None = None
         self.daemon: Any = None
@@ -180,8 +159,6 @@ class SimCounter:
         self._evidence_seen = 0
         self._references: set[str] = set()  # cameras that took an empty-seat reference in this run
         self._watch: threading.Thread | None = None
-        self._server: socket.socket | None = None
-        self.control_path: Path | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -276,16 +253,7 @@ class SimCounter:
             how = "stored by an earlier run" if name in stored else "learned from the first seconds"
             self._emit("sim", {"text": f"camera {name} ready: the empty seat is its reference, {how}"})
 
-    def stop(self) -> None:
-        if self._stopped.is_set():
-            return
-        self._stopped.set()
-        if self._server is not None:
-            with contextlib.suppress(OSError):
-                self._server.close()
-            if self.control_path is not None:
-                with contextlib.suppress(FileNotFoundError):
-                    self.control_path.unlink()
+    def _shut_down(self) -> None:
         if self.daemon is not None:
             self.daemon.stop()
         # After the daemon: a scene gone first would be reported as a lost camera.
@@ -295,31 +263,8 @@ class SimCounter:
             self.mcu.close()
         if self._watch is not None:
             self._watch.join(timeout=2)
-        with contextlib.suppress(queue.Full):
-            self._printing.put(None, timeout=1)
-        self._printer.join(timeout=2)
-
-    def note(self, text: str) -> None:
-        """Print a line of the simulator's own (where the control socket is, ...)."""
-        self._emit("sim", {"text": text})
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Wait until a ``stop`` request (True) or ``timeout``."""
-        return self._stopped.wait(timeout)
-
-    @property
-    def stopping(self) -> bool:
-        return self._stopped.is_set()
 
     # -- requests ----------------------------------------------------------------------------------
-
-    def handle(self, request: dict[str, Any]) -> dict[str, Any]:
-        """Carry out one request; the reply has ``ok`` and either the result or an ``error``."""
-        try:
-            result = self._handle(dict(request))
-        except (EdgeError, ValueError, TypeError, KeyError) as exc:
-            return {"ok": False, "error": str(exc)}
-        return {"ok": True, **(result or {})}
 
     def _handle(self, req: dict[str, Any]) -> dict[str, Any] | None:
         cmd = req.pop("cmd", None)
@@ -365,13 +310,12 @@ class SimCounter:
         if cmd == "status":
             return self.status()
         if cmd == "outputs":
-            with self._lock:
-                return {"outputs": list(self._outputs[-int(req.get("last", 200)) :])}
+            return self._outputs_reply(req)
         if cmd == "ratings":
             events = self.daemon.outbox.list_events(type="rating", limit=int(req.get("limit", 100)))
             return {"ratings": [{"seq": e.seq, "id": e.id, **e.data} for e in events]}
         if cmd == "stop":
-            threading.Thread(target=self.stop, name="sim-stop", daemon=True).start()
+            self._stop_soon()
             return None
         if cmd in SCENE_ACTIONS:
             name, sim_camera = self._camera(req.pop("camera", None))
@@ -437,17 +381,6 @@ class SimCounter:
             raise SimError(f"no camera {name!r} (this counter has: {', '.join(self.cameras)})")
         return str(name), self.cameras[name]
 
-    def run_scenario(self, steps: Iterable[dict[str, Any]]) -> bool:
-        """Run requests in order; stops at the first that fails (printed). True if all succeeded."""
-        for step in steps:
-            if self.stopping:
-                return False
-            reply = self.handle(step)
-            if not reply["ok"]:
-                self._emit("error", {"request": step, "error": reply["error"]})
-                return False
-        return True
-
     def _press(self, button: int, timeout: float = 15.0) -> None:
         """Press, and return once the service has committed the press (as a person waits for the light)."""
         self._check_button(button)
@@ -478,62 +411,7 @@ class SimCounter:
         result = reg.handler(parsed, None)
         return {"result": dict(result or {})}
 
-    # -- the control socket ------------------------------------------------------------------------
-
-    def serve(self, path: Path) -> None:
-        """Listen for JSON-lines requests on a Unix socket at ``path`` (in the background)."""
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        server.bind(str(path))
-        os.chmod(path, 0o600)
-        server.listen(4)
-        self._server, self.control_path = server, path
-        threading.Thread(target=self._accept, args=(server,), name="sim-control", daemon=True).start()
-
-    def _accept(self, server: socket.socket) -> None:
-        while not self.stopping:
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._client, args=(conn,), name="sim-client", daemon=True).start()
-
-    def _client(self, conn: socket.socket) -> None:
-        with conn, conn.makefile("rwb") as f:
-            for raw in f:
-                try:
-                    request = json.loads(raw)
-                    if not isinstance(request, dict):
-                        raise ValueError("a request is a JSON object")
-                    reply = self.handle(request)
-                except ValueError as exc:
-                    reply = {"ok": False, "error": f"bad request: {exc}"}
-                try:
-                    f.write(json.dumps(reply, ensure_ascii=False, default=str).encode() + b"\n")
-                    f.flush()
-                except OSError:
-                    return
-
     # -- what the hardware did ---------------------------------------------------------------------
-
-    def _emit(self, what: str, detail: dict[str, Any]) -> None:
-        record = {"t": datetime.now().astimezone().isoformat(timespec="milliseconds"), "what": what, **detail}
-        with self._lock:
-            self._outputs.append(record)
-            del self._outputs[:-2000]
-        with contextlib.suppress(queue.Full):
-            self._printing.put_nowait(record)
-
-    def _print_loop(self) -> None:
-        while True:
-            record = self._printing.get()
-            if record is None:
-                return
-            try:
-                self._print(record)
-            except Exception:  # stdout gone (a closed pipe): keep simulating
-                log.debug("printing failed", exc_info=True)
 
     def _on_gpio_output(self, bcm: int, on: bool) -> None:
         assert self.gpio is not None

@@ -39,14 +39,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
-import logging
-import os
-import queue
-import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -56,11 +51,9 @@ from edge import keys
 from edge.commands.claims import make_claims
 from edge.commands.jws import sign
 from edge.config import EdgeConfig, parse_config
-from edge.exceptions import EdgeError
 from edge.messages import TERMINAL_STATES
-from sim.counter import SimError, watched_mock_factory, wav_seconds
-
-log = logging.getLogger(__name__)
+from sim.control import Printer, SimControl, SimError
+from sim.counter import watched_mock_factory, wav_seconds
 
 #: The relay board when the configuration has no [relays] section.
 DEFAULT_RELAYS = "gpio-4ch-rpi"
@@ -86,8 +79,6 @@ PLAY_ARGS = (
     "on_preempt",
 )
 
-Printer = Callable[[dict[str, Any]], None]
-
 
 def trainer_key(path: Path) -> Any:
     """The simulator's own command-signing key at ``path``, made on first use."""
@@ -97,12 +88,15 @@ def trainer_key(path: Path) -> Any:
     return keys.generate_signing_key(path)
 
 
-class SimLoudspeaker:
+class SimLoudspeaker(SimControl):
     """The daemon of a loudspeaker on simulated relays and a simulated sound card. ``start()``, then ``stop()``.
 
     ``profile`` overrides the configuration's relay profile; ``real_speaker`` plays on the machine's
     default audio device instead of the simulated card.
     """
+
+    # A file to serve that cannot be read fails its request, not the simulator.
+    request_errors = (*SimControl.request_errors, OSError)
 
     def __init__(
         self,
@@ -120,17 +114,9 @@ class SimLoudspeaker:
         self._profile_name = profile or (config.relays.profile if config.relays is not None else DEFAULT_RELAYS)
         self.profile: RelayProfile = load_relay_profile(self._profile_name)
         self.config: EdgeConfig = config
-        self._print = printer
-        # Printing goes through a queue: a slow terminal or a full pipe must never hold up a pin's
-        # callback or the broadcast service's observer thread.
-        self._printing: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=10000)
-        self._printer = threading.Thread(target=self._print_loop, name="sim-print", daemon=True)
-        self._printer.start()
-        self._lock = threading.Lock()
-        self._outputs: list[dict[str, Any]] = []
+        super().__init__(printer)
         self._events = threading.Condition()
         self._broadcasts: list[dict[str, Any]] = []
-        self._stopped = threading.Event()
         self._key: Any = None
         self._media: Any = None
         self._media_files: dict[str, dict[str, Any]] = {}
@@ -143,8 +129,6 @@ class SimLoudspeaker:
         self.daemon: Any = None
         self.service: Any = None
         self._watch: threading.Thread | None = None
-        self._server: socket.socket | None = None
-        self.control_path: Path | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -246,16 +230,7 @@ class SimLoudspeaker:
         sources["allow_http_hosts"] = [*sources.get("allow_http_hosts", []), media]
         return parse_config(data, "edge sim")
 
-    def stop(self) -> None:
-        if self._stopped.is_set():
-            return
-        self._stopped.set()
-        if self._server is not None:
-            with contextlib.suppress(OSError):
-                self._server.close()
-            if self.control_path is not None:
-                with contextlib.suppress(FileNotFoundError):
-                    self.control_path.unlink()
+    def _shut_down(self) -> None:
         if self.daemon is not None:
             self.daemon.stop()  # the broadcast service opens every relay on its way out
         if self._watch is not None:
@@ -267,31 +242,8 @@ class SimLoudspeaker:
             self.card.close()
         if self._media is not None:
             self._media.close()
-        with contextlib.suppress(queue.Full):
-            self._printing.put(None, timeout=1)
-        self._printer.join(timeout=2)
-
-    def note(self, text: str) -> None:
-        """Print a line of the simulator's own (where the control socket is, ...)."""
-        self._emit("sim", {"text": text})
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Wait until a ``stop`` request (True) or ``timeout``."""
-        return self._stopped.wait(timeout)
-
-    @property
-    def stopping(self) -> bool:
-        return self._stopped.is_set()
 
     # -- requests ----------------------------------------------------------------------------------
-
-    def handle(self, request: dict[str, Any]) -> dict[str, Any]:
-        """Carry out one request; the reply has ``ok`` and either the result or an ``error``."""
-        try:
-            result = self._handle(dict(request))
-        except (EdgeError, ValueError, TypeError, KeyError, OSError) as exc:
-            return {"ok": False, "error": str(exc)}
-        return {"ok": True, **(result or {})}
 
     def _handle(self, req: dict[str, Any]) -> dict[str, Any] | None:
         cmd = req.pop("cmd", None)
@@ -321,12 +273,11 @@ class SimLoudspeaker:
         if cmd == "played":
             return self.played()
         if cmd == "outputs":
-            with self._lock:
-                return {"outputs": list(self._outputs[-int(req.get("last", 200)) :])}
+            return self._outputs_reply(req)
         if cmd in ("unplug", "replug", "silence", "answer"):
             return self._board_trouble(cmd)
         if cmd == "stop":
-            threading.Thread(target=self.stop, name="sim-stop", daemon=True).start()
+            self._stop_soon()
             return None
         raise SimError(f"unknown cmd {cmd!r}")
 
@@ -367,17 +318,6 @@ class SimLoudspeaker:
             out["speaker_wav"] = str(self.speaker_wav)
             out["recorded_s"] = wav_seconds(self.card.wav)
         return out
-
-    def run_scenario(self, steps: Iterable[dict[str, Any]]) -> bool:
-        """Run requests in order; stops at the first that fails (printed). True if all succeeded."""
-        for step in steps:
-            if self.stopping:
-                return False
-            reply = self.handle(step)
-            if not reply["ok"]:
-                self._emit("error", {"request": step, "error": reply["error"]})
-                return False
-        return True
 
     # -- signed commands -----------------------------------------------------------------------------
 
@@ -491,62 +431,7 @@ class SimLoudspeaker:
         self._emit("board", {"state": "not answering" if cmd == "silence" else "answering"})
         return None
 
-    # -- the control socket ------------------------------------------------------------------------
-
-    def serve(self, path: Path) -> None:
-        """Listen for JSON-lines requests on a Unix socket at ``path`` (in the background)."""
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        server.bind(str(path))
-        os.chmod(path, 0o600)
-        server.listen(4)
-        self._server, self.control_path = server, path
-        threading.Thread(target=self._accept, args=(server,), name="sim-control", daemon=True).start()
-
-    def _accept(self, server: socket.socket) -> None:
-        while not self.stopping:
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._client, args=(conn,), name="sim-client", daemon=True).start()
-
-    def _client(self, conn: socket.socket) -> None:
-        with conn, conn.makefile("rwb") as f:
-            for raw in f:
-                try:
-                    request = json.loads(raw)
-                    if not isinstance(request, dict):
-                        raise ValueError("a request is a JSON object")
-                    reply = self.handle(request)
-                except ValueError as exc:
-                    reply = {"ok": False, "error": f"bad request: {exc}"}
-                try:
-                    f.write(json.dumps(reply, ensure_ascii=False, default=str).encode() + b"\n")
-                    f.flush()
-                except OSError:
-                    return
-
     # -- what the hardware did ---------------------------------------------------------------------
-
-    def _emit(self, what: str, detail: dict[str, Any]) -> None:
-        record = {"t": datetime.now().astimezone().isoformat(timespec="milliseconds"), "what": what, **detail}
-        with self._lock:
-            self._outputs.append(record)
-            del self._outputs[:-2000]
-        with contextlib.suppress(queue.Full):
-            self._printing.put_nowait(record)
-
-    def _print_loop(self) -> None:
-        while True:
-            record = self._printing.get()
-            if record is None:
-                return
-            try:
-                self._print(record)
-            except Exception:  # stdout gone (a closed pipe): keep simulating
-                log.debug("printing failed", exc_info=True)
 
     def _on_gpio_output(self, bcm: int, level: bool) -> None:
         found = self._relay_pins.get(bcm)
