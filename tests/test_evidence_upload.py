@@ -28,6 +28,7 @@ from edge.config import BrokerAddress
 from edge.config.evidence import EvidenceConfig
 from edge.exceptions import CommandRejected
 from edge.ids import new_id
+from edge.server.media import MediaStats, media_paths
 from edge.services.camera.upload import META_KEY, EvidenceUploader, UploadJob
 from edge.store import Outbox
 from edge.sync import LinkSettings, MqttLink
@@ -53,6 +54,12 @@ DEVICE = "counter-01"
 CAMERA = "cam1"
 CLIP_BYTES = 600_000  # 13 chunks of 48 KiB
 TIMEOUT = 90.0
+
+
+def media_of(collector: Collector) -> MediaStats:
+    """The counters of the collector's media receiver (a SQLite collector always has one)."""
+    assert collector.media is not None
+    return collector.media.stats
 
 
 def sha256(path: Path) -> str:
@@ -195,11 +202,11 @@ def test_broker_kill_in_the_middle_resumes_without_resending_what_the_collector_
     up = rig.uploader(max_kbps=800)  # about 6 s for the clip
     clip_id, path = rig.clip()
     job = up.upload(clip_id)
-    assert wait_for(lambda: collector.media.stats.chunks_stored >= 4, 30)
+    assert wait_for(lambda: media_of(collector).chunks_stored >= 4, 30)
 
     rig.broker.kill()
     assert wait_for(lambda: not rig.links[0].connected.is_set(), 20)
-    held_at_kill = collector.media.stats.chunks_stored
+    held_at_kill = media_of(collector).chunks_stored
     assert held_at_kill < 13, "the clip was through before the broker was killed"
     rig.broker.start()
 
@@ -216,16 +223,16 @@ def test_collector_restart_in_the_middle(rig: Rig) -> None:
     up = rig.uploader(max_kbps=800)
     clip_id, path = rig.clip()
     job = up.upload(clip_id)
-    assert wait_for(lambda: first.media.stats.chunks_stored >= 4, 30)
+    assert wait_for(lambda: media_of(first).chunks_stored >= 4, 30)
     first.stop()
-    held = first.media.stats.chunks_stored
+    held = media_of(first).chunks_stored
     assert held < 13
 
     second = rig.collector()
     assert_delivered(rig, job, clip_id, path)
     # The new collector found what the old one had on disk and got only the rest, once each.
-    assert second.media.stats.chunks_stored == 13 - held
-    assert second.media.stats.duplicates == 0
+    assert media_of(second).chunks_stored == 13 - held
+    assert media_of(second).duplicates == 0
 
 
 def test_device_restart_in_the_middle_goes_on_from_the_store(rig: Rig) -> None:
@@ -233,7 +240,7 @@ def test_device_restart_in_the_middle_goes_on_from_the_store(rig: Rig) -> None:
     first = rig.uploader(max_kbps=800)
     clip_id, path = rig.clip()
     first.upload(clip_id)
-    assert wait_for(lambda: collector.media.stats.chunks_stored >= 4, 30)
+    assert wait_for(lambda: media_of(collector).chunks_stored >= 4, 30)
     first.stop()
     rig.links[0].stop()
     assert json.loads(rig.outbox.get_meta(META_KEY) or "[]") == [clip_id]
@@ -243,8 +250,8 @@ def test_device_restart_in_the_middle_goes_on_from_the_store(rig: Rig) -> None:
     job = second.job(clip_id)  # resumed at start, from the queue in the store
     assert job is not None
     assert_delivered(rig, job, clip_id, path)
-    assert collector.media.stats.chunks_stored == 13
-    assert collector.media.stats.duplicates <= 1
+    assert media_of(collector).chunks_stored == 13
+    assert media_of(collector).duplicates <= 1
 
 
 def test_unknown_and_forged_clip_ids_are_refused(rig: Rig) -> None:
@@ -302,7 +309,7 @@ def test_collector_refuses_chunks_that_do_not_match_their_sha256(rig: Rig) -> No
     assert answers[0]["have"] == [[0, 0]] and not answers[0]["complete"]
     # Whole, but not the file announced: discarded, and said so.
     assert answers[1] == {"v": 1, "clip_id": clip_id, "have": [], "complete": False, "sha256_ok": False}
-    assert collector.media.stats.sha256_mismatches == 1
+    assert media_of(collector).sha256_mismatches == 1
     # A header naming another clip than its topic, and a chunk of the wrong size, are refused outright.
     send(new_id(), 0)
     send(clip_id, 0, chunk_bytes=1000, total=3)
@@ -365,10 +372,10 @@ def test_signed_upload_of_a_recorded_clip_through_a_broker_kill(
             assert total >= 6, f"a {size}-byte clip is too small to be cut in the middle"
 
             cmd_id, _ = channel.send("evidence.upload", {"clip_id": evidence.clip_id})
-            assert wait_for(lambda: collector.media.stats.chunks_stored >= total // 3, WAIT)
+            assert wait_for(lambda: media_of(collector).chunks_stored >= total // 3, WAIT)
             broker.kill()
             assert wait_for(lambda: not channel.link.connected.is_set(), 20)
-            assert collector.media.stats.chunks_stored < total
+            assert media_of(collector).chunks_stored < total
             broker.start()
 
             ack = channel.sender.wait_ack(cmd_id, TIMEOUT + WAIT)
@@ -379,9 +386,19 @@ def test_signed_upload_of_a_recorded_clip_through_a_broker_kill(
                 [(sha, stored)] = conn.execute("SELECT sha256, path FROM media WHERE clip_id = ?", (evidence.clip_id,))
             assert sha == evidence.data["sha256"] == sha256(Path(stored))
             assert Path(stored).read_bytes() == evidence.path.read_bytes()
-            assert collector.media.stats.chunks_stored == total and collector.media.stats.duplicates <= 1
+            assert media_of(collector).chunks_stored == total and media_of(collector).duplicates <= 1
     finally:
         if uploader is not None:
             uploader.stop()
         channel.stop()
         collector.stop()
+
+
+def test_where_the_collector_keeps_uploads(tmp_path: Path) -> None:
+    db = tmp_path / "collector.db"
+    assert media_paths(db, None) == (db, tmp_path / "media")
+    assert media_paths(db, tmp_path / "clips") == (db, tmp_path / "clips")
+    # A PostgreSQL collector names no directory: it takes uploads only when given one.
+    url = "postgresql://collector@db.example/edge"
+    assert media_paths(url, None) is None
+    assert media_paths(url, tmp_path / "m") == (tmp_path / "m" / "media.db", tmp_path / "m")

@@ -103,7 +103,7 @@ def register(sub: Any) -> None:
         type=Path,
         default=None,
         help="directory for uploaded evidence clips (default: media/ beside a SQLite --db; "
-        "with PostgreSQL: ./media unless given, its index in DIR/media.db)",
+        "with PostgreSQL only when given, its index then in DIR/media.db)",
     )
     p.add_argument(
         "--max-queued-bytes",

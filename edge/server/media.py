@@ -409,17 +409,21 @@ class MediaReceiver:
         return {"have": [[0, h.total - 1]], "complete": True, "sha256_ok": True}
 
 
-def media_paths(db: str | Path, media_dir: Path | None) -> tuple[Path, Path]:
-    """Where uploads go for the collector database ``db``: ``(index database, media directory)``.
+def media_paths(db: str | Path, media_dir: Path | None) -> tuple[Path, Path] | None:
+    """Where uploads go for the collector database ``db``: ``(index database, media directory)``, or
+    None when this collector takes none.
 
     Beside a SQLite database, its ``media`` tables share the file and the clips go to ``media/`` next
-    to it. A PostgreSQL URL names no directory: the clips go to ``media_dir`` (``./media`` if none is
-    given) with their index in ``media.db`` there.
+    to it (or to ``media_dir``). A PostgreSQL URL names no directory: only with ``media_dir`` does the
+    collector take uploads, keeping their index in ``media.db`` there; the clips' files are local to
+    one server, so one collector of a group is given ``--media``.
     """
     if str(db).startswith(("postgresql://", "postgres://")):
-        directory = media_dir or Path("media")
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        return directory / "media.db", directory
+        if media_dir is None:
+            log.info("no --media directory: this collector takes no evidence uploads")
+            return None
+        media_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return media_dir / "media.db", media_dir
     return Path(db), media_dir or Path(db).parent / "media"
 
 
