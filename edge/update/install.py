@@ -76,17 +76,18 @@ TAIL_CHARS = 600
 
 def dependency_dirs() -> list[Path]:
     """Where this process's dependencies come from: the directories its own deps ``.pth`` names, or
-    else its venv's ``site-packages``."""
+    else its venv's ``site-packages``; always real paths. A process started through the ``current``
+    link would otherwise name ``current/...``, which after the switch is the new venv itself."""
     paths = sysconfig.get_paths()
-    own = [Path(paths["purelib"])]
-    if paths["platlib"] != paths["purelib"]:
-        own.append(Path(paths["platlib"]))
+    own = [Path(paths["purelib"]).resolve()]
+    if Path(paths["platlib"]).resolve() != own[0]:
+        own.append(Path(paths["platlib"]).resolve())
     pth = own[0] / DEPS_PTH
     try:
         lines = pth.read_text(encoding="utf-8").splitlines()
     except OSError:
         return own
-    named = [Path(line.strip()) for line in lines if line.strip() and not line.startswith(("#", "import"))]
+    named = [Path(line.strip()).resolve() for line in lines if line.strip() and not line.startswith(("#", "import"))]
     return named or own
 
 
