@@ -24,9 +24,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edge.collector import Collector
 from edge.commands.claims import Claims
 from edge.commands.registry import CommandContext, CommandFailed, CommandRegistry
-from edge.config import BrokerAddress
+from edge.config import BrokerAddress, parse_config
 from edge.config.evidence import EvidenceConfig
-from edge.exceptions import CommandRejected
+from edge.daemon import Daemon
+from edge.exceptions import CommandRejected, ConfigError
 from edge.ids import new_id
 from edge.server.media import MediaStats, media_paths
 from edge.services.camera.upload import META_KEY, EvidenceUploader, UploadJob
@@ -402,3 +403,48 @@ def test_where_the_collector_keeps_uploads(tmp_path: Path) -> None:
     url = "postgresql://collector@db.example/edge"
     assert media_paths(url, None) is None
     assert media_paths(url, tmp_path / "m") == (tmp_path / "m" / "media.db", tmp_path / "m")
+
+
+def test_a_counter_daemon_with_a_camera_offers_evidence_upload(tmp_path: Path) -> None:
+    config = parse_config(
+        {
+            "device": {"id": DEVICE, "commune": COMMUNE, "roles": ["counter"]},
+            "mqtt": {"broker": "mqtt://127.0.0.1:1"},
+            "store": {"state_dir": str(tmp_path / "state")},
+            "camera": [
+                {
+                    "name": "q1-cam",
+                    "source": "/dev/video63",
+                    "profile": "sim-counter-640x480",
+                    "evidence": {"upload_max_kbps": 64, "upload_chunk_bytes": 16384},
+                }
+            ],
+        }
+    )
+    daemon = Daemon(config)
+    try:
+        assert "evidence.upload" in daemon.registry
+        assert daemon.registry.get("evidence.upload").serial
+        [uploader] = [s for s in daemon.services if isinstance(s, EvidenceUploader)]
+        assert uploader.media_dir == tmp_path / "state" / "media"
+        assert uploader.configs["q1-cam"].upload_max_kbps == 64
+        assert uploader.configs["q1-cam"].upload_chunk_bytes == 16384
+        assert (daemon.topics.mediaack, 1) in daemon.link.stats.subscriptions
+    finally:
+        daemon.outbox.close()
+    # Out of range: a clear error with its key path.
+    with pytest.raises(ConfigError, match=r"camera\[0\]\.evidence\.upload_max_kbps: Input should be greater than 0"):
+        parse_config(
+            {
+                "device": {"id": DEVICE, "commune": COMMUNE, "roles": ["counter"]},
+                "mqtt": {"broker": "mqtt://127.0.0.1:1"},
+                "camera": [
+                    {
+                        "name": "q1-cam",
+                        "source": "/dev/video63",
+                        "profile": "sim-counter-640x480",
+                        "evidence": {"upload_max_kbps": 0},
+                    }
+                ],
+            }
+        )
