@@ -1,7 +1,9 @@
 """Hardware profiles for rating panels (``firmware_config/*.yaml``), in the spirit of ESPHome.
 
-The pin, board-table, port and file helpers here are shared with the relay board profiles
-(:mod:`drivers.relay.profile`, ``firmware_config/relays/``).
+The pin, board-table, port and file helpers here, and the loader (:func:`read_profile_data`,
+:func:`validate_profile`, :func:`section_profile`), are shared with the relay board profiles
+(:mod:`drivers.relay.profile`, ``firmware_config/relays/``) and the camera profiles
+(:mod:`drivers.camera.profile`, ``firmware_config/cameras/``).
 
 A profile says what is wired where: which buttons exist, which score, machine label and Vietnamese
 text each one stands for, and either the GPIO pins (``kind: gpio``) or the serial microcontroller's
@@ -23,9 +25,9 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
@@ -49,7 +51,8 @@ DEFAULT_TEXT: dict[str, str] = {
 
 ENV_DIR = "COMMUNE_EDGE_FIRMWARE_CONFIG"
 
-_MODEL_ID = r"^[A-Za-z0-9._+-]{1,32}$"  # the HELLO model token of PROTOCOL.md
+#: A profile's model id; for serial panels, the HELLO model token of PROTOCOL.md.
+MODEL_ID = r"^[A-Za-z0-9._+-]{1,32}$"
 _VERSION = r"^[0-9]+(\.[0-9]+){0,3}$"
 _PIN_NAME = re.compile(r"(?:GPIO|BCM)?\s*([0-9]{1,2})", re.IGNORECASE)
 
@@ -242,15 +245,20 @@ def version_tuple(text: str) -> tuple[int, ...] | None:
 # -- profiles --------------------------------------------------------------------------------------
 
 
-class _ProfileBase(EdgeModel):
-    model: str = Field(pattern=_MODEL_ID, description="panel model id (for serial panels: HELLO model=)")
-    description: str = Field(default="", description="what this profile is for, in a sentence")
+class ProfileModel(EdgeModel):
+    """A hardware profile of any kind (panel, relay board, camera): it remembers where it was read from."""
+
     _source: str = PrivateAttr("")
 
     @property
     def source(self) -> str:
         """Where the profile came from (file path or name); empty for profiles built in code."""
         return self._source
+
+
+class _ProfileBase(ProfileModel):
+    model: str = Field(pattern=MODEL_ID, description="panel model id (for serial panels: HELLO model=)")
+    description: str = Field(default="", description="what this profile is for, in a sentence")
 
     @property
     def button_count(self) -> int:
@@ -463,24 +471,44 @@ def _ranges(numbers: Iterable[int]) -> str:
     return ", ".join(f"{a}-{b}" if a != b else str(a) for a, b in spans)
 
 
-def parse_profile(data: Any, source: str = "") -> Profile:
-    """Validate profile data (as loaded from YAML). Raises :exc:`BadProfile` listing every problem."""
+P = TypeVar("P", bound=ProfileModel)
+
+
+def validate_profile(
+    data: Any,
+    source: str,
+    kinds: Mapping[str, type[P]] | type[P],
+    whole_problems: Callable[[P], list[tuple[str, str]]],
+) -> P:
+    """Validate profile data (as loaded from YAML) of any kind. Raises :exc:`BadProfile` listing every problem.
+
+    ``kinds``: the model by the data's ``kind`` key, or the one model of a profile without kinds.
+    ``whole_problems``: the second layer, what needs the whole profile (``(key_path, message)`` pairs).
+    """
     if not isinstance(data, dict):
         raise BadProfile([("(top level)", "a profile is a mapping of keys to values")], source)
-    kind = data.get("kind")
-    cls = _KINDS.get(kind) if isinstance(kind, str) else None
-    if cls is None:
-        msg = "required key is missing" if kind is None else f"must be one of {', '.join(_KINDS)}, got {kind!r}"
-        raise BadProfile([("kind", msg)], source)
+    if isinstance(kinds, Mapping):
+        kind = data.get("kind")
+        cls = kinds.get(kind) if isinstance(kind, str) else None
+        if cls is None:
+            msg = "required key is missing" if kind is None else f"must be one of {', '.join(kinds)}, got {kind!r}"
+            raise BadProfile([("kind", msg)], source)
+    else:
+        cls = kinds
     try:
         profile = cls.model_validate(data)
     except ValidationError as exc:
         raise BadProfile(problems(exc), source) from None
     profile._source = source
-    found = profile_problems(profile)
+    found = whole_problems(profile)
     if found:
         raise BadProfile(found, source)
     return profile
+
+
+def parse_profile(data: Any, source: str = "") -> Profile:
+    """Validate profile data (as loaded from YAML). Raises :exc:`BadProfile` listing every problem."""
+    return validate_profile(data, source, _KINDS, profile_problems)
 
 
 def resolve_profile_path(name_or_path: str | Path, directory: Path | None = None) -> Path:
@@ -525,6 +553,26 @@ def load_profile(name_or_path: str | Path) -> Profile:
     return parse_profile(data, source=source)
 
 
+def in_profile(found: Iterable[tuple[str, str]], source: str) -> list[tuple[str, str]]:
+    """Problems inside a profile file, each message naming the file (``... (in profile twice.yaml)``)."""
+    name = Path(source).name
+    return [(key, f"{msg} (in profile {name})") for key, msg in found]
+
+
+def section_profile(load: Callable[[str], P], profile: str) -> tuple[P | None, list[tuple[str, str]]]:
+    """The profile a config section names, loaded by ``load``; or None and the section's problems.
+
+    A profile that cannot be found or read is a problem of the section's ``profile`` key; one inside
+    the file keeps its key path and names the file.
+    """
+    try:
+        return load(profile), []
+    except BadProfile as exc:
+        if not exc.source:  # the profile itself could not be found or read
+            return None, [("profile", msg) for _, msg in exc.problems]
+        return None, in_profile(exc.problems, exc.source)
+
+
 def check_panel(
     profile: str,
     port: str | None = None,
@@ -539,31 +587,41 @@ def check_panel(
     port are reserved in ``resources`` under ``prefix``-qualified holders, so a clash with another
     section reads ``GPIO 17 is used by relays.zones[0]``.
     """
-    try:
-        prof = load_profile(profile)
-    except BadProfile as exc:
-        if not exc.source:  # the profile itself could not be found or read
-            return [("profile", msg) for _, msg in exc.problems]
-        name = Path(exc.source).name
-        return [(key, f"{msg} (in profile {name})") for key, msg in exc.problems]
-    found: list[tuple[str, str]] = []
+    prof, found = section_profile(load_profile, profile)
+    if prof is None:
+        return found
     holder = f"{prefix}." if prefix else ""
     if resources is not None:
-        for key, msg in profile_problems(prof, resources=resources, holder_prefix=holder):
-            found.append((key, f"{msg} (in profile {Path(prof.source).name})"))
-    if isinstance(prof, GpioProfile):
-        if port:
-            found.append(("port", "a GPIO panel has no serial port; remove port"))
-        return found
+        found += in_profile(profile_problems(prof, resources=resources, holder_prefix=holder), prof.source)
+    usb = None if isinstance(prof, GpioProfile) else prof.usb
+    return found + section_port_problems(
+        "panel", port, serial=isinstance(prof, SerialProfile), usb=usb, resources=resources, holder=f"{holder}port"
+    )
+
+
+def section_port_problems(
+    what: str,
+    port: str | None,
+    *,
+    serial: bool,
+    usb: UsbId | None,
+    resources: Resources | None = None,
+    holder: str = "port",
+) -> list[tuple[str, str]]:
+    """The ``port`` problems of a config section for a ``what`` (panel, relay board) on GPIO or serial.
+
+    A GPIO device has no port; a serial one needs a well-formed port (reserved in ``resources`` for
+    ``holder``) unless its profile's ``usb`` id finds it.
+    """
+    if not serial:
+        return [("port", f"a GPIO {what} has no serial port; remove port")] if port else []
     if port:
-        problem = serial_port_problem(port, resources=resources, holder=f"{holder}port")
-        if problem:
-            found.append(("port", problem))
-    elif prof.usb is None:
-        found.append(
-            ("port", "a serial panel needs a port (e.g. /dev/serial/by-id/..., or usb:VID:PID) or usb: in its profile")
-        )
-    return found
+        problem = serial_port_problem(port, resources=resources, holder=holder)
+        return [("port", problem)] if problem else []
+    if usb is None:
+        need = f"a serial {what} needs a port (e.g. /dev/serial/by-id/..., or usb:VID:PID) or usb: in its profile"
+        return [("port", need)]
+    return []
 
 
 def serial_port_problem(port: str, *, resources: Resources | None = None, holder: str = "port") -> str | None:

@@ -20,14 +20,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from drivers.profiles import firmware_config_dir, read_profile_data
+from drivers.profiles import (
+    MODEL_ID,
+    ProfileModel,
+    firmware_config_dir,
+    read_profile_data,
+    section_profile,
+    validate_profile,
+)
 from drivers.resources import Resources
-from edge.exceptions import BadProfile, ResourceBusy
-from edge.model import EdgeModel, problems
-
-_MODEL_ID = r"^[A-Za-z0-9._+-]{1,32}$"
+from edge.exceptions import ResourceBusy
+from edge.model import EdgeModel
 
 #: The smallest seat a presence judgement is made on, in pixels of the profile's resolution.
 MIN_SEAT_PX = 16
@@ -95,10 +100,10 @@ class Regions:
     privacy_mask: tuple[tuple[int, int], ...] | None
 
 
-class CameraProfile(EdgeModel):
+class CameraProfile(ProfileModel):
     """A counter camera: the picture it is asked for, the officer's seat and the citizen-side mask."""
 
-    model: str = Field(pattern=_MODEL_ID, description="profile id, e.g. 'usb-640x480'")
+    model: str = Field(pattern=MODEL_ID, description="profile id, e.g. 'usb-640x480'")
     description: str = Field(default="", description="what this profile is for, in a sentence")
     resolution: Resolution = Field(description="the picture size asked of the camera, e.g. 640x480")
     fps: float = Field(
@@ -121,7 +126,6 @@ class CameraProfile(EdgeModel):
         description="polygon [[x, y], ...] in pixels of resolution, usually the citizen's side of the desk: "
         "black in every picture written, left out of the analytics; empty: no mask",
     )
-    _source: str = PrivateAttr("")
 
     @field_validator("privacy_mask")
     @classmethod
@@ -129,11 +133,6 @@ class CameraProfile(EdgeModel):
         if value is not None and len(value) < 3:
             raise ValueError("a polygon needs at least 3 points [[x, y], ...]")
         return value
-
-    @property
-    def source(self) -> str:
-        """Where the profile came from (file path); empty for profiles built in code."""
-        return self._source
 
     def scaled(self, width: int, height: int) -> Regions:
         """The seat and mask for a picture of ``width`` x ``height`` (the profile's regions scaled)."""
@@ -190,17 +189,7 @@ def _masked_share(profile: CameraProfile) -> float:
 
 def parse_camera_profile(data: Any, source: str = "") -> CameraProfile:
     """Validate camera profile data (as loaded from YAML). Raises :exc:`BadProfile` listing every problem."""
-    if not isinstance(data, dict):
-        raise BadProfile([("(top level)", "a profile is a mapping of keys to values")], source)
-    try:
-        profile = CameraProfile.model_validate(data)
-    except ValidationError as exc:
-        raise BadProfile(problems(exc), source) from None
-    profile._source = source
-    found = camera_profile_problems(profile)
-    if found:
-        raise BadProfile(found, source)
-    return profile
+    return validate_profile(data, source, CameraProfile, camera_profile_problems)
 
 
 def load_camera_profile(name_or_path: str | Path) -> CameraProfile:
@@ -226,15 +215,7 @@ def check_camera(
     device is reserved in ``resources`` (if given) for ``holder``, so two cameras on one device read
     ``camera /dev/video0 is used by camera[0].source``.
     """
-    found: list[tuple[str, str]] = []
-    try:
-        load_camera_profile(profile)
-    except BadProfile as exc:
-        if not exc.source:
-            found += [("profile", msg) for _, msg in exc.problems]
-        else:
-            name = Path(exc.source).name
-            found += [(key, f"{msg} (in profile {name})") for key, msg in exc.problems]
+    _, found = section_profile(load_camera_profile, profile)
     if source is not None:
         from drivers.camera.source import parse_source
 

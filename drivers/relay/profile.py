@@ -21,19 +21,23 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, PrivateAttr, ValidationError, field_validator
+from pydantic import Field, field_validator
 
 from drivers.profiles import (
+    MODEL_ID,
     PinSpec,
+    ProfileModel,
     UsbId,
     firmware_config_dir,
     gpio_pin_problems,
+    in_profile,
     read_profile_data,
-    serial_port_problem,
+    section_port_problems,
+    section_profile,
+    validate_profile,
 )
 from drivers.resources import Resources
-from edge.exceptions import BadProfile
-from edge.model import EdgeModel, Slug, problems
+from edge.model import EdgeModel, Slug
 
 #: The amplifier's name among the relays (``RelayBank.states()`` keys, ``on_change`` names).
 AMPLIFIER = "amplifier"
@@ -44,7 +48,6 @@ RESERVED_ZONE_NAMES = frozenset({AMPLIFIER, "all"})
 #: Coils one Modbus "read coils" request may cover (the protocol's limit); read-back reads them in one span.
 MAX_READ_COILS = 2000
 
-_MODEL_ID = r"^[A-Za-z0-9._+-]{1,32}$"
 _BAUD_RATES = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
 
 
@@ -103,8 +106,8 @@ class ModbusZone(ModbusRelay):
 # -- profiles --------------------------------------------------------------------------------------
 
 
-class _RelayProfileBase(EdgeModel):
-    model: str = Field(pattern=_MODEL_ID, description="relay board model id, e.g. 'lcus-4'")
+class _RelayProfileBase(ProfileModel):
+    model: str = Field(pattern=MODEL_ID, description="relay board model id, e.g. 'lcus-4'")
     description: str = Field(default="", description="what this profile is for, in a sentence")
     warm_up_s: float = Field(
         default=2.0,
@@ -126,12 +129,6 @@ class _RelayProfileBase(EdgeModel):
         "scheduler is doing",
     )
     readback: bool = Field(default=False, description="the board can report its relays' states, and is asked")
-    _source: str = PrivateAttr("")
-
-    @property
-    def source(self) -> str:
-        """Where the profile came from (file path); empty for profiles built in code."""
-        return self._source
 
     @property
     def zone_names(self) -> tuple[str, ...]:
@@ -293,22 +290,7 @@ def relay_profile_problems(
 
 def parse_relay_profile(data: Any, source: str = "") -> RelayProfile:
     """Validate relay profile data (as loaded from YAML). Raises :exc:`BadProfile` listing every problem."""
-    if not isinstance(data, dict):
-        raise BadProfile([("(top level)", "a profile is a mapping of keys to values")], source)
-    kind = data.get("kind")
-    cls = _KINDS.get(kind) if isinstance(kind, str) else None
-    if cls is None:
-        msg = "required key is missing" if kind is None else f"must be one of {', '.join(_KINDS)}, got {kind!r}"
-        raise BadProfile([("kind", msg)], source)
-    try:
-        profile = cls.model_validate(data)
-    except ValidationError as exc:
-        raise BadProfile(problems(exc), source) from None
-    profile._source = source
-    found = relay_profile_problems(profile)
-    if found:
-        raise BadProfile(found, source)
-    return profile
+    return validate_profile(data, source, _KINDS, relay_profile_problems)
 
 
 def load_relay_profile(name_or_path: str | Path) -> RelayProfile:
@@ -345,33 +327,20 @@ def check_relays(
     ``prefix``-qualified holders, so a clash with another section reads
     ``zones[0].pin: GPIO 17 is used by panel.buttons[0].pin``.
     """
-    try:
-        prof = load_relay_profile(profile)
-    except BadProfile as exc:
-        if not exc.source:  # the profile itself could not be found or read
-            return [("profile", msg) for _, msg in exc.problems]
-        name = Path(exc.source).name
-        return [(key, f"{msg} (in profile {name})") for key, msg in exc.problems]
-    found: list[tuple[str, str]] = []
+    prof, found = section_profile(load_relay_profile, profile)
+    if prof is None:
+        return found
     holder = f"{prefix}." if prefix else ""
     if resources is not None:
-        for key, msg in relay_profile_problems(prof, resources=resources, holder_prefix=holder):
-            found.append((key, f"{msg} (in profile {Path(prof.source).name})"))
+        found += in_profile(relay_profile_problems(prof, resources=resources, holder_prefix=holder), prof.source)
     if modbus_unit is not None and not isinstance(prof, ModbusRelayProfile):
         found.append(("modbus_unit", f"only Modbus relay boards have a unit id ({prof.kind} board); remove it"))
-    if isinstance(prof, GpioRelayProfile):
-        if port:
-            found.append(("port", "a GPIO relay board has no serial port; remove port"))
-        return found
-    if port:
-        problem = serial_port_problem(port, resources=resources, holder=f"{holder}port")
-        if problem:
-            found.append(("port", problem))
-    elif prof.usb is None:
-        found.append(
-            (
-                "port",
-                "a serial relay board needs a port (e.g. /dev/serial/by-id/..., or usb:VID:PID) or usb: in its profile",
-            )
-        )
-    return found
+    usb = None if isinstance(prof, GpioRelayProfile) else prof.usb
+    return found + section_port_problems(
+        "relay board",
+        port,
+        serial=not isinstance(prof, GpioRelayProfile),
+        usb=usb,
+        resources=resources,
+        holder=f"{holder}port",
+    )
