@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from edge.config.profile_checks import checked_field, checked_profile
 from edge.model import EdgeModel, Slug
 
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
@@ -33,10 +34,7 @@ class PanelConfig(EdgeModel):
     def _profile_checks(cls, value: str) -> str:
         from drivers.profiles import check_panel  # drivers import the config's base model, not the reverse
 
-        found = [(key, msg) for key, msg in check_panel(value) if key != "port"]
-        if found:
-            raise ValueError("; ".join(msg if key == "profile" else f"{key}: {msg}" for key, msg in found))
-        return value
+        return checked_profile(value, check_panel(value), other_fields=("port",))
 
     @field_validator("port")
     @classmethod
@@ -46,10 +44,7 @@ class PanelConfig(EdgeModel):
         profile = info.data.get("profile")
         if profile is None:
             return value  # the profile is broken; that is reported under panel.profile
-        found = [msg for key, msg in check_panel(profile, value) if key == "port"]
-        if found:
-            raise ValueError("; ".join(found))
-        return value
+        return checked_field(value, check_panel(profile, value), "port")
 
 
 class OfficerShift(EdgeModel):

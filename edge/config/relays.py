@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, ValidationInfo, field_validator
 
+from edge.config.profile_checks import checked_field, checked_profile
 from edge.model import EdgeModel
 
 
@@ -32,10 +33,7 @@ class RelaysConfig(EdgeModel):
     def _profile_checks(cls, value: str) -> str:
         from drivers.relay.profile import check_relays  # drivers import the config's base model, not the reverse
 
-        found = [(key, msg) for key, msg in check_relays(value) if key not in ("port", "modbus_unit")]
-        if found:
-            raise ValueError("; ".join(msg if key == "profile" else f"{key}: {msg}" for key, msg in found))
-        return value
+        return checked_profile(value, check_relays(value), other_fields=("port", "modbus_unit"))
 
     @field_validator("port")
     @classmethod
@@ -45,10 +43,7 @@ class RelaysConfig(EdgeModel):
         profile = info.data.get("profile")
         if profile is None:
             return value  # the profile is broken; that is reported under relays.profile
-        found = [msg for key, msg in check_relays(profile, value) if key == "port"]
-        if found:
-            raise ValueError("; ".join(found))
-        return value
+        return checked_field(value, check_relays(profile, value), "port")
 
     @field_validator("modbus_unit")
     @classmethod
@@ -58,7 +53,4 @@ class RelaysConfig(EdgeModel):
         profile = info.data.get("profile")
         if profile is None or value is None:
             return value
-        found = [msg for key, msg in check_relays(profile, info.data.get("port"), value) if key == "modbus_unit"]
-        if found:
-            raise ValueError("; ".join(found))
-        return value
+        return checked_field(value, check_relays(profile, info.data.get("port"), value), "modbus_unit")
