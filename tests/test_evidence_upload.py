@@ -448,3 +448,27 @@ def test_a_counter_daemon_with_a_camera_offers_evidence_upload(tmp_path: Path) -
                 ],
             }
         )
+
+
+def test_a_clip_deleted_before_its_turn_fails_with_its_reason_and_the_next_one_goes(rig: Rig) -> None:
+    collector = rig.collector()
+    up = rig.uploader(max_kbps=800)
+    first_id, first_path = rig.clip()
+    doomed_id, doomed = rig.clip(100_000)
+    next_id, next_path = rig.clip(100_000)
+    jobs = [up.upload(first_id), up.upload(doomed_id), up.upload(next_id)]
+    assert wait_for(lambda: media_of(collector).chunks_stored >= 2, 30)
+    doomed.unlink()  # as retention would, while it waits its turn
+
+    assert all(job.done.wait(TIMEOUT) for job in jobs)
+    assert [(job.state, job.reason) for job in jobs] == [
+        ("delivered", ""),
+        ("failed", "unreadable_clip"),
+        ("delivered", ""),
+    ]
+    assert sorted((r[0], r[2]) for r in rig.recorded()) == sorted(
+        [(first_id, sha256(first_path)), (next_id, sha256(next_path))]
+    )
+    states = {(e["clip_id"], e["state"]) for e in rig.upload_events()}
+    assert states == {(first_id, "delivered"), (doomed_id, "failed"), (next_id, "delivered")}
+    assert rig.outbox.get_meta(META_KEY) == "[]"

@@ -305,9 +305,14 @@ class EvidenceUploader:
             job.state = "sending"
             try:
                 self._send(job)
-            except EdgeError as exc:
+            except OSError as exc:
+                # Most likely retention deleted the clip on the way: nothing more to send.
+                job.state, job.reason = "failed", "unreadable_clip"
+                log.error("evidence upload of %s: the clip cannot be read: %s", job.clip_id, exc)
+            except Exception:
+                # One upload's bug must not end the uploader: the next clip still goes.
                 job.state, job.reason = "failed", "internal_error"
-                log.error("evidence upload of %s failed: %s", job.clip_id, exc)
+                log.exception("evidence upload of %s failed", job.clip_id)
             if self._stop.is_set() and job.state == "sending":
                 return  # stays queued in the store: the next start goes on with it
             self._finish(job)
