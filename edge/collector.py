@@ -199,6 +199,12 @@ class Collector:
         # them may get any batch (and a redelivery may go to another), which the id key absorbs.
         events = events_filter(root, commune)
         self.link.subscribe(f"$share/{share}/{events}" if share else events, self._on_message)
+        self._leaving = False
+        if share and self.status_topic:
+            # The server's presence is one retained message for the whole group: when one collector
+            # goes (its will says offline), the others say online again, or the devices would hold
+            # their events back until that one returns.
+            self.link.subscribe(self.status_topic, self._on_presence)
         # Evidence uploads (edge.server.media), never through the share group: chunks spread over
         # collectors with stores of their own would never make a whole clip anywhere.
         from edge.server.media import MediaReceiver, media_paths
@@ -222,6 +228,15 @@ class Collector:
 
     def _on_connect(self) -> None:
         if self.status_topic:
+            self.link.publish(self.status_topic, self._status(True), retain=True)
+
+    def _on_presence(self, topic: str, payload: bytes) -> None:
+        try:
+            online = json.loads(payload).get("online")
+        except (ValueError, AttributeError):
+            return
+        if online is False and not self._leaving and self.status_topic:
+            log.info("another collector of the group went offline; this one is still online")
             self.link.publish(self.status_topic, self._status(True), retain=True)
 
     def _on_message(self, topic: str, payload: bytes) -> None:
@@ -467,6 +482,7 @@ class Collector:
         if self._stop.is_set():
             return
         self.supervisor.stop()
+        self._leaving = True
         if self.status_topic and self.link.connected.is_set():
             with contextlib.suppress(Exception):
                 self.link.publish(self.status_topic, self._status(False), retain=True).result(2.0)

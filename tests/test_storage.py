@@ -62,6 +62,16 @@ def query(db: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ..
         conn.close()
 
 
+def stored_ids(db: str, event_type: str = "rating") -> set[str]:
+    """Ids stored so far; none while the collector has yet to make its tables."""
+    import psycopg
+
+    try:
+        return {r[0] for r in query(db, "SELECT id FROM events WHERE type = ?", (event_type,))}
+    except (psycopg.errors.UndefinedTable, sqlite3.OperationalError):
+        return set()
+
+
 @pytest.fixture
 def counter(tmp_path: Path) -> Iterator[Outbox]:
     """A counter with twelve ratings committed, none sent."""
@@ -240,10 +250,7 @@ def test_edge_collect_stores_into_postgresql_and_acknowledges(
         ids = run_edge(["emit", "rating", "--count", "7", "--data", data], env=device.env).stdout.split()
         assert len(ids) == 7
 
-        def stored() -> set[str]:
-            return {r[0] for r in query(postgres_url, "SELECT id FROM events WHERE type = 'rating'")}
-
-        assert wait_for(lambda: stored() == set(ids), 60.0), "the ratings never reached PostgreSQL"
+        assert wait_for(lambda: stored_ids(postgres_url) == set(ids), 60.0), "the ratings never reached PostgreSQL"
         # Acknowledged: nothing of it is left pending on the device (its store read read-only).
         assert wait_for(
             lambda: collector_rows(device.db, "SELECT id FROM events WHERE type = 'rating' AND acked_at IS NULL") == [],
