@@ -209,10 +209,12 @@ class Collector:
         # collectors with stores of their own would never make a whole clip anywhere.
         from edge.server.media import MediaReceiver, media_paths
 
-        index, directory = media_paths(db, media_dir)
-        self.media = MediaReceiver(index, directory, lambda t, p: self.link.publish(t, p, qos=1), root=root)
-        self.link.subscribe(media_filter(root, commune), self.media.on_message)
-        self.supervisor.watch_thread("collector-media", lambda: self.media.thread)
+        paths = media_paths(db, media_dir)
+        self.media: MediaReceiver | None = None
+        if paths is not None:
+            self.media = MediaReceiver(*paths, lambda t, p: self.link.publish(t, p, qos=1), root=root)
+            self.link.subscribe(media_filter(root, commune), self.media.on_message)
+            self.supervisor.watch_thread("collector-media", lambda: self.media.thread if self.media else None)
         self.link.on_connect(self._on_connect)
         self.supervisor.watch_thread("collector", lambda: self._thread)
         self.supervisor.watch("mqtt-link", self.link.alive, lambda: self.link.failure)
@@ -462,7 +464,8 @@ class Collector:
     def summary(self) -> dict[str, Any]:
         """Counters so far; oversized messages are counted by the link, which drops them unread."""
         out = self.stats.as_dict()
-        out["media"] = self.media.stats.as_dict()
+        if self.media is not None:
+            out["media"] = self.media.stats.as_dict()
         if self.link.stats.oversized_dropped:
             out["rejected"]["oversized"] = out["rejected"].get("oversized", 0) + self.link.stats.oversized_dropped
         return out
@@ -473,7 +476,8 @@ class Collector:
     def start(self) -> Collector:
         self._thread = threading.Thread(target=self._run, name="collector", daemon=True)
         self._thread.start()
-        self.media.start()
+        if self.media is not None:
+            self.media.start()
         self.link.start()
         self.supervisor.start()
         return self
@@ -491,5 +495,6 @@ class Collector:
         if self._thread is not None:
             self._thread.join(5)
         self.link.stop()
-        self.media.stop()
+        if self.media is not None:
+            self.media.stop()
         self.store.close()
