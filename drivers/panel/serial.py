@@ -79,6 +79,20 @@ def find_port(port: str | None, usb: UsbId | None = None) -> str | None:
     return None
 
 
+def reserve_port(port: str | None, usb: UsbId | None, *, what: str, resources: Resources, holder: str) -> str:
+    """Reserve a serial device's port as ``<holder>.port``; return the name it goes by in messages.
+
+    The name is ``port`` as configured (a ``/dev/serial/by-id`` link stays a link), else the profile's
+    ``usb`` id. Raises :exc:`BadProfile` (key ``port``) when there is neither, naming ``what`` (panel,
+    relay board), and :exc:`ResourceBusy` when another section holds the port.
+    """
+    if port is None and usb is None:
+        raise BadProfile([("port", f"a serial {what} needs a port, or usb: in its profile")])
+    name = port or str(usb)
+    resources.reserve("serial", name, f"{holder}.port")
+    return name
+
+
 @dataclass
 class _PressState:
     mseq: int
@@ -103,11 +117,8 @@ class SerialPanel(Panel):
     ) -> None:
         super().__init__(profile, resources=resources, holder=holder)
         self.profile: SerialProfile = profile
-        if port is None and profile.usb is None:
-            raise BadProfile([("port", "a serial panel needs a port, or usb: in its profile")])
+        self._port_name = reserve_port(port, profile.usb, what="panel", resources=self._resources, holder=holder)
         self.port = port
-        self._port_name = port or str(profile.usb)
-        self._resources.reserve("serial", self._port_name, f"{holder}.port")
         self._reconnect_s = reconnect_s
         self._hb_s = profile.heartbeat_ms / 1000
         # Wake up a few times per heartbeat to run the watchdog; otherwise sleep in select().

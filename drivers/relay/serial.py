@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from drivers.panel.serial import find_port
+from drivers.panel.serial import find_port, reserve_port
 from drivers.relay.base import RelayBackend
 from drivers.relay.profile import SerialRelayProfile
 from drivers.resources import Resources
-from edge.exceptions import BadProfile, RelayFault
+from edge.exceptions import RelayFault
 
 
 class SerialRelayBackend(RelayBackend):
@@ -23,12 +23,9 @@ class SerialRelayBackend(RelayBackend):
     ) -> None:
         super().__init__(profile, resources=resources, holder=holder)
         self.profile: SerialRelayProfile = profile
-        if port is None and profile.usb is None:
-            raise BadProfile([("port", "a serial relay board needs a port, or usb: in its profile")])
+        self._port_name = reserve_port(port, profile.usb, what="relay board", resources=resources, holder=holder)
         self.port = port
-        self._port_name = port or str(profile.usb)
         self._open_path: str | None = None
-        resources.reserve("serial", self._port_name, f"{holder}.port")
 
     @property
     def where(self) -> str:
