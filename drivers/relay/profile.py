@@ -19,9 +19,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, Field
 
 from drivers.profiles import (
     MODEL_ID,
@@ -49,6 +49,16 @@ RESERVED_ZONE_NAMES = frozenset({AMPLIFIER, "all"})
 MAX_READ_COILS = 2000
 
 _BAUD_RATES = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
+
+
+def _standard_baud(value: int) -> int:
+    if value not in _BAUD_RATES:
+        raise ValueError(f"baudrate must be one of {', '.join(map(str, _BAUD_RATES))}")
+    return value
+
+
+#: A serial speed the relay boards (and their USB adapters) can be set to.
+BaudRate = Annotated[int, AfterValidator(_standard_baud)]
 
 
 def relay_profile_dir() -> Path:
@@ -178,7 +188,7 @@ class LcusRelayProfile(_RelayProfileBase):
         default=None,
         description="USB id to find the board by when no port is configured, e.g. '1a86:7523' (every CH340 has it)",
     )
-    baudrate: int = Field(default=9600, description="serial speed; the boards use 9600")
+    baudrate: BaudRate = Field(default=9600, description="serial speed; the boards use 9600")
     readback: bool = Field(
         default=False,
         description="the board answers the status query 0xFF with 'CH1: ON' / 'CH1: OFF' lines (most cannot)",
@@ -196,13 +206,6 @@ class LcusRelayProfile(_RelayProfileBase):
     amplifier: LcusRelay = Field(description="the channel switching the amplifier's power")
     zones: list[LcusZone] = Field(min_length=1, max_length=15, description="the zone channels, each with a name")
 
-    @field_validator("baudrate")
-    @classmethod
-    def _standard_baud(cls, value: int) -> int:
-        if value not in _BAUD_RATES:
-            raise ValueError(f"baudrate must be one of {', '.join(map(str, _BAUD_RATES))}")
-        return value
-
 
 class ModbusRelayProfile(_RelayProfileBase):
     """A Modbus RTU relay board on RS-485 (through a USB adapter): one coil per relay."""
@@ -212,7 +215,7 @@ class ModbusRelayProfile(_RelayProfileBase):
         default=None, description="USB id of the RS-485 adapter to find when no port is configured"
     )
     unit: int = Field(default=1, ge=1, le=247, description="the board's Modbus unit (slave) id")
-    baudrate: int = Field(default=9600, description="serial speed, as set on the board")
+    baudrate: BaudRate = Field(default=9600, description="serial speed, as set on the board")
     parity: Literal["N", "E", "O"] = Field(default="N", description="parity: N (none), E (even) or O (odd)")
     stopbits: Literal[1, 2] = Field(default=1, description="stop bits: 1 or 2")
     timeout_s: float = Field(default=0.5, gt=0, le=10, description="how long to wait for each answer")
@@ -222,13 +225,6 @@ class ModbusRelayProfile(_RelayProfileBase):
     )
     amplifier: ModbusRelay = Field(description="the coil switching the amplifier's power")
     zones: list[ModbusZone] = Field(min_length=1, max_length=63, description="the zone coils, each with a name")
-
-    @field_validator("baudrate")
-    @classmethod
-    def _standard_baud(cls, value: int) -> int:
-        if value not in _BAUD_RATES:
-            raise ValueError(f"baudrate must be one of {', '.join(map(str, _BAUD_RATES))}")
-        return value
 
 
 RelayProfile = GpioRelayProfile | LcusRelayProfile | ModbusRelayProfile
