@@ -127,9 +127,8 @@ class PtyDevice(ABC):
     def _received(self, data: bytes) -> None:
         """Handle bytes from the host (device thread, lock not held)."""
 
-    def _power_up(self) -> None:
+    def _power_up(self) -> None:  # noqa: B027 - an optional hook: a relay board does nothing at power-up
         """What the device does when it first gets power, before its thread runs (nothing by default)."""
-        return
 
     def _step(self, now: float) -> float:
         """Do what is due at ``now`` (device thread); return the seconds until the next duty."""
