@@ -14,7 +14,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edge.collector import Collector
 from edge.commands.claims import Claims
 from edge.commands.registry import CommandContext, CommandFailed, CommandRegistry
-from edge.config import BrokerAddress, parse_config
+from edge.config import BrokerAddress, SyncConfig, parse_config
 from edge.config.evidence import EvidenceConfig
 from edge.daemon import Daemon
 from edge.exceptions import CommandRejected, ConfigError
@@ -32,10 +32,10 @@ from edge.ids import new_id
 from edge.server.media import MediaStats, media_paths
 from edge.services.camera.upload import META_KEY, EvidenceUploader, UploadJob
 from edge.store import Outbox
-from edge.sync import LinkSettings, MqttLink
+from edge.sync import LinkSettings, MqttLink, Uplink
 from edge.topics import Topics
 from sim.broker import MosquittoBroker
-from sim.harness import wait_for
+from sim.harness import collector_rows, wait_for
 from tests.commands_fixtures import build_channel
 from tests.test_broker_security import (  # noqa: F401 (fixtures)
     NOT_AUTHORIZED,
@@ -76,6 +76,7 @@ class Rig:
     collectors: list[Collector]
     links: list[MqttLink]
     uploaders: list[EvidenceUploader]
+    uplinks: list[Uplink] = field(default_factory=list)
 
     @property
     def media(self) -> Path:
@@ -100,7 +101,10 @@ class Rig:
         assert wait_for(c.link.connected.is_set, 20)
         return c
 
-    def uploader(self, max_kbps: float = 20_000, registry: CommandRegistry | None = None) -> EvidenceUploader:
+    def uploader(
+        self, max_kbps: float = 20_000, registry: CommandRegistry | None = None, *, uplink: bool = False
+    ) -> EvidenceUploader:
+        """The uploader on a link of its own; ``uplink``: with the device's event uplink on the same link."""
         link = MqttLink(
             LinkSettings(
                 address=BrokerAddress.parse(self.broker.url),
@@ -115,9 +119,13 @@ class Rig:
             self.media, {CAMERA: evidence}, self.outbox, link, Topics("vn", COMMUNE, DEVICE), registry
         )
         self.uploaders.append(up)
+        if uplink:
+            self.uplinks.append(Uplink(self.outbox, link, up.topics, SyncConfig(ack_timeout_s=5)))
         link.start()
         assert link.wait_connected(20)
         up.start()
+        for u in self.uplinks:
+            u.start()
         return up
 
     def recorded(self) -> list[tuple[Any, ...]]:
@@ -125,7 +133,7 @@ class Rig:
             return conn.execute("SELECT clip_id, device, sha256, bytes, path FROM media").fetchall()
 
     def upload_events(self) -> list[dict[str, Any]]:
-        return [e.data for e in self.outbox.pending(limit=10_000) if e.type == "upload"]
+        return [e.data for e in reversed(self.outbox.list_events(type="upload", limit=1000))]
 
 
 @pytest.fixture
@@ -135,6 +143,8 @@ def rig(tmp_path: Path, broker: MosquittoBroker) -> Iterator[Rig]:
     try:
         yield r
     finally:
+        for u in r.uplinks:
+            u.stop()
         for up in r.uploaders:
             up.stop()
         for link in r.links:
@@ -196,6 +206,22 @@ def test_command_delivers_a_clip_with_matching_sha256(rig: Rig) -> None:
     assert_delivered(rig, job, clip_id, path)
     media = collector.summary()["media"]
     assert media["chunks_stored"] == 13 and media["duplicates"] == 0 and media["completed"] == 1
+
+
+def test_events_go_out_while_a_clip_is_uploading(rig: Rig) -> None:
+    collector = rig.collector()
+    up = rig.uploader(max_kbps=400, uplink=True)  # about 12 s for the clip, on the link the events use
+    clip_id, path = rig.clip()
+    job = up.upload(clip_id)
+    assert wait_for(lambda: media_of(collector).chunks_stored >= 2, 30)
+
+    event = rig.outbox.append("test", {"note": "pressed while a clip is on its way"}, "critical")
+    rig.uplinks[0].wake()
+
+    # The event is stored by the collector while the clip is still going: it never waited for it.
+    assert wait_for(lambda: collector_rows(rig.db, "SELECT id FROM events WHERE id = ?", (event.id,)), 30)
+    assert job.state == "sending" and media_of(collector).chunks_stored < 13
+    assert_delivered(rig, job, clip_id, path)
 
 
 def test_broker_kill_in_the_middle_resumes_without_resending_what_the_collector_had(rig: Rig) -> None:
