@@ -55,11 +55,11 @@ def query(db: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ..
 
         with psycopg.connect(db) as conn:
             return conn.execute(sql.replace("?", "%s"), params).fetchall()
-    conn = sqlite3.connect(db)
+    lite = sqlite3.connect(db)
     try:
-        return conn.execute(sql, params).fetchall()
+        return lite.execute(sql, params).fetchall()
     finally:
-        conn.close()
+        lite.close()
 
 
 def stored_ids(db: str, event_type: str = "rating") -> set[str]:
