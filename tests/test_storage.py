@@ -262,3 +262,29 @@ def test_edge_collect_stores_into_postgresql_and_acknowledges(
         out = collector.stop()
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["stored_by_type"]["rating"] == 7 and summary["acks_sent"] >= 1
+
+
+def test_a_lost_postgresql_connection_fails_one_store_and_the_next_one_reconnects(
+    postgres_url: str,  # noqa: F811
+    counter: Outbox,
+) -> None:
+    import psycopg
+
+    events = counter.pending(limit=100)
+    store = PostgresStorage(postgres_url)
+    try:
+        store.store(batches(counter, events[:6]))
+        # The server ends the collector's session (a restart, a failover): that store fails, so
+        # nothing is acknowledged and the devices send again; the next store reconnects.
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        with pytest.raises(StorageError):
+            store.store(batches(counter, events[6:]))
+        assert [new for _, new in store.store(batches(counter, events[6:]))] == [6]
+    finally:
+        store.close()
+    assert query(postgres_url, "SELECT count(*) FROM events") == [(12,)]
+    assert chain_row(postgres_url)["verified"] == 12 and chain_row(postgres_url)["whole"] == 1
