@@ -56,6 +56,24 @@ _TIME_ERROR = 5  # adjtimex() state: "clock not synchronised" (STA_UNSYNC set)
 _TIMESYNCD_FLAG = Path("/run/systemd/timesync/synchronized")
 _BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
+
+def kernel_boot_id() -> str:
+    """The kernel's id of this boot (it changes at every power-up); "" where there is none."""
+    try:
+        return _BOOT_ID.read_text(encoding="ascii").strip()
+    except OSError:
+        return ""
+
+
+def since_boot() -> float:
+    """Seconds since the machine booted, counting suspend; never set by NTP or fake-hwclock."""
+    clock = getattr(time, "CLOCK_BOOTTIME", None)
+    try:
+        return time.clock_gettime(clock) if clock is not None else time.monotonic()
+    except OSError:
+        return time.monotonic()
+
+
 #: ``meta`` keys: the last synchronised time (JSON :class:`SyncRecord`) and the floor (Unix seconds).
 META_RECORD = "clock"
 META_FLOOR = "clock_floor"
@@ -149,15 +167,11 @@ class SystemTime:
         return time.time()
 
     def boottime(self) -> float:
-        clock = getattr(time, "CLOCK_BOOTTIME", None)
-        return time.clock_gettime(clock) if clock is not None else time.monotonic()
+        return since_boot()
 
     def boot_id(self) -> str:
         if self._boot_id is None:
-            try:
-                self._boot_id = _BOOT_ID.read_text(encoding="ascii").strip()
-            except OSError:
-                self._boot_id = ""
+            self._boot_id = kernel_boot_id()
         return self._boot_id
 
 

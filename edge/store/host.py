@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edge.clock import kernel_boot_id, since_boot
 from edge.exceptions import StoreError
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,6 @@ LOCK_FILE = "daemon.lock"
 #: cloned card.
 HARDWARE_SERIAL_FILES = (Path("/sys/firmware/devicetree/base/serial-number"),)
 MACHINE_ID_FILES = (Path("/etc/machine-id"), Path("/var/lib/dbus/machine-id"))
-_BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
 #: The machine id "should be considered confidential" (machine-id(5)): only a keyed hash of it is
 #: stored or reported, as sd_id128_get_machine_app_specific() does.
 _FINGERPRINT_KEY = b"commune-edge event store binding"
@@ -76,15 +76,7 @@ def fingerprint(identity: str) -> str:
 def boot_id() -> str:
     """This boot of the kernel (changes at every power-up), or a per-process id where there is none.
     Read once: no process outlives the boot it started in."""
-    return _read_first((_BOOT_ID_FILE,)) or _PROCESS_BOOT
-
-
-def since_boot() -> float:
-    """Seconds since the machine booted, counting suspend; never set by NTP or fake-hwclock."""
-    try:
-        return time.clock_gettime(time.CLOCK_BOOTTIME)
-    except (AttributeError, OSError):
-        return time.monotonic()
+    return kernel_boot_id() or _PROCESS_BOOT
 
 
 @dataclass(frozen=True)
