@@ -60,8 +60,9 @@ SCENE_ACTIONS: dict[str, frozenset[str]] = {
 STREAM_FORMATS = ("mjpeg", "mpegts")
 #: The scene's passers-by are scheduled ahead for this long (a day at the counter).
 SCENE_HOURS = 24.0
-#: How long ffmpeg may take to listen after it was started.
-LISTEN_TIMEOUT_S = 15.0
+#: How long ffmpeg may take to listen after it was started. Its first start on a fresh machine loads
+#: its libraries from a cold disk cache, which took more than 15 s once on a loaded 2-core machine.
+LISTEN_TIMEOUT_S = 45.0
 
 
 def stream_url(port: int, fmt: str) -> str:
