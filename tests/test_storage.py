@@ -162,7 +162,7 @@ def test_a_database_written_before_schema_version_is_migrated_in_place(tmp_path:
     finally:
         store.close()
     assert [n for _, n in new] == [11]
-    assert [v for (v,) in query(str(db), "SELECT version FROM schema_version")] == [1, 2]
+    assert [v for (v,) in query(str(db), "SELECT version FROM schema_version")] == [1, 2, 3]
     assert chain_row(str(db))["verified"] == 12
 
 
