@@ -20,6 +20,7 @@ from pydantic import AfterValidator, Field, ValidationError, ValidationInfo, fie
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from edge.config.evidence import EvidenceConfig
+from edge.config.profile_checks import checked_profile
 from edge.model import EdgeModel, Slug
 
 
@@ -98,10 +99,7 @@ class CameraConfig(EdgeModel):
     def _profile_checks(cls, value: str) -> str:
         from drivers.camera.profile import check_camera
 
-        found = check_camera(value)
-        if found:
-            raise ValueError("; ".join(msg if key == "profile" else f"{key}: {msg}" for key, msg in found))
-        return value
+        return checked_profile(value, check_camera(value))
 
 
 def _check_cameras(cameras: list[CameraConfig], info: ValidationInfo) -> list[CameraConfig]:
