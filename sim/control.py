@@ -131,12 +131,17 @@ class SimControl(ABC):
 
     def serve(self, path: Path) -> None:
         """Listen for JSON-lines requests on a Unix socket at ``path`` (in the background)."""
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+        # Bound and listening under a temporary name, then renamed into place: whoever sees ``path``
+        # appear can connect at once (a client between bind and listen would be refused).
+        staging = path.with_name(f".{os.getpid()}.sock")  # no longer than most names: AF_UNIX paths are short
+        for stale in (path, staging):
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
         server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        server.bind(str(path))
-        os.chmod(path, 0o600)
+        server.bind(str(staging))
+        os.chmod(staging, 0o600)
         server.listen(4)
+        os.replace(staging, path)
         self._server, self.control_path = server, path
         threading.Thread(target=self._accept, args=(server,), name="sim-control", daemon=True).start()
 
