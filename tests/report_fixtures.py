@@ -4,7 +4,7 @@ Each device is a real :class:`~edge.store.Outbox` (so every rating and proof of 
 by the store itself), fed the events its services write, stamped with the times a real October
 and November 2026 would have given them. What the devices committed is then stored exactly as
 ``edge collect`` stores it: the batches are the devices' own wire JSON, parsed with the contract's
-parser and written by the collector's :class:`~edge.collector.CollectorStore`, and acknowledged
+parser and written by the collector's :class:`~edge.server.collector.CollectorStore`, and acknowledged
 back into the outboxes.
 
 The commune (gia-ray) has three counters: q1 (4-button panel), q2 (5-button), q3 (4-button, on
@@ -26,8 +26,8 @@ from datetime import UTC, date, datetime, time, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from edge.collector import CollectorStore
 from edge.messages import EventBatch, parse
+from edge.server.collector import CollectorStore
 from edge.server.db import VIETNAM
 from edge.store import NewEvent, Outbox, StoredEvent, ranges_of
 

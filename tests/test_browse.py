@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from edge.collector import CollectorStore
+from edge.server.collector import CollectorStore
 from edge.server.db import VIETNAM
 from edge.store import Outbox
 from sim.broker import free_port

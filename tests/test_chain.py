@@ -23,11 +23,11 @@ from typing import Any
 
 import pytest
 
-from edge.collector import CollectorStore
 from edge.exceptions import EventTooLarge
 from edge.messages import EventBatch, parse
 from edge.server.browse import metadata
 from edge.server.chain import ChainVerifier
+from edge.server.collector import CollectorStore
 from edge.store import NewEvent, Outbox
 from sim.harness import edge_command, run_edge, write_device_config
 from tests.report_fixtures import deliver, store_batches, wire_batches

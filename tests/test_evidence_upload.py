@@ -1,7 +1,7 @@
 """evidence.upload: a clip from the device's media directory to the collector's, in chunks over a real Mosquitto.
 
 The device side is the real uploader on a real MqttLink and a real outbox; the commune side is the
-real collector (edge.collector.Collector, with its media receiver) on its own link and SQLite file.
+real collector (edge.server.collector.Collector, with its media receiver) on its own link and SQLite file.
 The clip is a file of random bytes where the evidence recorder keeps its clips
 (``state_dir/media/<camera>/<clip_id>.mp4``): the upload never looks inside it.
 """
@@ -21,7 +21,6 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge.collector import Collector
 from edge.commands.claims import Claims
 from edge.commands.registry import CommandContext, CommandFailed, CommandRegistry
 from edge.config import BrokerAddress, SyncConfig, parse_config
@@ -29,6 +28,7 @@ from edge.config.evidence import EvidenceConfig
 from edge.daemon import Daemon
 from edge.exceptions import CommandRejected, ConfigError
 from edge.ids import new_id
+from edge.server.collector import Collector
 from edge.server.media import MediaStats, media_paths
 from edge.services.camera.upload import META_KEY, EvidenceUploader, UploadJob
 from edge.store import Outbox

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from edge.collector import CollectorStore
 from edge.messages import EventBatch, parse
+from edge.server.collector import CollectorStore
 from edge.server.storage import (
     POSTGRES_MIGRATIONS,
     SQLITE_MIGRATIONS,

@@ -21,11 +21,11 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge.collector import Collector
 from edge.config import BrokerAddress, SyncConfig, load_config
 from edge.daemon import Daemon
 from edge.exceptions import BadMessage, LinkError
 from edge.messages import EvtAck, parse
+from edge.server.collector import Collector
 from edge.store import NewEvent, Outbox
 from edge.store.journal import CommandJournal
 from edge.sync import LinkSettings, MqttLink, Uplink

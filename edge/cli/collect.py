@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 def cmd_collect(args: argparse.Namespace) -> int:
     import signal
 
-    from edge.collector import Collector
+    from edge.server.collector import Collector
 
     password = None
     if args.password_file is not None:
