@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -16,19 +15,13 @@ log = logging.getLogger(__name__)
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from edge.server.chain import record, verify_db
-    from edge.server.db import connect_readonly
+    from edge.server.db import open_db
 
-    conn = connect_readonly(args.db)
-    try:
-        statuses = verify_db(conn, commune=args.commune, device=args.device)
-    finally:
-        conn.close()
+    with open_db(args.db) as db:
+        statuses = verify_db(db, commune=args.commune, device=args.device)
     if args.record:
-        writer = sqlite3.connect(args.db, timeout=15.0)
-        try:
-            record(writer, statuses)
-        finally:
-            writer.close()
+        with open_db(args.db, write=True) as db:
+            record(db, statuses)
     if args.json:
         print_json([s.as_dict() for s in statuses])
     else:
@@ -51,7 +44,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from edge.server.db import connect_readonly
+    from edge.server.db import open_db
     from edge.server.report import OfficeHours, ReportError, build, month_arg, write_csv
 
     try:
@@ -59,13 +52,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         office = OfficeHours.parse(args.office_hours)
     except ReportError as exc:
         raise CliError(str(exc), 2) from None
-    conn = connect_readonly(args.db)
-    try:
+    with open_db(args.db) as db:
         report = build(
-            conn, month, commune=args.commune, threshold=args.threshold, min_votes=args.min_votes, office_hours=office
+            db, month, commune=args.commune, threshold=args.threshold, min_votes=args.min_votes, office_hours=office
         )
-    finally:
-        conn.close()
     wrote: list[str] = []
     if args.html:
         from edge.server.report_html import render
@@ -105,29 +95,42 @@ def _summary(report: dict[str, Any]) -> None:
 
 
 def cmd_browse(args: argparse.Namespace) -> int:
-    from edge.server.browse import metadata, serve
+    from edge.server.browse import metadata, serve, sqlite_file
 
+    db = sqlite_file(args.db)
     if args.print_metadata:
-        out(json.dumps(metadata(Path(args.db)), ensure_ascii=False, indent=2))
+        out(json.dumps(metadata(db), ensure_ascii=False, indent=2))
         return 0
     try:
         import datasette  # noqa: F401
     except ImportError:
         raise CliError("Datasette is not installed: pip install 'commune-edge[server]'") from None
-    return serve(Path(args.db), host=args.host, port=args.port, metadata_out=args.metadata_out)
+    return serve(db, host=args.host, port=args.port, metadata_out=args.metadata_out)
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser("verify", help="check every device's hash chain in a collector database")
-    p.add_argument("--db", required=True, help="the collector's SQLite file")
+    p.add_argument(
+        "--db",
+        required=True,
+        help="the collector's SQLite file, or postgresql://USER[:PASS]@HOST[:PORT]/DB (read-only)",
+    )
     p.add_argument("--commune", default=None, help="only this commune")
     p.add_argument("--device", default=None, help="only this device")
-    p.add_argument("--record", action="store_true", help="also write the results to the database's chains table")
+    p.add_argument(
+        "--record",
+        action="store_true",
+        help="also write the results to the database's chains table (the collector keeps it as it stores)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("report", help="the monthly report: satisfaction, loudspeakers, cameras, chains")
-    p.add_argument("--db", required=True, help="the collector's SQLite file")
+    p.add_argument(
+        "--db",
+        required=True,
+        help="the collector's SQLite file, or postgresql://USER[:PASS]@HOST[:PORT]/DB (read-only)",
+    )
     p.add_argument("--month", default=None, help="YYYY-MM, Vietnam time (default: the previous month)")
     p.add_argument("--commune", default=None, help="only this commune")
     p.add_argument("--html", default=None, metavar="FILE", help="write the report as one HTML page")

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from edge.server.db import connect_readonly
+from edge.server.db import CollectorDbError, is_postgres_url, open_db
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +124,17 @@ ORDER BY started DESC""",
 }
 
 
+def sqlite_file(db: str | Path) -> Path:
+    """``db`` as the SQLite file Datasette serves; a PostgreSQL URL is refused with what to do instead."""
+    if is_postgres_url(db):
+        raise CollectorDbError(
+            "edge browse serves the collector's SQLite file in Datasette, not a PostgreSQL database: "
+            "for PostgreSQL use its own tools (psql, pgAdmin; the tables are events and chains), "
+            "or edge report / edge verify --db with the same URL"
+        )
+    return Path(db)
+
+
 def metadata(db: Path) -> dict[str, Any]:
     """Datasette metadata for the collector database at ``db``."""
     return {
@@ -162,7 +173,7 @@ def write_metadata(db: Path, path: Path) -> Path:
 
 def serve(db: Path, *, host: str = "127.0.0.1", port: int = 8001, metadata_out: Path | None = None) -> int:
     """Serve ``db`` in Datasette until interrupted; returns Datasette's exit status."""
-    connect_readonly(db).close()  # a clear error for a file that is not a collector database
+    open_db(sqlite_file(db)).close()  # a clear error for a file that is not a collector database
     from datasette.cli import cli
 
     with tempfile.TemporaryDirectory(prefix="edge-browse-") as tmp:

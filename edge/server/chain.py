@@ -23,14 +23,14 @@ one arrives, or by the seal a device sends when an epoch ends (the ``old_chain``
 chain was, so events lost at its end show as missing.
 
 The collector can keep a verifier and call :meth:`ChainVerifier.feed` with each batch it stores
-(only the events it newly stored); :func:`record` writes the statuses to the ``chains`` table.
+(only the events it newly stored); :func:`verify_db` verifies every chain of a collector's database
+(:mod:`edge.server.db`: SQLite or PostgreSQL) and :func:`record` writes the statuses to its ``chains`` table.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-import sqlite3
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -38,8 +38,7 @@ from typing import Any, Literal
 from edge.clock import now_iso
 from edge.jsonfmt import compact
 from edge.messages import EventBatch
-from edge.server.db import Row
-from edge.server.db import events as stored_events
+from edge.server.db import CollectorDb, Row
 from edge.store.chain import CHAINED_TYPES, GENESIS, event_digest
 
 log = logging.getLogger(__name__)
@@ -452,10 +451,10 @@ def _member(member: Any) -> tuple[str, int, str] | None:
     return epoch, n, prev
 
 
-def verify_db(conn: sqlite3.Connection, *, commune: str | None = None, device: str | None = None) -> list[ChainStatus]:
-    """Every chain in a collector database (of one commune or device)."""
+def verify_db(db: CollectorDb, *, commune: str | None = None, device: str | None = None) -> list[ChainStatus]:
+    """Every chain in a collector database, SQLite or PostgreSQL (of one commune or device)."""
     verifier = ChainVerifier()
-    verifier.feed_rows(stored_events(conn, [*sorted(CHAINED_TYPES), "security"], commune=commune, device=device))
+    verifier.feed_rows(db.events([*sorted(CHAINED_TYPES), "security"], commune=commune, device=device))
     return verifier.statuses()
 
 
@@ -497,10 +496,11 @@ def chain_rows(statuses: Iterable[ChainStatus]) -> list[tuple[Any, ...]]:
     return rows
 
 
-def record(conn: sqlite3.Connection, statuses: Iterable[ChainStatus]) -> int:
-    """Write statuses to the ``chains`` table (created if need be) in one transaction; returns how many."""
+def record(db: CollectorDb, statuses: Iterable[ChainStatus]) -> int:
+    """Write statuses to the ``chains`` table (created if need be) in one transaction; returns how many.
+    ``db`` is opened with ``write=True``."""
     rows = chain_rows(statuses)
-    conn.executescript(CHAINS_SCHEMA)
-    with conn:
-        conn.executemany(UPSERT_CHAIN, rows)
+    # WITHOUT ROWID is SQLite's storage hint; PostgreSQL's table is otherwise the same.
+    schema = CHAINS_SCHEMA if db.dialect == "sqlite" else CHAINS_SCHEMA.replace(") WITHOUT ROWID;", ");")
+    db.write([(schema, None), (UPSERT_CHAIN, rows)])
     return len(rows)

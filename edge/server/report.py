@@ -1,7 +1,8 @@
 """The monthly report: satisfaction per counter and per officer, loudspeaker plays, camera incidents.
 
-Read from the collector's database; a month is a calendar month in Vietnam's time (UTC+7), and
-every event is placed by its own ``ts``, which carries its device's offset.
+Read from the collector's database, SQLite or PostgreSQL (the same figures from either); a month is
+a calendar month in Vietnam's time (UTC+7), and every event is placed by its own ``ts``, which
+carries its device's offset.
 
 **Ratings.** A vote is a ``rating`` event whose ``misuse`` is null. Votes are counted per label
 (``very_satisfied`` ... ``very_dissatisfied``; scores differ between 3-, 4- and 5-button panels,
@@ -30,7 +31,6 @@ from __future__ import annotations
 import csv
 import logging
 import re
-import sqlite3
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -40,7 +40,7 @@ from typing import Any
 
 from edge.exceptions import EdgeError
 from edge.server.chain import verify_db
-from edge.server.db import VIETNAM, Row, events, parse_time
+from edge.server.db import VIETNAM, CollectorDb, Row, parse_time
 
 log = logging.getLogger(__name__)
 
@@ -361,7 +361,7 @@ def _cameras(
 
 
 def build(
-    conn: sqlite3.Connection,
+    db: CollectorDb,
     month: Month,
     *,
     commune: str | None = None,
@@ -370,12 +370,13 @@ def build(
     office_hours: OfficeHours | None = None,
     now: datetime | None = None,
 ) -> dict[str, Any]:
-    """The report for ``month`` (of one ``commune``, or all) as plain data."""
+    """The report for ``month`` (of one ``commune``, or all) as plain data, from the collector's
+    database ``db`` (SQLite or PostgreSQL, :func:`edge.server.db.open_db`)."""
     office = office_hours or OfficeHours.parse(DEFAULT_OFFICE_HOURS)
     now = (now or datetime.now(month.tz)).astimezone(month.tz)
     prev = month.previous()
     wide = (prev.start, month.end)
-    rating_rows = list(events(conn, ["rating"], commune=commune, around=wide))
+    rating_rows = list(db.events(["rating"], commune=commune, around=wide))
     this, before = _ratings(rating_rows, month), _ratings(rating_rows, prev)
 
     counters = []
@@ -408,15 +409,15 @@ def build(
                 "below_threshold": bool(judged and t.share is not None and t.share < threshold),
             }
         )
-    broadcasts, loudspeakers = _broadcasts(events(conn, ["broadcast"], commune=commune, around=wide), month)
+    broadcasts, loudspeakers = _broadcasts(db.events(["broadcast"], commune=commune, around=wide), month)
     cameras = _cameras(
-        events(conn, ["tamper"], commune=commune, around=wide),
-        events(conn, ["presence"], commune=commune),
+        db.events(["tamper"], commune=commune, around=wide),
+        db.events(["presence"], commune=commune),
         month,
         office,
         now,
     )
-    chains = [s.as_dict() for s in verify_db(conn, commune=commune)]
+    chains = [s.as_dict() for s in verify_db(db, commune=commune)]
     notes = []
     if this.unreadable:
         notes.append(f"{this.unreadable} rating(s) without readable data or time were left out")

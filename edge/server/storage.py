@@ -34,6 +34,7 @@ from edge.exceptions import StoreError
 from edge.jsonfmt import compact
 from edge.messages import EventBatch
 from edge.server.chain import CHAINS_SCHEMA, UPSERT_CHAIN, ChainKey, ChainVerifier, chain_rows
+from edge.server.db import is_postgres_url, without_password
 from edge.store.chain import CHAINED_TYPES
 
 if TYPE_CHECKING:
@@ -134,9 +135,8 @@ class Storage(Protocol):
 
 def open_storage(db: str | Path) -> Storage:
     """The backend for ``db``: a ``postgresql://`` URL, or a SQLite file path."""
-    text = str(db)
-    if text.startswith(("postgresql://", "postgres://")):
-        return PostgresStorage(text)
+    if is_postgres_url(db):
+        return PostgresStorage(str(db))
     return SqliteStorage(db)
 
 
@@ -287,7 +287,7 @@ class PostgresStorage:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.location = _without_password(url)
+        self.location = without_password(url)
         self._chains = _ChainCache()
         self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
         self._closed = False
@@ -391,14 +391,3 @@ def _check_version(location: str, version: int, known: int) -> None:
             f"{location} has schema version {version}, newer than this collector's {known}: "
             "run the collector version that made it"
         )
-
-
-def _without_password(url: str) -> str:
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
