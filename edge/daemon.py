@@ -1,9 +1,11 @@
 """``edge run``: the device daemon, wiring the outbox, the MQTT link and the services together.
 
 A :class:`~edge.supervisor.Supervisor` watches every loop the device stands on (the outbox writer,
-the MQTT link, the uplink, the reply sender, the command channel, the periodic loops); if one dies,
-``edge run`` logs "<name> thread died: <exception>", stops what it can and exits 1, and systemd starts
-it again. It also does the daemon's small bookkeeping that must stay off the network thread
+the MQTT link, the uplink, the reply sender, the command channel, the periodic loops, and each
+service's threads); if one dies, ``edge run`` logs "<name> thread died: <exception>", stops what it can
+and exits 1, and systemd starts it again. The link and the uplink must also keep making rounds: one
+that does not for :data:`~edge.supervisor.HUNG_AFTER_S` is hung ("mqtt-link hung: ..."), with the same
+outcome. It also does the daemon's small bookkeeping that must stay off the network thread
 (recording the link state and the oversized-message count in the store).
 """
 
@@ -166,11 +168,13 @@ class Daemon:
     def _watch(self) -> None:
         sup = self.supervisor
         sup.watch("outbox writer", self.outbox.alive)
-        sup.watch("mqtt-link", self.link.alive, lambda: self.link.failure)
-        sup.watch("uplink", self.uplink.alive, lambda: self.uplink.failure)
+        sup.watch("mqtt-link", self.link.alive, lambda: self.link.failure, heartbeat=self.link.heartbeat)
+        sup.watch("uplink", self.uplink.alive, lambda: self.uplink.failure, heartbeat=self.uplink.heartbeat)
         sup.watch("replies", self.replies.alive, lambda: self.replies.failure)
         # The channel's intake thread: verification, the replay check and the journal write.
         sup.watch_thread("commands", lambda: self.channel.thread)
+        for service in self.services:
+            sup.watch_loops(service.loops())
         sup.chore("recording the link state", self._record_link_state)
 
     def _status(self, online: bool) -> bytes:

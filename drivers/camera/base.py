@@ -201,6 +201,11 @@ class Camera:
                 self._subscribers.remove(callback)
 
     @property
+    def reader_thread(self) -> threading.Thread | None:
+        """The reader thread (it reopens a lost source itself), from :meth:`start` until :meth:`stop`."""
+        return self._thread
+
+    @property
     def state(self) -> CameraState:
         with self._lock:
             return self._current_state(time.monotonic())

@@ -159,6 +159,11 @@ class Panel(ABC):
         return self._closed
 
     @property
+    def dispatcher_thread(self) -> threading.Thread | None:
+        """The thread presses and events are delivered on, from :meth:`start` until :meth:`close`."""
+        return self._dispatcher
+
+    @property
     def stats(self) -> PanelStats:
         """A snapshot of the counters."""
         with self._lock:

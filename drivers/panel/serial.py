@@ -156,6 +156,11 @@ class SerialPanel(Panel):
         return self._open_path
 
     @property
+    def reader_thread(self) -> threading.Thread | None:
+        """The thread that reads the port (and looks for it again when it is lost) until :meth:`close`."""
+        return self._reader
+
+    @property
     def stats(self) -> PanelStats:
         """A snapshot of the counters, including the frame parser's."""
         with self._lock:

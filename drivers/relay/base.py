@@ -196,6 +196,16 @@ class RelayBank:
         return self._closed
 
     @property
+    def watchdog_thread(self) -> threading.Thread:
+        """The thread that enforces the maximum on-time and retries a failed :meth:`all_off`."""
+        return self._watchdog
+
+    @property
+    def notifier_thread(self) -> threading.Thread:
+        """The thread ``on_change`` and ``on_safety_cut`` are called on."""
+        return self._notifier
+
+    @property
     def stats(self) -> RelayStats:
         """A snapshot of the counters."""
         with self._lock:

@@ -1,11 +1,17 @@
 """The device's services (rating, broadcast, camera), built from the configuration.
 
-A service is an object with ``start()``, ``stop()`` and ``reconfigure(config)``. The daemon builds them
-with :func:`build_services` after the store and before the link, starts them in order once the link is
-up, stops them in reverse order before the link goes down, and calls ``reconfigure`` with the new
-:class:`~edge.config.EdgeConfig` when a live configuration change touches only keys in
+A service is an object with ``start()``, ``stop()``, ``reconfigure(config)`` and ``loops()``. The daemon
+builds them with :func:`build_services` after the store and before the link, starts them in order once
+the link is up, stops them in reverse order before the link goes down, and calls ``reconfigure`` with
+the new :class:`~edge.config.EdgeConfig` when a live configuration change touches only keys in
 :data:`LIVE_KEYS`. Services register their commands on the daemon's
 :class:`~edge.commands.registry.CommandRegistry` when built.
+
+``loops()`` names the threads a service stands on, for the daemon's
+:class:`~edge.supervisor.Supervisor`: one that dies of an exception gets the daemon restarted (and
+systemd's watchdog no longer petted), as for the daemon's own loops. A thread that comes and goes
+(a camera's stream reopened, the panel's serial port found again) is not listed itself: the loop that
+owns it is.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from drivers.resources import Resources
 from edge.commands.registry import CommandRegistry
 from edge.config import EdgeConfig
 from edge.store import Outbox
+from edge.supervisor import Loop
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +69,10 @@ class Service(Protocol):
     def stop(self) -> None: ...
 
     def reconfigure(self, config: EdgeConfig) -> None: ...
+
+    def loops(self) -> list[Loop]:
+        """The threads this service runs on, each looked up when checked (it may not exist yet)."""
+        ...
 
 
 @dataclass(frozen=True)

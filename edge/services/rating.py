@@ -40,6 +40,7 @@ from edge.model import EdgeModel, Slug
 from edge.services.rating_rules import RatingRules, RatingWindow, Verdict, officer_on_shift
 from edge.services.speech import PlayerFactory, SpokenThanks, _default_player
 from edge.store import Outbox
+from edge.supervisor import Loop, thread_loop
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +174,17 @@ class RatingService:
                 self._cancel_timer()
         self.speech.reconfigure(config.rating.feedback)
         log.info("rating settings applied: counter %s, mode %s", self.counter, self.settings.mode)
+
+    def loops(self) -> list[Loop]:
+        """The opener (its job ends once the panel is open), then the panel's dispatcher, through which
+        every press reaches the store, and a serial panel's reader, which owns the port and opens it
+        again when it comes back: as long as these run, presses become ratings."""
+        return [
+            thread_loop("rating-panel-open", lambda: self._opener, may_end=True),
+            thread_loop("panel-dispatch", lambda: self.panel.dispatcher_thread if self.panel else None),
+            # Only a serial panel has a reader of its own (a GPIO panel's edges come on gpiozero's threads).
+            thread_loop("panel-serial", lambda: getattr(self.panel, "reader_thread", None)),
+        ]
 
     def add_observer(self, observer: Observer) -> None:
         """Call ``observer(kind, detail)`` for ratings, windows, feedback and panel events (``edge sim``, a

@@ -38,7 +38,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from edge.config import BrokerAddress
 from edge.exceptions import DroppedAfterSend, LinkError, MessageRefused, PacketTooLarge
-from edge.supervisor import thread_alive, thread_failure
+from edge.supervisor import Heartbeat, thread_alive, thread_failure
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +149,11 @@ class MqttLink:
         self.on_oversized: Callable[[str, int], None] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: Stamped by the network thread at every round: each pass of paho's loop once connected, each
+        #: second of the wait between attempts. Not during a connection attempt, which blocks in
+        #: paho (DNS, TCP, TLS) and then waits for CONNACK for up to the keepalive: an attempt that
+        #: outlasts the bound is a hung link (see edge.supervisor.HUNG_AFTER_S).
+        self.heartbeat = Heartbeat()
         self._lock = threading.Lock()
         # Both keyed by (generation, mid): a message id is only unique within one connection.
         self._pending: dict[tuple[int, int], tuple[Future[ReasonCode | None], float]] = {}  # and when sent
@@ -461,6 +466,7 @@ class MqttLink:
         )
         while not self._stop.is_set():
             self._connected_at = None
+            self.heartbeat.beat(f"connecting to {s.address}")
             try:
                 self._client.reconnect()
             except (OSError, ssl.SSLError, ValueError) as exc:
@@ -471,6 +477,8 @@ class MqttLink:
                 while not self._stop.is_set():
                     if self._client.loop(timeout=1.0) != mqtt.MQTT_ERR_SUCCESS:
                         break
+                    if self.connected.is_set():  # until CONNACK, still the attempt
+                        self.heartbeat.beat()
                 if self.connected.is_set():
                     # loop() failed without paho calling on_disconnect (e.g. a socket error).
                     lost = ReasonCode(PacketTypes.DISCONNECT, "Unspecified error")
@@ -480,8 +488,18 @@ class MqttLink:
                 # Only a connection that lasted earns a quick reconnect; one that is taken over
                 # (or refused) right away keeps backing off.
                 self._backoff.reset()
-            if self._stop.wait(self._backoff.next()):
+            if self._pause(self._backoff.next()):
                 break
+
+    def _pause(self, seconds: float) -> bool:
+        """Wait ``seconds`` before the next attempt; True if stopped meanwhile. Waiting is this loop's
+        work while the broker is away (offline is healthy), so each second of it is a round."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            self.heartbeat.beat()
+            if self._stop.wait(min(left, 1.0)):
+                return True
+        return False
 
     def stop(self, timeout: float = 5.0) -> None:
         """Disconnect cleanly (no will is published) and stop the network thread. Idempotent."""

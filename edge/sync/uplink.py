@@ -38,7 +38,7 @@ from edge.config import SyncConfig
 from edge.exceptions import BadMessage, DroppedAfterSend, LinkError, MessageRefused, PacketTooLarge, StoreError
 from edge.messages import DeviceStatus, EvtAck, ServerStatus, parse
 from edge.store import Outbox, StoredEvent
-from edge.supervisor import thread_alive, thread_failure
+from edge.supervisor import Heartbeat, thread_alive, thread_failure
 from edge.sync.link import MqttLink
 from edge.sync.undeliverable import set_aside
 from edge.topics import Topics
@@ -138,6 +138,9 @@ class Uplink:
         self._head_mark = 0  # backlog ends here; the live lane starts after it
         self._head = 0  # live lane: last seq sent
         self._thread: threading.Thread | None = None
+        #: Stamped once per round of the sending thread (a round waits at most poll_interval_s): one
+        #: that does not come back (a store that does not answer) is a hung uplink.
+        self.heartbeat = Heartbeat()
         self._wake_sock: socket.socket | None = None
         self._prefix = (
             f'{{"v":1,"device":"{topics.device}","commune":"{topics.commune}","epoch":"{outbox.epoch}","events":['
@@ -424,6 +427,7 @@ class Uplink:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            self.heartbeat.beat()
             self._wake.wait(self._next_timeout())
             self._wake.clear()
             if self._stop.is_set():

@@ -312,6 +312,13 @@ class LiveRelaySource:
         for t in self._threads:
             t.start()
 
+    @property
+    def threads(self) -> list[threading.Thread]:
+        """The relay's own threads while it runs (events, network, fallback; the network thread owns the
+        decoder it starts for each connection); none once :meth:`close` began. The network thread also
+        ends at a clean end of the stream."""
+        return [] if self._closing.is_set() else list(self._threads)
+
     # -- PcmSource ---------------------------------------------------------------------------------
 
     @property

@@ -233,6 +233,10 @@ class _PlayJob:
     def join(self, timeout: float) -> None:
         self._thread.join(timeout)
 
+    @property
+    def thread(self) -> threading.Thread:
+        return self._thread
+
 
 class BroadcastScheduler:
     """Arbitrates, sequences the relays and records every state change. ``start()`` / ``stop()``."""
@@ -293,6 +297,22 @@ class BroadcastScheduler:
             self._notes.put(None)
             self._notifier.join(timeout=5)
             self._notifier = None
+
+    @property
+    def thread(self) -> threading.Thread | None:
+        """The scheduler's thread (every decision, every relay), from :meth:`start` until :meth:`stop`."""
+        return self._thread
+
+    @property
+    def notifier_thread(self) -> threading.Thread | None:
+        """The thread observers are called on."""
+        return self._notifier
+
+    @property
+    def play_thread(self) -> threading.Thread | None:
+        """The thread playing the item on the air now, None between plays."""
+        job = self._job
+        return job.thread if job is not None else None
 
     def wake(self) -> None:
         """Look at the schedule again now (a command changed it, or the clock was moved)."""

@@ -21,6 +21,7 @@ Commands (signed, DESIGN.md §8), all answered at once; what happens later is in
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import heapq
 import json
@@ -60,12 +61,14 @@ from edge.services.broadcast.plan import (
 from edge.services.broadcast.schedule import ScheduleStore
 from edge.services.broadcast.scheduler import BroadcastScheduler, RelayTest, SourceFailed
 from edge.store import Outbox
+from edge.supervisor import Loop, thread_loop
 
 if TYPE_CHECKING:
     from drivers.audio import AudioPlayer, PcmSource
     from drivers.audio.capture import LevelMeter
     from drivers.relay import RelayBank
     from drivers.relay.profile import RelayProfile
+    from edge.services.broadcast.live import LiveRelaySource
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +82,8 @@ FETCH_BACKOFF_S = (5.0, 10.0, 30.0, 60.0, 300.0)
 STATUS_META = HARDWARE_META
 #: Source reasons worth trying again later (the network, the speech engine); others are final.
 TRANSIENT_REASONS = frozenset({"unreachable", "http_error", "speech_unavailable"})
+#: The threads of a live relay (edge.services.broadcast.live), watched while one runs.
+LIVE_RELAY_THREADS = ("live-relay-events", "live-relay-net", "live-relay-fallback")
 
 PlayerFactory = Callable[[str | int | None, Resources, str], "AudioPlayer"]
 MeterFactory = Callable[[str | int, Resources, str], "LevelMeter"]
@@ -156,6 +161,7 @@ class BroadcastService:
         self._engine: Any = None
         self._player: AudioPlayer | None = None
         self._meter: LevelMeter | None = None
+        self._live: LiveRelaySource | None = None  # the last live relay opened, for loops()
 
         self.store = ScheduleStore(outbox)
         self.preparer = Preparer(self)
@@ -205,6 +211,29 @@ class BroadcastService:
         if self.bank is not None:
             self.bank.close()  # opens every relay
         self.cache.close()
+
+    def loops(self) -> list[Loop]:
+        """The scheduler (every decision and relay), its observers' thread, the play on the air, the
+        preparer, the hardware monitor, the relay board's watchdog (the maximum on-time) and notifier,
+        and a live relay's threads while one runs. A play and a live relay end with their item: only
+        an exception kills them."""
+        scheduler = self.scheduler
+        loops = [
+            thread_loop("broadcast-scheduler", lambda: scheduler.thread),
+            thread_loop("broadcast-notify", lambda: scheduler.notifier_thread),
+            thread_loop("broadcast-play", lambda: scheduler.play_thread, may_end=True),
+            thread_loop("broadcast-prepare", lambda: self.preparer.thread),
+            thread_loop("broadcast-hardware", lambda: self._monitor),
+            thread_loop("relays-watchdog", lambda: self.bank.watchdog_thread if self.bank else None),
+            thread_loop("relays-notify", lambda: self.bank.notifier_thread if self.bank else None),
+        ]
+        for name in LIVE_RELAY_THREADS:
+            loops.append(thread_loop(name, functools.partial(self._live_thread, name), may_end=True))
+        return loops
+
+    def _live_thread(self, name: str) -> threading.Thread | None:
+        live = self._live
+        return next((t for t in live.threads if t.name == name), None) if live is not None else None
 
     def reconfigure(self, config: EdgeConfig) -> None:
         """Apply the live [broadcast] keys: quiet hours, volume caps, timings, the queue cap."""
@@ -390,7 +419,7 @@ class BroadcastService:
                 self.scheduler.record_live(item, kind, detail)
 
             try:
-                return LiveRelaySource(
+                live = LiveRelaySource(
                     source.stream,
                     fallback=lambda: open_file_source(fallback),
                     stall_s=source.stall_s,
@@ -399,6 +428,8 @@ class BroadcastService:
                 )
             except SourceRejected as exc:
                 raise SourceFailed(exc.reason, exc.detail) from None
+            self._live = live
+            return live
         if item.path is None:
             raise SourceFailed("not_ready", "the audio is not prepared")
         return open_file_source(item.path, start_s=start_s)
@@ -561,6 +592,10 @@ class Preparer:
         self._seq = 0
         self._stopping = False
         self._thread: threading.Thread | None = None
+
+    @property
+    def thread(self) -> threading.Thread | None:
+        return self._thread
 
     def add(self, item: Item, when: float | None = None) -> None:
         with self._cond:

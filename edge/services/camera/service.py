@@ -51,6 +51,7 @@ from edge.services.camera.analytics import (
     TamperChange,
 )
 from edge.store import Outbox
+from edge.supervisor import Loop, thread_loop
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,13 @@ class CameraWatch:
             self._thread = None
         self.camera.close()
         self._flush()
+
+    def loops(self) -> list[Loop]:
+        """The analysis thread and the camera's reader (which reopens a lost stream itself)."""
+        return [
+            thread_loop(f"camera-analysis-{self.name}", lambda: self._thread),
+            thread_loop(f"camera-{self.name}", lambda: self.camera.reader_thread),
+        ]
 
     # -- analysis ----------------------------------------------------------------------------------
 
@@ -359,6 +367,10 @@ class CameraService:
             watch.stop()
         for recorder in self.recorders.values():
             recorder.close()
+
+    def loops(self) -> list[Loop]:
+        """Each camera's analysis thread and reader."""
+        return [loop for watch in self.watches.values() for loop in watch.loops()]
 
     def reconfigure(self, config: EdgeConfig) -> None:
         """[[camera]] changes restart the daemon; only the counter a camera falls back to

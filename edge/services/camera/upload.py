@@ -41,6 +41,7 @@ from edge.exceptions import EdgeError
 from edge.jsonfmt import compact
 from edge.model import EdgeModel
 from edge.store import Outbox
+from edge.supervisor import Loop, thread_loop
 from edge.sync import MqttLink
 from edge.topics import CLIP_ID_RE, Topics
 
@@ -174,6 +175,10 @@ class EvidenceUploader:
     @property
     def thread(self) -> threading.Thread | None:
         return self._thread
+
+    def loops(self) -> list[Loop]:
+        """The uploader's thread: one upload's failure ends that upload, never the thread."""
+        return [thread_loop("evidence-upload", lambda: self._thread)]
 
     # -- queueing ----------------------------------------------------------------------------------
 
