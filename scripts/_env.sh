@@ -79,6 +79,7 @@ ensure_base() {
 
 ensure_test_tools() {
     # chromium: the monthly report is checked as rendered; debootstrap: install-pi is tried in a
-    # fresh Debian root; systemd-analyze (package systemd): the unit is verified.
-    ensure_packages chromium:chromium debootstrap:debootstrap systemd-analyze:systemd
+    # fresh Debian root; systemd-analyze (package systemd): the unit is verified; ejabberd: the
+    # second MQTT 5 broker (mod_mqtt) the device and the collector are tested against.
+    ensure_packages chromium:chromium debootstrap:debootstrap systemd-analyze:systemd ejabberdctl:ejabberd
 }
