@@ -128,6 +128,27 @@ def test_a_device_login_is_refused_what_belongs_to_another_device(broker: Ejabbe
         link.stop()
 
 
+def test_edge_collect_in_a_share_group_says_the_broker_has_none_and_ends(
+    tmp_path: Path, broker: EjabberdBroker
+) -> None:
+    # ejabberd's CONNACK says "Shared Subscription Available: 0", and it drops a client that sends
+    # one anyway (a protocol error). The collector used to do just that, reconnecting for ever and
+    # storing nothing; now it does not send it, and ends with the reason.
+    secret = password_file(tmp_path, "collector.password", COLLECTOR_PASSWORD)
+    result = run_edge(
+        [
+            *("collect", "--broker", broker.url, "--db", str(tmp_path / "c.db"), "--commune", "gia-ray"),
+            *("--username", "collector", "--password-file", str(secret), "--share", "pool"),
+            *("--duration", "60", "--summary-interval", "0"),
+        ],
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "does not support shared subscriptions" in result.stderr
+    assert "run one edge collect without --share" in result.stderr
+    assert "Shared Subscriptions not supported" not in broker.log_path.read_text()
+
+
 def pending(device: Device) -> list[str]:
     """Ids the device still holds unacknowledged."""
     return [r[0] for r in collector_rows(device.db, "SELECT id FROM events WHERE acked_at IS NULL")]

@@ -198,6 +198,7 @@ class Collector:
         # With a share group the broker hands each message to one collector of the group; any of
         # them may get any batch (and a redelivery may go to another), which the id key absorbs.
         events = events_filter(root, commune)
+        self.share = share
         self.link.subscribe(f"$share/{share}/{events}" if share else events, self._on_message)
         self._leaving = False
         if share and self.status_topic:
@@ -229,6 +230,16 @@ class Collector:
         return compact({"v": 1, "online": online, "ts": now_iso()}).encode()
 
     def _on_connect(self) -> None:
+        if self.share and not self.link.shared_subscriptions:
+            # The link did not send the $share subscription (a protocol error on this broker): this
+            # collector would receive nothing at all, so it says why and ends (exit 1) instead.
+            self.supervisor.reason = (
+                f"the broker {self.link.settings.address} does not support shared subscriptions (its CONNACK"
+                " says so): run one edge collect without --share"
+            )
+            log.critical("%s", self.supervisor.reason)
+            self.supervisor.failed.set()
+            return
         if self.status_topic:
             self.link.publish(self.status_topic, self._status(True), retain=True)
 

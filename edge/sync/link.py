@@ -143,6 +143,10 @@ class MqttLink:
         self.generation = 0  # counts successful connections; lets users notice a reconnect
         #: The Maximum Packet Size the broker announced in its CONNACK (None: it set no limit).
         self.max_packet_bytes: int | None = None
+        #: Whether the broker takes shared subscriptions (``$share/...``), as its CONNACK said (MQTT 5:
+        #: absent means yes). Sending one to a broker that said no is a protocol error: ejabberd drops
+        #: the connection over it, on every reconnect.
+        self.shared_subscriptions = True
         self._handlers: list[tuple[str, MessageHandler]] = []
         self._on_connect_hooks: list[Callable[[], None]] = []
         self._on_disconnect_hooks: list[Callable[[], None]] = []
@@ -206,7 +210,14 @@ class MqttLink:
         self._handlers.append((topic_filter, handler))
         self.stats.subscriptions.append((topic_filter, qos))
         if self.connected.is_set():
-            self._client.subscribe(topic_filter, qos)
+            self._subscribe(self._client, topic_filter, qos)
+
+    def _subscribe(self, client: mqtt.Client, topic_filter: str, qos: int) -> None:
+        if topic_filter.startswith("$share/") and not self.shared_subscriptions:
+            self.stats.last_error = f"not subscribed to {topic_filter}: the broker has no shared subscriptions"
+            log.error("not subscribing to %s: the broker does not support shared subscriptions", topic_filter)
+            return
+        client.subscribe(topic_filter, qos)
 
     def on_connect(self, hook: Callable[[], None]) -> None:
         """Call ``hook()`` on the network thread after each successful connection."""
@@ -229,13 +240,14 @@ class MqttLink:
         # copy can turn up on this connection.
         client.drop_out_messages()
         self.max_packet_bytes = getattr(properties, "MaximumPacketSize", None)
+        self.shared_subscriptions = bool(getattr(properties, "SharedSubscriptionAvailable", 1))
         with self._lock:
             self._early.clear()
             self.generation += 1
         self._connected_at = time.monotonic()
         self.stats.connects += 1
         for topic_filter, qos in self.stats.subscriptions:
-            client.subscribe(topic_filter, qos)
+            self._subscribe(client, topic_filter, qos)
         self.connected.set()
         log.info("connected to %s", self.settings.address)
         for hook in self._on_connect_hooks:
