@@ -4,7 +4,8 @@ Each device is a real :class:`~edge.store.Outbox` (so every rating and proof of 
 by the store itself), fed the events its services write, stamped with the times a real October
 and November 2026 would have given them. What the devices committed is then stored exactly as
 ``edge collect`` stores it: the batches are the devices' own wire JSON, parsed with the contract's
-parser and written by the collector's :class:`~edge.server.collector.CollectorStore`, and acknowledged
+parser and written by the collector's storage (:mod:`edge.server.storage`, SQLite, and when asked the
+same batches into PostgreSQL too, so both hold the same events under the same ids), and acknowledged
 back into the outboxes.
 
 The commune (gia-ray) has three counters: q1 (4-button panel), q2 (5-button), q3 (4-button, on
@@ -20,15 +21,15 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 from edge.messages import EventBatch, parse
-from edge.server.collector import CollectorStore
 from edge.server.db import VIETNAM
+from edge.server.storage import Storage, open_storage
 from edge.store import NewEvent, Outbox, StoredEvent, ranges_of
 
 COMMUNE = "gia-ray"
@@ -101,16 +102,20 @@ def wire_batches(commune: str, device: str, epoch: str, events: Iterable[StoredE
     return out
 
 
-def store_batches(store: CollectorStore, payloads: Iterable[bytes]) -> int:
+def store_batches(store: Storage, payloads: Iterable[bytes]) -> int:
     """Store messages as the collector does (its parser, its store); returns the new rows."""
     batches = [parse(EventBatch, p, 4 * 1024 * 1024) for p in payloads]
     return sum(new for _, new in store.store(batches)) if batches else 0
 
 
-def deliver(outbox: Outbox, commune: str, device: str, store: CollectorStore) -> int:
-    """Everything pending in ``outbox``, stored at the collector, then acknowledged on the device."""
+def deliver(outbox: Outbox, commune: str, device: str, store: Storage, *more: Storage) -> int:
+    """Everything pending in ``outbox``, stored at the collector (and the same messages in ``more``
+    stores), then acknowledged on the device; returns the new rows of the first store."""
     pending = outbox.pending(limit=1_000_000)
-    new = store_batches(store, wire_batches(commune, device, outbox.epoch, pending))
+    payloads = wire_batches(commune, device, outbox.epoch, pending)
+    new = store_batches(store, payloads)
+    for other in more:
+        store_batches(other, payloads)
     outbox.mark_acked(ranges_of(e.seq for e in pending))
     return new
 
@@ -283,14 +288,17 @@ def plan_cameras(devices: dict[str, SimDevice], rng: random.Random, days: list[d
 
 @dataclass
 class Commune:
-    """What :func:`make_commune` made: the collector's database and each device's store."""
+    """What :func:`make_commune` made: the collector's SQLite database, the other databases holding
+    the same events (PostgreSQL URLs), and each device's store."""
 
     db: Path
     devices: dict[str, SimDevice]
+    also: list[str] = field(default_factory=list)
 
 
-def make_commune(root: Path, seed: int = 20261130) -> Commune:
-    """Two months of the commune's devices, committed in their outboxes and stored at a collector."""
+def make_commune(root: Path, seed: int = 20261130, also: Sequence[str] = ()) -> Commune:
+    """Two months of the commune's devices, committed in their outboxes and stored at a collector
+    (SQLite, and the same batches into each database of ``also``)."""
     rng = random.Random(seed)
     names = [
         (COMMUNE, "counter-01", VIETNAM),
@@ -309,12 +317,13 @@ def make_commune(root: Path, seed: int = 20261130) -> Commune:
     plan_loudspeakers(devices, rng, days)
     plan_cameras(devices, rng, days)
     db = root / "collector.db"
-    store = CollectorStore(db)
+    stores = [open_storage(target) for target in (db, *also)]
     try:
         for dev in devices.values():
             with dev.open() as outbox:
                 dev.commit(outbox)
-                deliver(outbox, dev.commune, dev.device, store)
+                deliver(outbox, dev.commune, dev.device, *stores)
     finally:
-        store.close()
-    return Commune(db, devices)
+        for store in stores:
+            store.close()
+    return Commune(db, devices, list(also))

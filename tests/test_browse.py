@@ -157,3 +157,13 @@ def test_browse_refuses_a_file_that_is_not_a_collector_database(tmp_path: Path) 
     sqlite3.connect(other).execute("CREATE TABLE t (x)").connection.close()
     result = run_edge(["browse", "--db", str(other), "--port", str(free_port())], check=False)
     assert result.returncode == 1 and "has no events table" in result.stderr
+
+
+def test_browse_on_postgresql_says_it_is_for_the_sqlite_file() -> None:
+    # No server is needed to refuse: Datasette serves SQLite files only.
+    for extra in ([], ["--print-metadata"]):
+        result = run_edge(["browse", "--db", "postgresql://collector@db.gia-ray.local/commune", *extra], check=False)
+        assert result.returncode == 1
+        line = result.stderr.strip()
+        assert "edge browse serves the collector's SQLite file in Datasette, not a PostgreSQL database" in line
+        assert "psql" in line and "edge report / edge verify --db with the same URL" in line

@@ -5,7 +5,7 @@ are checked here with the recipe the README gives a district (SHA-256 of the sor
 of id, seq, type, ts and data), not with the project's own code. Server side: real outboxes,
 delivered as the collector stores them, then a rating deleted on the device before it was sent,
 altered on the device or at the collector, reordered, or forged beside a real one; each must be
-named by ``edge verify`` and on the report.
+named by ``edge verify`` and on the report, with the collector's database in SQLite and in PostgreSQL.
 """
 
 from __future__ import annotations
@@ -28,8 +28,11 @@ from edge.messages import EventBatch, parse
 from edge.server.browse import metadata
 from edge.server.chain import ChainVerifier
 from edge.server.collector import CollectorStore
+from edge.server.db import open_db
+from edge.server.storage import open_storage
 from edge.store import NewEvent, Outbox
 from sim.harness import edge_command, run_edge, write_device_config
+from tests.pg_fixtures import postgres_server, postgres_url  # noqa: F401 (fixtures)
 from tests.report_fixtures import deliver, store_batches, wire_batches
 
 ZEROS = "0" * 64
@@ -261,17 +264,29 @@ def pending_device(tmp_path: Path) -> Iterator[tuple[Outbox, Path]]:
     outbox.close()
 
 
-def _deliver_and_verify(outbox: Outbox, tmp_path: Path) -> tuple[int, dict[str, Any], str]:
-    db = tmp_path / "collector.db"
-    store = CollectorStore(db)
+@pytest.fixture(params=["sqlite", "postgresql"])
+def collector_db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The collector's ``--db``: a SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "postgresql":
+        url: str = request.getfixturevalue("postgres_url")
+        return url
+    return str(tmp_path / "collector.db")
+
+
+def _verify(db: str) -> tuple[int, dict[str, Any], str]:
+    result = run_edge(["verify", "--db", db, "--json"], check=False)
+    (chain,) = json.loads(result.stdout)
+    text = run_edge(["verify", "--db", db], check=False).stdout
+    return result.returncode, chain, text
+
+
+def _deliver_and_verify(outbox: Outbox, db: str) -> tuple[int, dict[str, Any], str]:
+    store = open_storage(db)
     try:
         deliver(outbox, "gia-ray", "counter-01", store)
     finally:
         store.close()
-    result = run_edge(["verify", "--db", str(db), "--json"], check=False)
-    (chain,) = json.loads(result.stdout)
-    text = run_edge(["verify", "--db", str(db)], check=False).stdout
-    return result.returncode, chain, text
+    return _verify(db)
 
 
 def _tamper_device(db: Path, sql: str, params: tuple[Any, ...]) -> None:
@@ -286,52 +301,66 @@ def _seq_of(outbox: Outbox, n: int) -> int:
     return next(e.seq for e in outbox.pending(limit=100) if e.data.get("chain", {}).get("n") == n)
 
 
-def test_an_untouched_chain_verifies_whole(pending_device: tuple[Outbox, Path], tmp_path: Path) -> None:
+def test_an_untouched_chain_verifies_whole(pending_device: tuple[Outbox, Path], collector_db: str) -> None:
     outbox, _ = pending_device
-    code, chain, text = _deliver_and_verify(outbox, tmp_path)
+    code, chain, text = _deliver_and_verify(outbox, collector_db)
     assert code == 0 and chain["whole"] and chain["verified"] == chain["length"] == 12
     assert "whole: 12 events, n=1..12, verified 1..12" in text
 
 
-def test_a_rating_deleted_on_the_device_before_it_was_sent(pending_device: tuple[Outbox, Path], tmp_path: Path) -> None:
+def test_a_rating_deleted_on_the_device_before_it_was_sent(
+    pending_device: tuple[Outbox, Path], collector_db: str
+) -> None:
     outbox, db = pending_device
     _tamper_device(db, "DELETE FROM events WHERE seq = ?", (_seq_of(outbox, 5),))
-    code, chain, text = _deliver_and_verify(outbox, tmp_path)
+    code, chain, text = _deliver_and_verify(outbox, collector_db)
     assert code == 1 and not chain["whole"]
     assert [(b["kind"], b["n"], b["to_n"]) for b in chain["breaks"]] == [("missing", 5, None)]
     assert chain["verified"] == 4 and chain["events"] == 11
     assert re.search(r"missing +n=5 not received \(after seq \d+, before seq \d+\)", text), text
 
 
-def test_a_score_altered_on_the_device_before_it_was_sent(pending_device: tuple[Outbox, Path], tmp_path: Path) -> None:
+def test_a_score_altered_on_the_device_before_it_was_sent(
+    pending_device: tuple[Outbox, Path], collector_db: str
+) -> None:
     outbox, db = pending_device
     seq = _seq_of(outbox, 7)
     _tamper_device(
         db, "UPDATE events SET data = json_set(data, '$.score', 4, '$.label', 'very_satisfied') WHERE seq = ?", (seq,)
     )
-    code, chain, text = _deliver_and_verify(outbox, tmp_path)
+    code, chain, text = _deliver_and_verify(outbox, collector_db)
     assert code == 1
     assert [(b["kind"], b["n"], b["seq"]) for b in chain["breaks"]] == [("altered", 7, seq)]
     assert chain["verified"] == 6
     assert f"altered    n=7 (seq {seq}," in text
 
 
-def test_a_score_altered_at_the_collector(pending_device: tuple[Outbox, Path], tmp_path: Path) -> None:
+#: Someone with the collector's database gives rating n=3 to another officer, in its own dialect.
+_ALTER_AT_COLLECTOR = {
+    "sqlite": "UPDATE events SET data = json_set(data, '$.officer', 'nv-99') WHERE json_extract(data, '$.chain.n') = 3",
+    "postgresql": "UPDATE events SET data = jsonb_set(data::jsonb, '{officer}', '\"nv-99\"')::text "
+    "WHERE (data::jsonb #>> '{chain,n}')::int = 3",
+}
+
+
+def test_a_score_altered_at_the_collector(pending_device: tuple[Outbox, Path], collector_db: str) -> None:
     outbox, _ = pending_device
-    code, chain, _ = _deliver_and_verify(outbox, tmp_path)
+    code, chain, _ = _deliver_and_verify(outbox, collector_db)
     assert code == 0
-    conn = sqlite3.connect(tmp_path / "collector.db")
-    with conn:
-        conn.execute(
-            "UPDATE events SET data = json_set(data, '$.officer', 'nv-99') WHERE json_extract(data, '$.chain.n') = 3"
-        )
-    conn.close()
-    result = run_edge(["verify", "--db", str(tmp_path / "collector.db"), "--json"], check=False)
-    (chain,) = json.loads(result.stdout)
-    assert result.returncode == 1 and [(b["kind"], b["n"]) for b in chain["breaks"]] == [("altered", 3)]
+    status = "SELECT whole, first_break_kind, first_break_n FROM chains"
+    with open_db(collector_db, write=True) as db:
+        assert list(db.query(status)) == [(1, None, None)]  # as the collector recorded it at store
+        db.write([(_ALTER_AT_COLLECTOR[db.dialect], None)])
+    code, chain, text = _verify(collector_db)
+    assert code == 1 and [(b["kind"], b["n"]) for b in chain["breaks"]] == [("altered", 3)]
+    assert "altered    n=3 (seq " in text
+    # --record puts the finding where the collector keeps its own.
+    assert run_edge(["verify", "--db", collector_db, "--record"], check=False).returncode == 1
+    with open_db(collector_db) as db:
+        assert list(db.query(status)) == [(0, "altered", 3)]
 
 
-def test_ratings_reordered_on_the_device(pending_device: tuple[Outbox, Path], tmp_path: Path) -> None:
+def test_ratings_reordered_on_the_device(pending_device: tuple[Outbox, Path], collector_db: str) -> None:
     outbox, db = pending_device
     # Swap two ratings' contents between their rows, as if the later one had come first.
     a, b = _seq_of(outbox, 8), _seq_of(outbox, 9)
@@ -342,7 +371,7 @@ def test_ratings_reordered_on_the_device(pending_device: tuple[Outbox, Path], tm
         conn.execute("UPDATE events SET data = ? WHERE seq = ?", (db_, a))
         conn.execute("UPDATE events SET data = ? WHERE seq = ?", (da, b))
     conn.close()
-    code, chain, text = _deliver_and_verify(outbox, tmp_path)
+    code, chain, text = _deliver_and_verify(outbox, collector_db)
     assert code == 1
     assert [(x["kind"], x["n"]) for x in chain["breaks"]] == [("reordered", 8)]
     assert chain["verified"] == 7
@@ -350,18 +379,15 @@ def test_ratings_reordered_on_the_device(pending_device: tuple[Outbox, Path], tm
 
 
 def test_a_forged_rating_beside_a_real_one_and_a_stripped_chain(
-    pending_device: tuple[Outbox, Path], tmp_path: Path
+    pending_device: tuple[Outbox, Path], collector_db: str
 ) -> None:
     outbox, _ = pending_device
-    db = tmp_path / "collector.db"
-    store = CollectorStore(db)
+    db = collector_db
+    store = open_storage(db)
     try:
         deliver(outbox, "gia-ray", "counter-01", store)
-        real = json.loads(
-            sqlite3.connect(db)
-            .execute("SELECT data FROM events WHERE json_extract(data, '$.chain.n') = 10")
-            .fetchone()[0]
-        )
+        with open_db(db) as reader:
+            (real,) = [r.data for r in reader.events(["rating"]) if r.data and r.data["chain"]["n"] == 10]
         forged = {**real, "score": 1, "label": "dissatisfied"}
         stripped = rating(2)
         body = [
@@ -374,7 +400,7 @@ def test_a_forged_rating_beside_a_real_one_and_a_stripped_chain(
         store_batches(store, [json.dumps(payload).encode()])
     finally:
         store.close()
-    result = run_edge(["verify", "--db", str(db), "--json"], check=False)
+    result = run_edge(["verify", "--db", db, "--json"], check=False)
     (chain,) = json.loads(result.stdout)
     kinds = [(b["kind"], b["n"], b["seq"]) for b in chain["breaks"]]
     assert ("duplicate", 10, next(b["seq"] for b in chain["breaks"] if b["kind"] == "duplicate")) in kinds

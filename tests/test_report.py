@@ -1,8 +1,10 @@
 """``edge report`` on two generated months of a commune: its numbers against plain SQL written here,
 its CSV, JSON and HTML against each other, and the page as headless Chromium renders and prints it.
 
-The independent counts use SQLite's own time functions: ``strftime('%Y-%m', ts, '+7 hours')`` reads
-the offset every ``ts`` carries and gives the month in Vietnam's time.
+The same batches are stored in SQLite and in PostgreSQL, and the report read from either must be
+the same, figure for figure. The independent counts use SQLite's own time functions:
+``strftime('%Y-%m', ts, '+7 hours')`` reads the offset every ``ts`` carries and gives the month in
+Vietnam's time.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import shutil
 import sqlite3
 import subprocess
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from datetime import date, datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
@@ -23,18 +26,30 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edge.server.db import VIETNAM
+from edge.server.db import VIETNAM, CollectorDbError, open_db
 from edge.server.report_html import COLOURS
+from sim.broker import free_port
 from sim.harness import run_edge
+from sim.postgres import fresh_database
+from tests.pg_fixtures import postgres_server, postgres_url  # noqa: F401 (fixtures)
 from tests.report_fixtures import COMMUNE, MONTH, OTHER_COMMUNE, PREVIOUS, WEAK_OFFICER, Commune, make_commune
 
 LABELS = ("very_satisfied", "satisfied", "neutral", "dissatisfied", "very_dissatisfied")
 IN_MONTH = "strftime('%Y-%m', ts, '+7 hours') = ?"
+#: Where ``edge report`` reads from; the plain SQL always reads the SQLite copy.
+BACKENDS = ("sqlite", "postgresql")
 
 
 @pytest.fixture(scope="module")
-def commune(tmp_path_factory: pytest.TempPathFactory) -> Commune:
-    return make_commune(tmp_path_factory.mktemp("commune"))
+def commune(tmp_path_factory: pytest.TempPathFactory, postgres_server: str) -> Iterator[Commune]:  # noqa: F811
+    """The two months, stored in SQLite and (the same batches, so the same ids) in PostgreSQL."""
+    with fresh_database(postgres_server) as url:
+        yield make_commune(tmp_path_factory.mktemp("commune"), also=[url])
+
+
+def source(commune: Commune, backend: str) -> str:
+    """``--db`` for ``backend``: the SQLite file or the PostgreSQL URL."""
+    return str(commune.db) if backend == "sqlite" else commune.also[0]
 
 
 def sql(db: Path, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -45,7 +60,7 @@ def sql(db: Path, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, .
         conn.close()
 
 
-def report_json(db: Path, *args: str) -> dict[str, Any]:
+def report_json(db: Path | str, *args: str) -> dict[str, Any]:
     result = run_edge(["report", "--db", str(db), "--month", MONTH, "--json", *args])
     report: dict[str, Any] = json.loads(result.stdout)
     return report
@@ -99,8 +114,9 @@ def check_tally(got: dict[str, Any], want: dict[str, Any], before: dict[str, Any
         assert got["change_pp"] == round(want["share"] - before["share"], 1)
 
 
-def test_counters_and_officers_match_plain_sql(commune: Commune) -> None:
-    report = report_json(commune.db, "--commune", COMMUNE)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_counters_and_officers_match_plain_sql(commune: Commune, backend: str) -> None:
+    report = report_json(source(commune, backend), "--commune", COMMUNE)
     counters = expected_votes(commune.db, "counter", MONTH)
     counters_before = expected_votes(commune.db, "counter", PREVIOUS)
     assert (
@@ -130,11 +146,11 @@ def test_counters_and_officers_match_plain_sql(commune: Commune) -> None:
     below = sorted(k[1] for k, e in officers.items() if k[1] and e["counted"] >= 10 and e["share"] < 80.0)
     assert report["below_threshold"] == below and WEAK_OFFICER in below
     # A higher threshold names more officers; with too few votes nobody is judged.
-    stricter = report_json(commune.db, "--commune", COMMUNE, "--threshold", "87.5")
+    stricter = report_json(source(commune, backend), "--commune", COMMUNE, "--threshold", "87.5")
     assert stricter["below_threshold"] == sorted(
         k[1] for k, e in officers.items() if k[1] and e["counted"] >= 10 and e["share"] < 87.5
     )
-    assert report_json(commune.db, "--commune", COMMUNE, "--min-votes", "1000")["below_threshold"] == []
+    assert report_json(source(commune, backend), "--commune", COMMUNE, "--min-votes", "1000")["below_threshold"] == []
 
     totals = report["totals"]
     all_votes = sql(
@@ -155,8 +171,9 @@ def test_counters_and_officers_match_plain_sql(commune: Commune) -> None:
     )
 
 
-def test_a_month_is_vietnams_calendar_month_whatever_offset_a_device_writes(commune: Commune) -> None:
-    report = report_json(commune.db)  # every commune
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_month_is_vietnams_calendar_month_whatever_offset_a_device_writes(commune: Commune, backend: str) -> None:
+    report = report_json(source(commune, backend))  # every commune
     keys = {(c["commune"], c["counter"]) for c in report["counters"]}
     assert {(COMMUNE, "q1"), (OTHER_COMMUNE, "q1")} <= keys  # one counter id in two communes: two counters
     every = expected_votes(commune.db, "counter", MONTH, commune=None)
@@ -174,7 +191,7 @@ def test_a_month_is_vietnams_calendar_month_whatever_offset_a_device_writes(comm
     assert q3["counted"] == naive  # one in, one out
     assert sql(commune.db, "SELECT count(*) FROM events WHERE device = 'counter-03' AND ts LIKE '%+00:00'")[0][0] > 100
     # The other commune alone.
-    other = report_json(commune.db, "--commune", OTHER_COMMUNE)
+    other = report_json(source(commune, backend), "--commune", OTHER_COMMUNE)
     assert [(c["commune"], c["counter"]) for c in other["counters"]] == [(OTHER_COMMUNE, "q1")]
     assert {o["officer"] for o in other["officers"]} == {"ab-01", "ab-02"}
     assert other["loudspeakers"] == [] and other["cameras"] == []
@@ -193,8 +210,9 @@ def _office_overlap_s(lo: datetime, hi: datetime) -> float:
     return total
 
 
-def test_loudspeakers_and_cameras_match_plain_sql(commune: Commune) -> None:
-    report = report_json(commune.db, "--commune", COMMUNE)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_loudspeakers_and_cameras_match_plain_sql(commune: Commune, backend: str) -> None:
+    report = report_json(source(commune, backend), "--commune", COMMUNE)
     ends = ("finished", "failed", "preempted", "expired", "cancelled")
     per_device: dict[str, Counter[str]] = defaultdict(Counter)
     played: dict[str, float] = defaultdict(float)
@@ -543,3 +561,64 @@ def test_a_month_without_data_and_bad_arguments(commune: Commune, tmp_path: Path
     today = datetime.now(VIETNAM).date()
     last = (date(today.year, today.month, 1) - timedelta(days=1)).strftime("%Y-%m")
     assert json.loads(run_edge(["report", "--db", str(commune.db), "--json"]).stdout)["month"] == last
+
+
+# -- PostgreSQL ------------------------------------------------------------------------------------------
+
+
+def test_postgresql_gives_the_report_and_the_chains_sqlite_gives(commune: Commune, tmp_path: Path) -> None:
+    pg = commune.also[0]
+    # Both databases hold the same events, row for row.
+    columns = "id, device, commune, epoch, seq, type, priority, ts, clock_synced, data"
+    lite_rows = sql(commune.db, f"SELECT {columns} FROM events ORDER BY id")
+    with open_db(pg) as db:
+        pg_rows = list(db.query(f"SELECT {columns} FROM events ORDER BY id"))
+    assert len(lite_rows) > 2000 and pg_rows == lite_rows
+    # The report, its CSV files and the chains: the same from either.
+    made = {}
+    for backend in BACKENDS:
+        csv_dir = tmp_path / backend
+        args = ["report", "--db", source(commune, backend), "--month", MONTH, "--csv", str(csv_dir), "--json"]
+        report = json.loads(run_edge(args).stdout)
+        del report["generated_at"]
+        chains = run_edge(["verify", "--db", source(commune, backend), "--json"])
+        made[backend] = (report, {p.name: p.read_bytes() for p in csv_dir.iterdir()}, json.loads(chains.stdout))
+    assert made["postgresql"] == made["sqlite"]
+    report, files, chains = made["postgresql"]
+    assert report["totals"]["counted"] > 500 and len(files) == 8 and report["chains_whole"]
+    assert {(c["commune"], c["device"]) for c in chains} == {(c, d) for c, d in sql(
+        commune.db, "SELECT DISTINCT commune, device FROM events WHERE type IN ('rating', 'broadcast')"
+    )}  # fmt: skip
+
+
+def test_postgresql_is_read_only_and_its_errors_say_what_is_wrong(
+    commune: Commune,
+    postgres_url: str,  # noqa: F811
+) -> None:
+    # Read-only at the server: even a query that would only move the collector's arrival counter on
+    # is refused.
+    with (
+        open_db(commune.also[0]) as db,
+        pytest.raises(CollectorDbError, match=r"nextval\(\) in a read-only transaction"),
+    ):
+        list(db.query("SELECT nextval(pg_get_serial_sequence('events', 'rowid'))"))
+    with open_db(commune.also[0]) as db:
+        assert list(db.query("SELECT count(*) FROM events")) == sql(commune.db, "SELECT count(*) FROM events")
+    # A database the collector never wrote to.
+    empty = run_edge(["report", "--db", postgres_url, "--month", MONTH], check=False)
+    assert empty.returncode == 1
+    assert "has no events table; is it a collector database (edge collect --db)?" in empty.stderr
+    # Nothing listening; a port that is not a number; a URL that does not parse; another kind of database.
+    nobody = f"postgresql://postgres:secret@127.0.0.1:{free_port()}/commune"
+    cases = {
+        nobody: "cannot connect to postgresql://postgres:***@127.0.0.1:",
+        "postgresql://postgres@127.0.0.1:port/commune": 'invalid integer value "port"',
+        "postgresql://%zz@127.0.0.1/commune": "is not a PostgreSQL URL edge can use",
+        "mysql://root@127.0.0.1/commune": "mysql:// is not a database edge reads",
+    }
+    commands = (["report", "--month", MONTH], ["verify"])  # one read side: each case through one of them
+    for i, (url, reason) in enumerate(cases.items()):
+        result = run_edge([*commands[i % 2], "--db", url], check=False)
+        assert result.returncode == 1, (url, result.stderr)
+        line = result.stderr.strip()
+        assert reason in line and "\n" not in line and "secret" not in line, line

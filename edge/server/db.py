@@ -214,6 +214,8 @@ class CollectorDb:
                     for sql, rows in statements:
                         self._run(self._conn, sql, rows)
                 return
+            # End the reading transaction, if one is open: the write's must be the outermost to commit.
+            self._conn.commit()
             with self._conn.transaction(), self._conn.cursor() as cur:
                 for sql, rows in statements:
                     self._run(cur, self._sql(sql), rows)
@@ -300,8 +302,6 @@ def _open_postgres(url: str, write: bool) -> CollectorDb:
     if not (row and row[0]):
         conn.close()
         raise _no_events(location)
-    if write:
-        conn.rollback()  # the check's transaction: a write starts its own
     return CollectorDb(conn, "postgresql", location, writable=write)
 
 
