@@ -1,15 +1,17 @@
-"""Shared fixtures: a private Mosquitto per test, device configs, the collector."""
+"""Shared fixtures: a private Mosquitto per test, device configs, the collector (SQLite or PostgreSQL)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from edge.server.db import CollectorDbError, open_db
 from sim.broker import MosquittoBroker, find_mosquitto
-from sim.harness import EdgeProcess, write_device_config
+from sim.harness import EdgeProcess, collector_rows, write_device_config
 
 #: Fixtures shared by several test modules, kept in their own files.
 pytest_plugins = ["tests.commands_fixtures"]
@@ -62,8 +64,17 @@ def device(tmp_path: Path, broker: MosquittoBroker) -> Device:
 
 @dataclass
 class CollectorHandle:
+    """``edge collect`` and its database: ``db`` is the SQLite file; with ``url`` (PostgreSQL) it
+    stores there instead, and ``db`` is unused."""
+
     db: Path
     process: EdgeProcess
+    url: str | None = None
+
+    @property
+    def target(self) -> str:
+        """What the collector's ``--db`` is."""
+        return self.url or str(self.db)
 
     def start(self) -> None:
         self.process.start()
@@ -71,16 +82,36 @@ class CollectorHandle:
     def stop(self) -> str:
         return self.process.stop()
 
+    def rows(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Rows of ``query`` (``?`` placeholders) from the collector's database, whichever it is; none
+        before the collector has made its tables."""
+        if self.url is None:
+            return [tuple(r) for r in collector_rows(self.db, query, params)]
+        try:
+            with open_db(self.url) as db:
+                return list(db.query(query, params))
+        except CollectorDbError as exc:
+            if "has no events table" in str(exc):
+                return []
+            raise
+
 
 @pytest.fixture
-def collector(tmp_path: Path, broker: MosquittoBroker) -> Iterator[CollectorHandle]:
-    """``edge collect`` for commune gia-ray, not yet started."""
+def collector(request: pytest.FixtureRequest, tmp_path: Path, broker: MosquittoBroker) -> Iterator[CollectorHandle]:
+    """``edge collect`` for commune gia-ray, not yet started, storing in SQLite.
+
+    ``@pytest.mark.parametrize("collector", ["sqlite", "postgresql"], indirect=True)`` runs a test
+    on each backend; the module then imports the ``postgres_server`` and ``postgres_url`` fixtures
+    (tests.pg_fixtures).
+    """
+    backend = getattr(request, "param", "sqlite")
     db = tmp_path / "collector.db"
+    url = request.getfixturevalue("postgres_url") if backend == "postgresql" else None
     proc = EdgeProcess(
-        ["collect", "--broker", broker.url, "--db", str(db), "--commune", "gia-ray", "--summary-interval", "0"],
+        ["collect", "--broker", broker.url, "--db", url or str(db), "--commune", "gia-ray", "--summary-interval", "0"],
         tmp_path / "collector.log",
     )
-    handle = CollectorHandle(db, proc)
+    handle = CollectorHandle(db, proc, url)
     try:
         yield handle
     finally:

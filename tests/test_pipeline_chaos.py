@@ -2,7 +2,7 @@
 
 Every test drives the real command line against a private Mosquitto and the real collector, and
 checks the collector's own database: every id `edge emit` printed is there exactly once, and
-nothing else is.
+nothing else is. Each test runs twice: with the collector storing in SQLite, and in PostgreSQL.
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ import time
 import pytest
 
 from edge.store import Outbox
-from sim.harness import EdgeProcess, collector_rows, daemon_link, edge_command, run_edge, wait_for
+from sim.harness import EdgeProcess, daemon_link, edge_command, run_edge, wait_for
+from tests.pg_fixtures import postgres_server, postgres_url  # noqa: F401 (fixtures)
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.parametrize("collector", ["sqlite", "postgresql"], indirect=True)]
 
 
 class Emitter:
@@ -67,7 +68,7 @@ def oldest_pending_age(device) -> float | None:
 
 
 def stored_test_ids(collector) -> list[str]:
-    return [r[0] for r in collector_rows(collector.db, "SELECT id FROM events WHERE type = 'test'")]
+    return [r[0] for r in collector.rows("SELECT id FROM events WHERE type = 'test'")]
 
 
 def start_connected(device) -> EdgeProcess:
@@ -87,9 +88,7 @@ def assert_exactly_once(collector, printed: list[str], *, repeats_expected: bool
         f"missing {len(set(printed) - set(stored))}, unexpected {len(set(stored) - set(printed))}"
     )
     # Per device epoch, a seq is stored once: no event was counted twice under two ids.
-    dup = collector_rows(
-        collector.db, "SELECT epoch, seq, COUNT(*) FROM events GROUP BY epoch, seq HAVING COUNT(*) > 1"
-    )
+    dup = collector.rows("SELECT epoch, seq, COUNT(*) FROM events GROUP BY epoch, seq HAVING COUNT(*) > 1")
     assert dup == []
     summary = json.loads(collector.stop().strip().splitlines()[-1])  # this collector run's counters
     if repeats_expected:
@@ -159,9 +158,7 @@ def test_backlog_arrives_in_seq_order_when_the_collector_returns(device, collect
         collector.start()
         printed = before + printed + more
         assert wait_for(lambda: len(stored_test_ids(collector)) >= len(printed), timeout=60)
-        assert wait_for(
-            lambda: len(collector_rows(collector.db, "SELECT id FROM events WHERE type = 'test-b'")) >= 300, timeout=30
-        )
+        assert wait_for(lambda: len(collector.rows("SELECT id FROM events WHERE type = 'test-b'")) >= 300, timeout=30)
     finally:
         daemon.stop()
     assert_exactly_once(collector, printed, repeats_expected=False)
@@ -170,7 +167,7 @@ def test_backlog_arrives_in_seq_order_when_the_collector_returns(device, collect
     # while they flowed, newer live events would rightly have overtaken the unacknowledged ones.
     backlog_ids = set(printed[50:])
     for etype, expected in (("test", len(backlog_ids)), ("test-b", len(printed_other))):
-        rows = collector_rows(collector.db, "SELECT id, seq FROM events WHERE type = ? ORDER BY rowid", (etype,))
+        rows = collector.rows("SELECT id, seq FROM events WHERE type = ? ORDER BY rowid", (etype,))
         seqs = [seq for event_id, seq in rows if etype == "test-b" or event_id in backlog_ids]
         assert len(seqs) == expected
         assert seqs == sorted(seqs), f"{etype} backlog arrived out of seq order"
@@ -194,6 +191,7 @@ def test_emit_killed_mid_stream_loses_nothing_it_printed(device, collector) -> N
     assert len(stored - set(printed)) <= 1
     with Outbox(device.db) as outbox:
         assert outbox.integrity_check() == "ok"
-    conn = sqlite3.connect(collector.db)
-    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    conn.close()
+    if collector.url is None:
+        conn = sqlite3.connect(collector.db)
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        conn.close()
