@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 
 from edge import keys
+from edge.broker_config import DEFAULT_MAX_PACKET_SIZE
 from edge.commands.sender import CommandSender
 from edge.config import BrokerAddress
-from edge.exceptions import MessageRefused
+from edge.exceptions import DroppedAfterSend, MessageRefused, PacketTooLarge
 from edge.sync.link import LinkSettings, MqttLink
 from sim.ejabberd import EjabberdBroker, find_ejabberd
 from sim.harness import EdgeProcess, collector_rows, run_edge, wait_for
@@ -28,6 +29,8 @@ from tests.conftest import CollectorHandle, Device
 from tests.test_collector_login import COLLECTOR_PASSWORD, DEVICE_PASSWORD, password_file
 
 DEVICE = "counter-01"
+#: The listener's max_payload_size: the shipped Mosquitto configuration's packet limit.
+PAYLOAD_LIMIT = DEFAULT_MAX_PACKET_SIZE
 
 
 @pytest.fixture
@@ -35,7 +38,11 @@ def broker(tmp_path: Path) -> Iterator[EjabberdBroker]:
     """A private ejabberd on free ports, with a login for the device and one for the collector."""
     if find_ejabberd() is None:
         pytest.fail("ejabberd is not installed; run ./scripts/test, which installs it")
-    b = EjabberdBroker(tmp_path / "ejabberd", users={DEVICE: DEVICE_PASSWORD, "collector": COLLECTOR_PASSWORD})
+    b = EjabberdBroker(
+        tmp_path / "ejabberd",
+        users={DEVICE: DEVICE_PASSWORD, "collector": COLLECTOR_PASSWORD},
+        max_payload_size=PAYLOAD_LIMIT,
+    )
     b.start()
     try:
         yield b
@@ -111,8 +118,7 @@ def test_a_rating_goes_up_its_evtack_comes_back_and_a_signed_command_goes_down(
     assert COLLECTOR_PASSWORD not in (tmp_path / "collector.log").read_text()
 
 
-def test_a_device_login_is_refused_what_belongs_to_another_device(broker: EjabberdBroker) -> None:
-    # The broker's ACL, not the device's good manners, keeps one device from speaking for another.
+def test_what_the_broker_refuses_a_device_and_how_the_device_hears_of_it(broker: EjabberdBroker) -> None:
     settings = LinkSettings(
         BrokerAddress.parse(broker.url), DEVICE, clean_start=True, username=DEVICE, password=DEVICE_PASSWORD
     )
@@ -121,9 +127,23 @@ def test_a_device_login_is_refused_what_belongs_to_another_device(broker: Ejabbe
         assert link.wait_connected(30)
         own = link.publish(f"vn/gia-ray/dev/{DEVICE}/evt/test", b"{}").result(10)
         assert own is None or not own.is_failure
+        # The ACL, not the device's good manners, keeps it from speaking for another device or for
+        # the collector: a PUBACK with an error code (0x90 here; Mosquitto says 0x87).
         for topic in ("vn/gia-ray/dev/counter-02/evt/test", f"vn/gia-ray/dev/{DEVICE}/evtack"):
             with pytest.raises(MessageRefused):
                 link.publish(topic, b"{}").result(10)
+
+        # ejabberd announces no Maximum Packet Size in CONNACK; a publish over the listener's
+        # max_payload_size is answered by dropping the connection (DISCONNECT 0x95 "Packet too large",
+        # lost in the reset when the packet is still being written). The link blames that message, and
+        # comes back.
+        assert link.max_packet_bytes is None
+        connects = link.stats.connects
+        with pytest.raises((PacketTooLarge, DroppedAfterSend)):
+            link.publish(f"vn/gia-ray/dev/{DEVICE}/evt/test", b"x" * (PAYLOAD_LIMIT + 1)).result(30)
+        assert wait_for(lambda: link.connected.is_set() and link.stats.connects > connects, 30)
+        after = link.publish(f"vn/gia-ray/dev/{DEVICE}/evt/test", b"{}").result(10)
+        assert after is None or not after.is_failure
     finally:
         link.stop()
 
