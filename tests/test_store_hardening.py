@@ -14,10 +14,8 @@ import re
 import shutil
 import sqlite3
 import stat
-import subprocess
-import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +27,7 @@ from edge.store import NewEvent, Outbox, TimeSource
 from sim.broker import MosquittoBroker
 from sim.harness import EdgeProcess, collector_rows, daemon_link, run_edge, wait_for, write_device_config
 from tests.conftest import FAST_SYNC
-
-IS_ROOT = os.geteuid() == 0
-needs_private_mounts = pytest.mark.skipif(
-    not IS_ROOT or shutil.which("unshare") is None, reason="mounting a tmpfs or a read-only bind needs root"
-)
+from tests.mount_fixtures import IS_ROOT, needs_private_mounts, private_mount, run_child
 
 
 def within(seconds: float, fn: Callable[[], Any]) -> Any:
@@ -55,25 +49,6 @@ def within(seconds: float, fn: Callable[[], Any]) -> Any:
     if "error" in box:
         raise box["error"]
     return box["value"]
-
-
-def run_child(tmp_path: Path, script: str, args: Sequence[str], prefix: Sequence[str] = ()) -> dict[str, Any]:
-    """Run ``script`` in a fresh Python (behind ``prefix``: unshare, setpriv) and return the JSON
-    object it prints last."""
-    path = tmp_path / f"child_{abs(hash(script)) % 10**8}.py"
-    path.write_text(script)
-    proc = subprocess.run(
-        [*prefix, sys.executable, str(path), *args], capture_output=True, text=True, timeout=180, check=False
-    )
-    lines = proc.stdout.strip().splitlines()
-    assert proc.returncode == 0 and lines, f"child failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
-    result: dict[str, Any] = json.loads(lines[-1])
-    return result
-
-
-def private_mount(shell: str) -> list[str]:
-    """A prefix that runs the command after ``shell`` (mount commands) in a private mount namespace."""
-    return ["unshare", "-m", "--propagation", "private", "sh", "-c", f'{shell} && exec "$0" "$@"']
 
 
 # -- append_many(also=...) -------------------------------------------------------------------------
