@@ -18,8 +18,8 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -38,50 +38,10 @@ from sim.broker import MosquittoBroker, free_port
 from sim.harness import EdgeProcess, wait_for, write_device_config
 from tests.conftest import FAST_SYNC
 
+if TYPE_CHECKING:
+    from tests.systemd_fixtures import NotifySocket, SilentBroker
 
-@dataclass
-class NotifySocket:
-    """The datagram socket systemd listens on, with every message received (time, fields)."""
-
-    path: Path
-    sock: socket.socket
-    messages: list[tuple[float, dict[str, str]]] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-
-    def _run(self) -> None:
-        self.sock.settimeout(0.2)
-        while not self._stop.is_set():
-            try:
-                data = self.sock.recv(65536)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
-            self.messages.append((time.monotonic(), fields))
-
-    def with_key(self, key: str) -> list[tuple[float, dict[str, str]]]:
-        return [(t, m) for t, m in list(self.messages) if key in m]
-
-    def pets(self, since: float = 0.0) -> int:
-        return sum(1 for t, m in list(self.messages) if m.get("WATCHDOG") == "1" and t >= since)
-
-    def env(self, watchdog_usec: int = 1_000_000) -> dict[str, str]:
-        return {"NOTIFY_SOCKET": str(self.path), "WATCHDOG_USEC": str(watchdog_usec)}
-
-
-@pytest.fixture
-def notify_socket(tmp_path: Path) -> Iterator[NotifySocket]:
-    path = tmp_path / "notify.sock"
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(path))
-    ns = NotifySocket(path, sock)
-    t = threading.Thread(target=ns._run, daemon=True)
-    t.start()
-    yield ns
-    ns._stop.set()
-    t.join(2)
-    sock.close()
+pytest_plugins = ["tests.systemd_fixtures"]
 
 
 # -- sd_notify --------------------------------------------------------------------------------------
@@ -177,39 +137,18 @@ def test_ready_then_petting_while_the_broker_is_simply_down_then_stopping(
 
 
 def test_a_broker_that_accepts_and_never_answers_does_not_stop_the_petting(
-    tmp_path: Path, notify_socket: NotifySocket
+    tmp_path: Path, notify_socket: NotifySocket, silent_broker: SilentBroker
 ) -> None:
     """The link gives up on a silent broker by itself (paho bounds the TLS handshake, the keepalive
     bounds the wait for CONNACK) and tries again: the device is offline, not hung."""
-    silent = socket.socket()
-    silent.bind(("127.0.0.1", 0))
-    silent.listen(16)
-    accepted: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        silent.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                accepted.append(silent.accept()[0])
-            except TimeoutError:
-                continue
-
-    t = threading.Thread(target=accept, daemon=True)
-    t.start()
-    daemon = start_daemon(tmp_path, f"mqtt://127.0.0.1:{silent.getsockname()[1]}", notify_socket)
+    daemon = start_daemon(tmp_path, silent_broker.url, notify_socket)
     try:
-        assert wait_for(lambda: accepted and notify_socket.with_key("READY"), 60)
+        assert wait_for(lambda: silent_broker.accepted and notify_socket.with_key("READY"), 60)
         since = time.monotonic()
         assert wait_for(lambda: notify_socket.pets(since) >= 10, 60)
         assert not [m for _, m in notify_socket.messages if m.get("STATUS", "").startswith("unhealthy")]
     finally:
         daemon.stop()
-        stop.set()
-        t.join(2)
-        for s in accepted:
-            s.close()
-        silent.close()
 
 
 @pytest.fixture
