@@ -171,6 +171,8 @@ def health_data(outbox: Outbox, started_monotonic: float, extra: dict[str, Any] 
         "oldest_pending_age_s": None if age is None else round(age, 1),
         "store_bytes": stats.db_bytes,
         "evictions": stats.evictions,
+        # Events refused because the state disk was full (counted once there was room again).
+        "refused_disk_full": stats.counters.get("refused_disk_full", 0),
         "undeliverable": undeliverable_count(outbox),
         "clock_synced": outbox.clock.synced(),
         "chain": chain_head(outbox),

@@ -23,6 +23,8 @@ from edge.config import EdgeConfig, config_path
 from edge.health import chain_head, cpu_temp_c, mem_available_bytes, read_throttled
 from edge.services.broadcast import HARDWARE_META as BROADCAST_HARDWARE_META
 from edge.store import PRIORITIES, Outbox
+from edge.store.host import read_lock_note
+from edge.store.outbox import META_DISK_FULL
 from edge.sync.undeliverable import undeliverable, undeliverable_count
 
 
@@ -72,8 +74,70 @@ def status_report(config: EdgeConfig, outbox: Outbox) -> dict[str, Any]:
         "undeliverable": undeliverable(outbox),
         "hardware": _hardware_problems(outbox, running),
         "host": host_health(outbox),
+        "disk": disk_report(outbox, running),
         "chain": chain_head(outbox),
     }
+
+
+#: What a technician does about a full state disk.
+DISK_FULL_FIX = (
+    "free space on that disk (old logs: journalctl --vacuum-size=50M; files that are not events.db), or move "
+    "store.state_dir to a larger disk; nothing stored is lost, and new events are taken again as soon as there is room"
+)
+
+
+def disk_report(outbox: Outbox, running: bool) -> dict[str, Any]:
+    """The state disk: free space, whether the daemon finds it full, and the events refused for it.
+
+    While the disk is full the database cannot take a byte, so the daemon says so in its lock
+    file's note (:class:`edge.store.host.DaemonLock`); the count is moved into the store's counters
+    (``refused_disk_full``) once there is room again, or when the next daemon starts.
+    """
+    state_dir = outbox.path.parent
+    free = shutil.disk_usage(state_dir).free
+    _pid, note = read_lock_note(state_dir)
+    episode = note.get("disk_full") if isinstance(note.get("disk_full"), dict) else None
+    counted = int(outbox.counters().get("refused_disk_full", 0))
+    refused_now = int(episode.get("refused", 0)) if episode is not None else 0
+    try:
+        last = json.loads(outbox.get_meta(META_DISK_FULL) or "null")
+    except ValueError:
+        last = None
+    if episode is not None and not running:
+        # A daemon that stopped while the disk was full: the next one counts what it refused.
+        last = {"since": episode.get("since"), "refused": refused_now, "until": None, "stopped": True}
+    # A daemon's word while it runs; without one, only a disk with no room at all is called full.
+    full = (episode is not None and running) or free == 0
+    return {
+        "full": full,
+        "free_bytes": free,
+        "since": episode.get("since") if episode is not None else None,
+        "refused": refused_now,
+        "refused_total": counted + refused_now,
+        "last_full": last if isinstance(last, dict) else None,
+        "fix": DISK_FULL_FIX if full else None,
+    }
+
+
+def _bytes_text(n: int) -> str:
+    return f"{n / 2**30:.1f} GB" if n >= 2**30 else f"{n / 2**20:.1f} MB"
+
+
+def _disk_lines(disk: dict[str, Any], state_dir: str) -> list[str]:
+    if disk["full"]:
+        since = f" since {disk['since']}" if disk["since"] else ""
+        return [
+            f"disk        FULL{since}: {_bytes_text(disk['free_bytes'])} free on the disk holding {state_dir}; "
+            f"{disk['refused']} event(s) refused and not acknowledged (no thank-you shown; a serial panel "
+            "sends its presses again)",
+            f"            fix: {disk['fix']}",
+        ]
+    if disk["refused_total"]:
+        last = disk["last_full"] or {}
+        until = last.get("until") or "when edge run stopped"
+        when = f", last from {last['since']} to {until}" if last.get("since") else ""
+        return [f"disk        {disk['refused_total']} event(s) refused while the disk was full{when}"]
+    return []
 
 
 def host_health(outbox: Outbox) -> dict[str, Any]:
@@ -92,7 +156,7 @@ def _host_line(host: dict[str, Any]) -> str:
     parts.append(f"load {host['load'][0]:.2f}")
     if host["mem_available_bytes"] is not None:
         parts.append(f"{host['mem_available_bytes'] / 2**20:.0f} MB memory free")
-    parts.append(f"{host['disk_free_bytes'] / 2**30:.1f} GB disk free")
+    parts.append(f"{_bytes_text(host['disk_free_bytes'])} disk free")
     flags = host["throttled"] or {}
     now = [f for f in ("under_voltage", "freq_capped", "throttled", "soft_temp_limit") if flags.get(f)]
     past = [f for f in ("under_voltage", "throttled") if flags.get(f + "_occurred") and not flags.get(f)]
@@ -138,6 +202,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"store       {report['store']['bytes']} of {report['store']['cap']} bytes, epoch {report['store']['epoch']}",
     ]
     lines.append(f"host        {_host_line(report['host'])}")
+    lines.extend(_disk_lines(report["disk"], str(config.store.state_dir)))
     chain = report["chain"]
     head = "nothing chained yet" if chain is None else f"n {chain['n']}, digest {chain['digest'][:16]}…"
     lines.append(f"chain       {head}")

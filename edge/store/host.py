@@ -9,18 +9,21 @@ fingerprint of the hardware serial number as well as the machine id.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import functools
 import hashlib
 import hmac
+import json
 import logging
 import os
 import secrets
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from edge.clock import kernel_boot_id, since_boot
 from edge.exceptions import StoreError
@@ -30,6 +33,8 @@ log = logging.getLogger(__name__)
 DIR_MODE = 0o750
 FILE_MODE = 0o640
 LOCK_FILE = "daemon.lock"
+#: The part of ``daemon.lock`` written at start and rewritten in place (a page, a file system block).
+LOCK_FILE_BYTES = 4096
 
 #: Where the machine's identity is read from, in order. The device-tree serial is the SoC's own
 #: serial number on a Raspberry Pi: unlike the two machine-id files it does not travel with a
@@ -148,10 +153,19 @@ def private_file(path: Path, *, tighten: bool) -> None:
 
 class DaemonLock:
     """``flock`` on ``state_dir/daemon.lock``, held by the one ``edge run`` that owns the store for
-    as long as it runs. The kernel drops it when the process dies, so a crash leaves nothing stale."""
+    as long as it runs. The kernel drops it when the process dies, so a crash leaves nothing stale.
+
+    The file's first line is the holder's pid. The rest of its first block is a note the daemon
+    rewrites in place (:meth:`note`, read by :func:`read_lock_note`): the block is written whole
+    when the lock is taken, so rewriting it needs no new space, and the daemon can still say what
+    is wrong when the disk is full and SQLite can commit nothing. ``previous`` is the note the last
+    holder left (it may have been killed in the middle of what its note describes).
+    """
 
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / LOCK_FILE
+        self.previous: dict[str, Any] = {}
+        self._can_note = False
         writable = True
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
@@ -166,20 +180,68 @@ class DaemonLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            holder = _parse_lock(os.pread(fd, LOCK_FILE_BYTES, 0))[0]
             os.close(fd)
-            raise StoreError(f"another edge run (pid {holder}) holds {self.path}") from None
+            raise StoreError(f"another edge run (pid {holder or 'unknown'}) holds {self.path}") from None
         except OSError as exc:
             os.close(fd)
             raise StoreError(f"cannot lock {self.path}: {exc.strerror or exc}") from exc
         if writable:
+            self.previous = _parse_lock(os.pread(fd, LOCK_FILE_BYTES, 0))[1]
             os.fchmod(fd, FILE_MODE)
             os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+            try:
+                os.pwrite(fd, _lock_block({}), 0)
+                self._can_note = True
+            except OSError as exc:
+                # No room for the block (the disk is already full): the pid alone, if even that fits.
+                log.warning("cannot write %s: %s", self.path, exc.strerror or exc)
+                with contextlib.suppress(OSError):
+                    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
         self._fd: int | None = fd
+
+    def note(self, data: Mapping[str, Any]) -> bool:
+        """Replace the note after the pid (a JSON object of at most a few KiB); False if it could
+        not be written. Never raises: the note is for people, the store does not depend on it."""
+        if self._fd is None or not self._can_note:
+            return False
+        try:
+            os.pwrite(self._fd, _lock_block(data), 0)
+        except (OSError, ValueError) as exc:
+            log.warning("cannot write %s: %s", self.path, exc)
+            return False
+        return True
 
     def release(self) -> None:
         """Let go of the lock. Idempotent."""
         if self._fd is not None:
             fd, self._fd = self._fd, None
             os.close(fd)  # closing the only descriptor releases the flock
+
+
+def _lock_block(data: Mapping[str, Any]) -> bytes:
+    """The lock file's first block: the pid, the note, and spaces up to :data:`LOCK_FILE_BYTES`."""
+    text = f"{os.getpid()}\n{json.dumps(data, separators=(',', ':'), ensure_ascii=True)}\n".encode("ascii")
+    if len(text) > LOCK_FILE_BYTES:
+        raise ValueError(f"a daemon.lock note is at most {LOCK_FILE_BYTES} bytes")
+    return text.ljust(LOCK_FILE_BYTES, b" ")
+
+
+def _parse_lock(raw: bytes) -> tuple[int | None, dict[str, Any]]:
+    first, _, rest = raw.decode("ascii", "replace").partition("\n")
+    pid = int(first) if first.strip().isdigit() else None
+    try:
+        note = json.loads(rest.strip() or "{}")
+    except ValueError:
+        note = {}
+    return pid, note if isinstance(note, dict) else {}
+
+
+def read_lock_note(state_dir: Path) -> tuple[int | None, dict[str, Any]]:
+    """The pid and the note in ``state_dir/daemon.lock`` as the last daemon left them; ``(None, {})``
+    if there is no such file. Only reads: takes no lock, creates nothing."""
+    try:
+        with open(state_dir / LOCK_FILE, "rb") as f:
+            return _parse_lock(f.read(LOCK_FILE_BYTES))
+    except OSError:
+        return None, {}

@@ -83,6 +83,12 @@ WAIT_TIMEOUT_S = 60.0
 #: How long a process that is not the daemon waits for ``edge run`` to move a corrupt file aside.
 CORRUPT_WAIT_S = 15.0
 _TYPE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_.-")
+#: ``meta`` key of the last time the disk was full: since, until, refused (JSON).
+META_DISK_FULL = "disk_full_last"
+#: How many acknowledgement ranges a store holds in memory while the disk is full.
+MAX_HELD_ACK_SPANS = 10_000
+#: How many dedupe keys of refused events a store remembers, to count a repeated one once.
+MAX_REFUSED_KEYS = 10_000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -229,6 +235,27 @@ class _Op:
     future: Future[Any]
     appends: bool
     txn: bool = True
+    #: The dedupe key (or None) of each event the request appends.
+    keys: tuple[str | None, ...] = ()
+
+
+def _merge_spans(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Inclusive ranges, sorted, with overlapping and adjacent ones joined."""
+    out: list[tuple[int, int]] = []
+    for a, b in sorted(spans):
+        if out and a <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
+
+
+def _free_bytes(path: Path) -> int | None:
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
 
 
 def _check_type(event_type: str) -> None:
@@ -259,10 +286,11 @@ def _is_corruption(exc: BaseException) -> bool:
     return _primary_code(exc) in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
 
 
-def _translate(exc: sqlite3.Error) -> StoreError:
+def _translate(exc: sqlite3.Error, state_dir: Path | None = None) -> StoreError:
     code = _primary_code(exc)
     if code == sqlite3.SQLITE_FULL:
-        return StoreFull(f"disk full, event not stored: {exc}")
+        where = f"the disk holding {state_dir}" if state_dir is not None else "the disk"
+        return StoreFull(f"disk full, nothing was written ({exc}): free space on {where}")
     if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
         return StoreCorrupt(f"event store is corrupt: {exc}")
     return StoreError(f"event store error: {exc} ({getattr(exc, 'sqlite_errorname', 'no code')})")
@@ -270,7 +298,7 @@ def _translate(exc: sqlite3.Error) -> StoreError:
 
 def _open_error(path: Path, exc: sqlite3.Error) -> StoreError:
     """An error opening the store that is not corruption, naming the file."""
-    err = _translate(exc)
+    err = _translate(exc, path.parent)
     return type(err)(f"cannot open the event store {path}: {err}")
 
 
@@ -353,6 +381,11 @@ class Outbox:
         self._wake_sock: socket.socket | None = None
         self._over_cap_warned = False
         self._cap_failing = False
+        #: While the disk is full (written by the writer thread only): since when, events refused.
+        self._full: dict[str, Any] | None = None
+        #: Acknowledgements that could not be recorded for lack of space, kept for the next commit.
+        self._held_acks: list[tuple[int, int]] = []
+        self._refused_keys: set[str] = set()
         self._appended_bytes = 0
         self._size_checked_at = 0.0
         self._owns_wake_socket = False
@@ -540,6 +573,7 @@ class Outbox:
                     epoch = str(row[0])
                 if self.owner:
                     epoch = self._bind(conn, epoch)
+                    self._carry_disk_full(conn)
                 self._rebase_dedupe(conn)
                 conn.execute("COMMIT")
             except BaseException:
@@ -596,6 +630,29 @@ class Outbox:
         if self.device_id is not None:
             _upsert_meta(conn, "device", self.device_id)
         return epoch
+
+    def _carry_disk_full(self, conn: sqlite3.Connection) -> None:
+        """The last daemon stopped (killed, a power cut) while the disk was full, as its note in
+        ``daemon.lock`` says: count what it refused, which it could not write down itself."""
+        previous = self._lock.previous.get("disk_full") if self._lock is not None else None
+        if not isinstance(previous, dict):
+            return
+        refused = previous.get("refused")
+        refused = refused if isinstance(refused, int) and refused > 0 else 0
+        if refused:
+            self._bump(conn, "refused_disk_full", refused)
+        _upsert_meta(
+            conn,
+            META_DISK_FULL,
+            compact({"since": previous.get("since"), "refused": refused, "until": None, "stopped": True}),
+        )
+        log.warning(
+            "event store: the last edge run stopped while the disk holding %s was full; it had refused %d event(s) "
+            "since %s",
+            self.path.parent,
+            refused,
+            previous.get("since"),
+        )
 
     def _rebase_dedupe(self, conn: sqlite3.Connection) -> None:
         """Carry dedupe keys of an earlier boot over to this boot's clock.
@@ -717,6 +774,7 @@ class Outbox:
         durable: bool = True,
         appends: bool = False,
         txn: bool = True,
+        keys: tuple[str | None, ...] = (),
     ) -> T:
         fut: Future[T] = Future()
         with self._state_lock:
@@ -726,7 +784,7 @@ class Outbox:
                 raise StoreError("event store is closed")
             if self._writer_stopped is not None:
                 raise StoreError(f"event store writer stopped: {self._writer_stopped}")
-            self._queue.put(_Op(fn, durable, fut, appends, txn))
+            self._queue.put(_Op(fn, durable, fut, appends, txn, keys))
         try:
             return fut.result(timeout=self.wait_timeout_s)
         except TimeoutError:
@@ -779,7 +837,11 @@ class Outbox:
                     # a dead writer would leave every later append waiting.
                     log.exception("event store writer: a request failed outside its transaction")
                     self._recover(conn)
-                    err = _translate(exc) if isinstance(exc, sqlite3.Error) else StoreError(f"event store: {exc}")
+                    err = (
+                        _translate(exc, self.path.parent)
+                        if isinstance(exc, sqlite3.Error)
+                        else StoreError(f"event store: {exc}")
+                    )
                     for op in current:
                         if not op.future.done():
                             op.future.set_exception(err)
@@ -821,7 +883,7 @@ class Outbox:
             op.future.set_result(op.fn(conn))
         except Exception as exc:
             self._recover(conn)
-            op.future.set_exception(_translate(exc) if isinstance(exc, sqlite3.Error) else exc)
+            op.future.set_exception(_translate(exc, self.path.parent) if isinstance(exc, sqlite3.Error) else exc)
 
     def _set_sync(self, conn: sqlite3.Connection, durable: bool) -> None:
         # Bulk-only groups may skip the fsync (WAL + NORMAL survives a process crash, and a
@@ -844,14 +906,95 @@ class Outbox:
                 for op in group:
                     self._run_group(conn, [op])
                 return
-            err = _translate(exc) if isinstance(exc, sqlite3.Error) else exc
+            err = _translate(exc, self.path.parent) if isinstance(exc, sqlite3.Error) else exc
+            if isinstance(err, StoreFull):
+                self._on_disk_full(group[0].keys)
             group[0].future.set_exception(err)
             return
         for op, result in zip(group, results, strict=True):
             op.future.set_result(result)
+        if self._full is not None or self._held_acks:
+            self._on_room_again(conn)
         appended = [c.seq for op, r in zip(group, results, strict=True) if op.appends for c in r]
         if appended:
             self._after_append(conn, max(appended))
+
+    # -- a full disk --------------------------------------------------------------------------------
+
+    def _on_disk_full(self, keys: tuple[str | None, ...]) -> None:
+        """A request failed for lack of space (writer thread). The refused events were never
+        acknowledged to anyone (the caller got StoreFull), so nothing is lost; what is counted
+        here is what a technician needs to hear, and it is said in ``daemon.lock`` because the
+        database cannot take another byte. An event offered again with the same dedupe key (a
+        panel repeating an unacknowledged press) is counted once."""
+        now = now_iso()
+        first = self._full is None
+        full = self._full = self._full or {"since": now, "refused": 0}
+        new = [k for k in keys if k is None or k not in self._refused_keys]
+        if len(self._refused_keys) < MAX_REFUSED_KEYS:
+            self._refused_keys.update(k for k in new if k is not None)
+        if new:
+            full["refused"] += len(new)
+            full["last_refused"] = now
+        self._write_note()
+        if first:
+            log.error(
+                "event store: the disk holding %s is full (%s bytes free): new events are refused, and not "
+                "acknowledged, until space is freed there; nothing already stored is lost",
+                self.path.parent,
+                _free_bytes(self.path.parent),
+            )
+
+    def _on_room_again(self, conn: sqlite3.Connection) -> None:
+        """A commit went through after the disk was full (writer thread): record the acknowledgements
+        held meanwhile and the count of refused events, in one transaction of their own. If that
+        finds the disk full again, everything stays as it was, for the next commit."""
+        with self._state_lock:
+            held, self._held_acks = self._held_acks, []
+        full = self._full
+        try:
+            self._set_sync(conn, False)
+            conn.execute("BEGIN IMMEDIATE")
+            acked = self._ack_spans(conn, held) if held else 0
+            if full is not None:
+                if full["refused"]:
+                    self._bump(conn, "refused_disk_full", full["refused"])
+                _upsert_meta(conn, META_DISK_FULL, compact({**full, "until": now_iso()}))
+            conn.execute("COMMIT")
+        except sqlite3.Error:
+            self._recover(conn)
+            with self._state_lock:
+                self._held_acks = _merge_spans(held + self._held_acks)
+            return
+        if full is not None:
+            self._full = None
+            self._refused_keys.clear()
+            self._write_note()
+            log.warning(
+                "event store: the disk holding %s has room again; %d event(s) were refused while it was full "
+                "(since %s), %d acknowledged event(s) recorded late",
+                self.path.parent,
+                full["refused"],
+                full["since"],
+                acked,
+            )
+
+    def _hold_acks(self, spans: list[tuple[int, int]]) -> None:
+        with self._state_lock:
+            first = not self._held_acks
+            self._held_acks = _merge_spans(self._held_acks + spans)
+            if len(self._held_acks) > MAX_HELD_ACK_SPANS:
+                # Forgetting an acknowledgement only means those events are sent again.
+                del self._held_acks[: len(self._held_acks) - MAX_HELD_ACK_SPANS]
+        if first:
+            log.warning(
+                "event store: the disk is full; the collector's acknowledgements are kept in memory until "
+                "there is room (events whose acknowledgement is lost with the process are sent again)"
+            )
+
+    def _write_note(self) -> None:
+        if self._lock is not None:
+            self._lock.note({} if self._full is None else {"disk_full": {**self._full, "dir": str(self.path.parent)}})
 
     def _after_append(self, conn: sqlite3.Connection, last_seq: int) -> None:
         """After a commit that appended: its callers already have their answer (the events are on
@@ -1069,37 +1212,40 @@ class Outbox:
                 also(conn)
             return [self._insert(conn, r) for r in rows]
 
-        return self._submit(op, durable=durable, appends=bool(rows))
+        return self._submit(op, durable=durable, appends=bool(rows), keys=tuple(r[6] for r in rows))
 
     # -- acknowledgements and housekeeping ------------------------------------------------------
 
     def mark_acked(self, ranges: Iterable[tuple[int, int]]) -> int:
         """Mark events ``from_seq..to_seq`` (inclusive) as stored by the collector.
 
-        Returns how many pending events this acknowledged.
+        Returns how many pending events this acknowledged. On a full disk nothing can be written:
+        the ranges are held in memory, recorded with the first commit that finds room again, and
+        0 is returned meanwhile.
         """
         spans = [(int(a), int(b)) for a, b in ranges if int(a) <= int(b)]
         if not spans:
             return 0
+        try:
+            # An ack only loses information if it is lost (the event is then sent again): no fsync.
+            return self._submit(lambda conn: self._ack_spans(conn, spans), durable=False)
+        except StoreFull:
+            # The collector has the events; they stay pending here until this can be written. Not
+            # raised: the sender must go on delivering the backlog, which a full disk does not stop.
+            self._hold_acks(spans)
+            return 0
 
-        def op(conn: sqlite3.Connection) -> int:
-            now = self.time.wall()
-            n = 0
-            for a, b in spans:
-                cur = conn.execute(
-                    "UPDATE events SET acked_at = ? WHERE seq BETWEEN ? AND ? AND acked_at IS NULL", (now, a, b)
-                )
-                n += cur.rowcount
-            if n:
-                conn.execute(
-                    "INSERT INTO meta (key, value) VALUES ('last_ack', ?) "
-                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                    (now_iso(),),
-                )
-            return n
-
-        # An ack only loses information if it is lost (the event is then sent again): no fsync.
-        return self._submit(op, durable=False)
+    def _ack_spans(self, conn: sqlite3.Connection, spans: Iterable[tuple[int, int]]) -> int:
+        now = self.time.wall()
+        n = 0
+        for a, b in spans:
+            cur = conn.execute(
+                "UPDATE events SET acked_at = ? WHERE seq BETWEEN ? AND ? AND acked_at IS NULL", (now, a, b)
+            )
+            n += cur.rowcount
+        if n:
+            _upsert_meta(conn, "last_ack", now_iso())
+        return n
 
     def mark_pending(self, from_seq: int, to_seq: int | None = None) -> int:
         """Make acknowledged events in ``from_seq..to_seq`` pending again (``sync.resend``), so they
@@ -1185,7 +1331,7 @@ class Outbox:
         try:
             return self._reader().execute(sql, params).fetchall()
         except sqlite3.Error as exc:
-            raise _translate(exc) from exc
+            raise _translate(exc, self.path.parent) from exc
 
     @staticmethod
     def _event(row: Sequence[Any]) -> StoredEvent:

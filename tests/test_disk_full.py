@@ -1,0 +1,309 @@
+"""A counter whose SD card fills up: every rating it acknowledged is kept, the condition is reported,
+and it recovers when space returns, with and without a restart.
+
+The card is real: an 8 MiB ext4 image (4 KiB blocks and 5 % reserved, as Raspberry Pi OS formats
+its root), loop-mounted in a private mount namespace. The daemon is the real ``edge run`` entered
+into that namespace, with the shipped serial panel profile on a simulated MCU (a pseudo-terminal):
+the MCU repeats each press until it is acknowledged, and it is acknowledged only after the commit.
+What fills the card is a file that keeps growing while there is room, as a runaway log does.
+
+The test reads the card only through commands run in the namespace (``edge status``, a read-only
+look at the store): SQLite resolves symbolic links in a database path, so the ``/proc/<pid>/root``
+view of the card would lead it to the empty directory outside.
+
+Ground truth is the MCU's own list of acknowledged presses. Each press's dedupe key in the device's
+store (``rating:<model>:<button>:<mseq>:<uptime>``) names the rating it became; the collector must
+hold exactly those ratings, once each, and the chain must be whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sim.broker import MosquittoBroker
+from sim.harness import EdgeProcess, collector_rows, edge_command, run_edge, wait_for, write_device_config
+from sim.serial_mcu import SerialMcu, SimPress
+from tests.conftest import FAST_SYNC, CollectorHandle
+from tests.mount_fixtures import MountNamespace, ext4_image, needs_loop_ext4
+
+pytestmark = [pytest.mark.slow, needs_loop_ext4]
+
+CARD_MIB = 8
+PANEL_MODEL = "ce-panel-4"  # the shipped serial-4btn profile's model, part of every press's dedupe key
+WAIT = 60.0  # only reached when the test is about to fail
+
+#: A look at the device's store as any reader takes it (read-only): its integrity, and which rating
+#: each press's dedupe key became.
+READ_STORE = r"""
+import json, sys
+from edge.store import Outbox
+with Outbox.open_readonly(sys.argv[1]) as outbox:
+    print(json.dumps({"integrity": outbox.integrity_check(), "keys": dict(outbox.query("SELECT key, id FROM dedupe"))}))
+"""
+
+
+@dataclass
+class EdgeInNamespace(EdgeProcess):
+    """An ``edge`` process entered into the card's mount namespace (``nsenter`` execs it, so
+    :meth:`kill` is a kill -9 of ``edge`` itself)."""
+
+    prefix: Sequence[str] = ()
+
+    def start(self) -> EdgeInNamespace:
+        self._log = open(self.log_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [*self.prefix, *edge_command(), *self.args],
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
+            env={**os.environ, **self.env},
+        )
+        return self
+
+
+class Filler:
+    """Whatever else fills the card: a file that grows while there is room and takes any room that
+    appears, until :meth:`stop`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.full = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="filler", daemon=True)
+
+    def start(self) -> Filler:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        with open(self.path, "ab", buffering=0) as f:
+            while not self._stop.is_set():
+                try:
+                    f.write(b"\0" * 65536)
+                except OSError:  # ENOSPC: the card is full; look again in a moment
+                    self.full.set()
+                    self._stop.wait(0.05)
+
+    def remove(self) -> None:
+        """Stop growing and delete the file: space returns."""
+        self._stop.set()
+        self._thread.join(10)
+        self.path.unlink()
+
+
+@dataclass
+class Card:
+    """The device's state directory on the small card, and ``edge`` commands run against it."""
+
+    ns: MountNamespace
+    state_dir: Path
+    env: dict[str, str]
+    log: Path
+    daemons: list[EdgeProcess] = field(default_factory=list)
+
+    def seen(self, path: Path) -> Path:
+        """``path`` on the card, as the test (outside the namespace) reaches it."""
+        return self.ns.outside(path)
+
+    def run(self, *command: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*self.ns.prefix(), *command],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **self.env},
+            timeout=120,
+            check=False,
+        )
+
+    def edge(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return self.run(*edge_command(), *args)
+
+    def status(self) -> dict[str, Any]:
+        done = self.edge("status", "--json")
+        assert done.returncode == 0, done.stderr
+        report: dict[str, Any] = json.loads(done.stdout)
+        return report
+
+    def read_store(self) -> dict[str, Any]:
+        done = self.run(sys.executable, "-c", READ_STORE, str(self.state_dir / "events.db"))
+        assert done.returncode == 0, done.stderr
+        found: dict[str, Any] = json.loads(done.stdout)
+        return found
+
+    def start_daemon(self) -> EdgeProcess:
+        daemon = EdgeInNamespace(["run"], self.log, self.env, prefix=self.ns.prefix()).start()
+        self.daemons.append(daemon)
+        assert daemon.proc is not None
+        pid = daemon.proc.pid
+
+        def started() -> bool:
+            done = self.edge("status", "--json")
+            return done.returncode == 0 and json.loads(done.stdout)["daemon"]["pid"] == pid
+
+        assert wait_for(started, WAIT, interval=0.5), self.log.read_text()[-3000:]
+        return daemon
+
+    def filler(self) -> Filler:
+        return Filler(self.seen(self.state_dir.parent / "filler")).start()
+
+
+@pytest.fixture
+def card(tmp_path: Path, broker: MosquittoBroker) -> Iterator[Card]:
+    mount = tmp_path / "card"
+    mount.mkdir()
+    image = ext4_image(tmp_path / "card.img", CARD_MIB)
+    state = mount / "state"
+    config = write_device_config(tmp_path / "edge.toml", broker.url, state_dir=state)
+    env = {
+        "EDGE_CONFIG": str(config),
+        **FAST_SYNC,
+        "EDGE_PANEL__PROFILE": "serial-4btn",
+        "EDGE_PANEL__PORT": str(tmp_path / "ttyPANEL"),
+        "EDGE_RATING__MODE": "always",
+        "EDGE_RATING__FEEDBACK__SPEAK": "false",
+        # A cap far above the card: it is the disk that fills, not the store's budget.
+        "EDGE_STORE__MAX_BYTES": str(256 << 20),
+    }
+    with MountNamespace(f"mount -o loop {image} {mount}") as ns:
+        card = Card(ns, state, env, tmp_path / "daemon.log")
+        try:
+            yield card
+        finally:
+            for daemon in card.daemons:
+                daemon.stop()
+
+
+def rating_ids(card: Card) -> dict[str, str]:
+    """Dedupe key -> id of every rating in the device's store."""
+    keys: dict[str, str] = card.read_store()["keys"]
+    return keys
+
+
+def key_of(press: SimPress) -> str:
+    return f"rating:{PANEL_MODEL}:{press.key}"
+
+
+def press_while_full(mcu: SerialMcu, card: Card, buttons: Sequence[int]) -> int:
+    """Press while the card is full; return how many the store refused once every press is
+    accounted for: each one either acknowledged (after its commit) or refused and counted."""
+    acked_before = len(mcu.acked)
+    for button in buttons:
+        mcu.press(button)
+
+    def refused() -> int:
+        return int(card.status()["disk"]["refused"])
+
+    assert wait_for(lambda: refused() + len(mcu.acked) - acked_before == len(buttons), WAIT, interval=0.5), (
+        card.status()["disk"],
+        len(mcu.acked) - acked_before,
+    )
+    assert refused() > 0, "the card was not full after all"
+    return refused()
+
+
+def test_a_full_card_keeps_every_acknowledged_rating_and_recovers(
+    card: Card, broker: MosquittoBroker, collector: CollectorHandle
+) -> None:
+    broker.kill()  # the commune link is down while the card fills: the backlog stays on the card
+    with SerialMcu(link=card.env["EDGE_PANEL__PORT"]) as mcu:
+        daemon = card.start_daemon()
+        epoch = card.status()["store"]["epoch"]
+
+        # A morning of ratings, each acknowledged after its commit.
+        for button in (1, 2, 3, 4, 1, 2):
+            mcu.press(button)
+        assert mcu.wait_acked(6, WAIT)
+
+        # The card fills up. Presses go on; the citizens get no thank-you and the MCU keeps them.
+        filler = card.filler()
+        assert filler.full.wait(WAIT)
+        refused = press_while_full(mcu, card, (4, 3, 2, 1, 4, 3))
+        assert mcu.unacked == refused
+
+        # Reported: by edge status (text and JSON) and in the daemon's log, with what to do.
+        status = card.status()
+        assert status["disk"]["full"] is True and status["disk"]["since"]
+        assert status["disk"]["fix"].startswith("free space on that disk")
+        text = card.edge("status").stdout
+        assert f"disk        FULL since {status['disk']['since']}" in text
+        assert f"{refused} event(s) refused and not acknowledged" in text
+        assert "            fix: free space on that disk" in text
+        log = card.log.read_text()
+        assert log.count(f"the disk holding {card.state_dir} is full") == 1  # once, not at every refusal
+        # A technician's edge emit is refused with the reason, and prints no id.
+        emitted = card.edge("emit", "rating", "--data", '{"score": 4}')
+        assert emitted.returncode == 1 and emitted.stdout == ""
+        assert "disk full, nothing was written" in emitted.stderr
+        assert f"free space on the disk holding {card.state_dir}" in emitted.stderr
+
+        # The link comes back while the card is still full: the backlog goes out all the same, and
+        # the collector's acknowledgements, which cannot be written down, do not stop the daemon.
+        broker.start()
+        collector.start()
+        acked_so_far = {key_of(p) for p in mcu.acked}
+        ids = rating_ids(card)
+        assert acked_so_far <= set(ids)
+        wanted = {ids[k] for k in acked_so_far}
+        assert wait_for(lambda: wanted <= stored_ratings(collector), WAIT), card.log.read_text()[-3000:]
+        assert wait_for(lambda: "acknowledgements are kept in memory" in card.log.read_text(), WAIT)
+        assert daemon.running
+
+        # Space returns, no restart: the MCU's presses are committed and acknowledged at its next
+        # repeat, and the late acknowledgements are recorded, so nothing is left pending.
+        filler.remove()
+        assert wait_for(lambda: mcu.unacked == 0, WAIT), card.status()["disk"]
+        assert wait_for(lambda: card.status()["queue"]["depth"] == 0, WAIT), card.status()["queue"]
+        status = card.status()
+        assert status["disk"]["full"] is False
+        assert status["disk"]["refused_total"] == refused == status["counters"]["refused_disk_full"]
+        assert f"disk        {refused} event(s) refused while the disk was full" in card.edge("status").stdout
+        assert "has room again" in card.log.read_text()
+        assert daemon.running
+
+        # Full again, and the daemon is killed -9 in the middle of it.
+        filler = card.filler()
+        assert filler.full.wait(WAIT)
+        refused_again = press_while_full(mcu, card, (2, 2, 3))
+        daemon.kill()
+        acked_at_kill = {key_of(p) for p in mcu.acked}
+
+        # Space returns, then the daemon is started again (as systemd would).
+        filler.remove()
+        daemon = card.start_daemon()
+        assert wait_for(lambda: mcu.unacked == 0, WAIT), card.status()["disk"]
+        status = card.status()
+        assert status["store"]["epoch"] == epoch  # the same store, not a new one
+        assert not [p.name for p in card.seen(card.state_dir).iterdir() if ".corrupt-" in p.name]
+        assert card.read_store()["integrity"] == "ok"
+        # What the killed daemon refused is counted by the one that came after it.
+        assert status["disk"]["refused_total"] == refused + refused_again
+        assert "stopped while the disk holding" in card.log.read_text()
+
+        # Every acknowledged press is a rating on the device, and reaches the collector exactly once.
+        acked = [key_of(p) for p in mcu.acked]
+        assert len(acked) == len(set(acked)) == 6 + 6 + 3
+        ids = rating_ids(card)
+        assert set(acked) <= set(ids) and acked_at_kill <= set(acked)
+        wanted = {ids[k] for k in acked}
+        assert wait_for(lambda: stored_ratings(collector) == wanted, WAIT), (
+            len(wanted - stored_ratings(collector)),
+            len(stored_ratings(collector) - wanted),
+        )
+        assert collector_rows(collector.db, "SELECT id FROM events GROUP BY id HAVING COUNT(*) > 1") == []
+        verified = run_edge(["verify", "--db", str(collector.db)], check=False)
+        assert verified.returncode == 0, verified.stdout  # refused presses left no hole in the chain
+        assert daemon.running
+
+
+def stored_ratings(collector: CollectorHandle) -> set[str]:
+    return {r[0] for r in collector_rows(collector.db, "SELECT id FROM events WHERE type = 'rating'")}
