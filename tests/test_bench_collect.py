@@ -61,6 +61,6 @@ def test_a_quick_run_gives_every_figure_and_stores_each_event_once(tmp_path: Pat
     sizing = figures["sizing"]
     assert sizing["events_per_commune_day"] == 3 * (100 + 288) + 5 * (60 + 288)
     assert set(sizing["levels"]) == {"commune", "province", "country"}
-    assert set(sizing["communes_carried"]) == set(figures["cases"])
+    assert set(sizing["cases"]) == set(figures["cases"])
     assert figures["stored_wrongly_or_failed"] == []
     assert "STORED WRONGLY" not in done.stdout and "FAILED" not in done.stdout

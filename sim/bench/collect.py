@@ -643,7 +643,12 @@ def print_case(case: Case, f: dict[str, Any]) -> None:
     )
     line("  commit -> received_at p50 / p95", f"{r['p50_ms']:.1f} / {r['p95_ms']:.1f} ms", "lower bound, ms resolution")
     cpu_line("  CPU s", live["cpu_seconds"], live["seconds"])
-    line("  collector CPU per 1000 events", f"{live['collector_cpu_ms_per_1000']:.0f} ms", "at the offered rate")
+    line(
+        "  CPU per 1000 events",
+        f"collectors {live['collector_cpu_ms_per_1000']:.0f} ms",
+        f"mosquitto {1e6 * live['cpu_seconds'].get('mosquitto', math.nan) / live['events']:.0f} ms; "
+        "at the offered rate, one event per message",
+    )
     line(
         "stored bytes per event",
         f"{f['stored_bytes_per_event']:.0f} B",
@@ -709,14 +714,25 @@ def raw_postgres(url: str, rows: Sequence[tuple[Any, ...]], size: int) -> dict[s
     return {"rows": len(rows), "batch": size, "rate": len(rows) / elapsed}
 
 
-def baselines(rows: Sequence[tuple[Any, ...]], single: int, work: Path, pg_server: str | None) -> dict[str, Any]:
+def baselines(
+    rows: Sequence[tuple[Any, ...]], single: int, work: Path, pg_server: str | None, runs: int
+) -> dict[str, Any]:
+    """Each raw insert ``runs`` times into a fresh database, the best kept: the baseline is the
+    strongest this machine gave (its load moves while the benchmark runs)."""
     out: dict[str, Any] = {}
     for size in (GROUP_MAX_EVENTS, 1):
         some = rows if size > 1 else rows[:single]
-        out[f"sqlite_{size}"] = raw_sqlite(work / f"raw-{size}.db", some, size)
-        if pg_server is not None:
-            with fresh_database(pg_server, prefix="edge_bench_raw_") as url:
-                out[f"postgresql_{size}"] = raw_postgres(url, some, size)
+        for backend in ("sqlite", "postgresql") if pg_server is not None else ("sqlite",):
+            tries = []
+            for n in range(runs):
+                if backend == "sqlite":
+                    tries.append(raw_sqlite(work / f"raw-{size}-{n}.db", some, size))
+                else:
+                    assert pg_server is not None
+                    with fresh_database(pg_server, prefix="edge_bench_raw_") as url:
+                        tries.append(raw_postgres(url, some, size))
+            best = max(tries, key=lambda r: r["rate"])
+            out[f"{backend}_{size}"] = {**best, "runs": [r["rate"] for r in tries]}
     return out
 
 
@@ -728,11 +744,16 @@ def commune_day(mix: dict[str, dict[str, int]] = DAY) -> int:
 
 
 def sizing(cases: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Events per day of a commune, a province and the country against the capacities measured."""
+    """Events per day of a commune, a province and the country against the capacities measured.
+
+    Two capacities per case: the backlog rate (what the collectors store when devices send hundreds
+    of events per message, after an outage), and the live cost (collector CPU per event when every
+    message carries one event, as it does day to day: a device commits an event every few minutes),
+    turned into events/s per collector CPU core.
+    """
     per_commune = commune_day()
-    bytes_per_event = {k: f["stored_bytes_per_event"] for k, f in cases.items()}
     levels = {"commune": 1, "province": COMMUNES / PROVINCES, "country": COMMUNES}
-    out: dict[str, Any] = {"events_per_commune_day": per_commune, "headroom": HEADROOM, "levels": {}}
+    out: dict[str, Any] = {"events_per_commune_day": per_commune, "headroom": HEADROOM, "levels": {}, "cases": {}}
     for level, communes in levels.items():
         events = per_commune * communes
         out["levels"][level] = {
@@ -741,13 +762,25 @@ def sizing(cases: dict[str, dict[str, Any]]) -> dict[str, Any]:
             "mean_events_per_s": events / 86400,
             "needed_events_per_s": HEADROOM * events / 86400,
         }
-    out["communes_carried"] = {
-        k: f["backlog"]["rate"] * 86400 / HEADROOM / per_commune for k, f in cases.items() if "backlog" in f
-    }
-    out["stored_bytes_per_day"] = {
-        level: {k: v["events_per_day"] * b for k, b in bytes_per_event.items()} for level, v in out["levels"].items()
-    }
+    for name, f in cases.items():
+        per_core = 1e6 / f["live"]["collector_cpu_ms_per_1000"]  # NaN stays NaN
+        out["cases"][name] = {
+            "backlog_rate": f["backlog"]["rate"],
+            "communes_at_backlog_rate": f["backlog"]["rate"] * 86400 / HEADROOM / per_commune,
+            "live_events_per_core_s": per_core,
+            "communes_per_core_live": per_core * 86400 / HEADROOM / per_commune,
+            "stored_bytes_per_day": {
+                level: v["events_per_day"] * f["stored_bytes_per_event"] for level, v in out["levels"].items()
+            },
+        }
     return out
+
+
+def human_bytes(n: float) -> str:
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n:.0f} B"
 
 
 # -- the run ----------------------------------------------------------------------------------------
@@ -794,14 +827,14 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         say()
         if rows:
             say(f"raw baseline: the {len(rows)} rows of the first case, plain executemany into the same schema")
-            raw = baselines(rows, args.single_rows, work, pg)
+            raw = baselines(rows, args.single_rows, work, pg, args.raw_runs)
             figures["raw"] = raw
             for key, r in raw.items():
                 backend, size = key.rsplit("_", 1)
                 line(
                     f"raw {backend}, {size} row{'s' if size != '1' else ''} per transaction",
                     f"{r['rate']:.0f} rows/s",
-                    f"{r['rows']} rows",
+                    f"{r['rows']} rows; best of {', '.join(f'{x:.0f}' for x in r['runs'])}",
                 )
 
     ok_cases = {k: f for k, f in figures["cases"].items() if "backlog" in f}
@@ -838,44 +871,58 @@ def print_summary(figures: dict[str, Any]) -> None:
     say()
     say("summary")
     say(
-        f"  {'case':<16} {'backlog ev/s':>12} {'live ev/s':>10} {'p50 ms':>7} {'p95 ms':>7} "
-        f"{'CPU ms/1000':>11} {'B/event db':>10} {'B/event wire':>12}  exactly once"
+        f"  {'case':<14} {'backlog':>8} {'CPU ms':>7} {'live':>6} {'p50':>6} {'p95':>6} {'CPU ms':>7} "
+        f"{'B/event':>7} {'B/event':>7}  exactly"
+    )
+    say(
+        f"  {'':<14} {'ev/s':>8} {'/1000':>7} {'ev/s':>6} {'ms':>6} {'ms':>6} {'/1000':>7} "
+        f"{'stored':>7} {'wire':>7}  once"
     )
     for name, f in figures["cases"].items():
         if "backlog" not in f:
-            say(f"  {name:<16} failed: {f.get('failed')}")
+            say(f"  {name:<14} failed: {f.get('failed')}")
             continue
         b, live = f["backlog"], f["live"]
         say(
-            f"  {name:<16} {b['rate']:>12.0f} {live['rate']:>10.0f} {live['evtack']['p50_ms']:>7.1f} "
-            f"{live['evtack']['p95_ms']:>7.1f} {b['collector_cpu_ms_per_1000']:>11.0f} "
-            f"{f['stored_bytes_per_event']:>10.0f} {live['wire']['bytes_per_event']:>12.0f}  "
-            + ("yes" if f["exactly_once"]["ok"] else "NO")
+            f"  {name:<14} {b['rate']:>8.0f} {b['collector_cpu_ms_per_1000']:>7.0f} {live['rate']:>6.0f} "
+            f"{live['evtack']['p50_ms']:>6.1f} {live['evtack']['p95_ms']:>6.1f} "
+            f"{live['collector_cpu_ms_per_1000']:>7.0f} {f['stored_bytes_per_event']:>7.0f} "
+            f"{live['wire']['bytes_per_event']:>7.0f}  " + ("yes" if f["exactly_once"]["ok"] else "NO")
         )
     for key, r in figures.get("raw", {}).items():
         say(f"  raw {key:<12} {r['rate']:>12.0f}  rows/s, {r['batch']} per transaction")
     s = figures["sizing"]
     say()
-    say(f"sizing (x{s['headroom']} headroom over the mean load; a commune: {s['events_per_commune_day']} events/day)")
+    say(
+        f"sizing: a commune (3 counters, 5 loudspeakers) commits {s['events_per_commune_day']} events/day; "
+        f"x{s['headroom']} headroom over the mean"
+    )
     for level, v in s["levels"].items():
         say(
-            f"  {level:<9} {v['communes']:>7.0f} communes {v['events_per_day'] / 1e6:>8.2f} M events/day "
-            f"= {v['mean_events_per_s']:>6.1f}/s mean, {v['needed_events_per_s']:>7.1f}/s needed"
+            f"  {level:<9} {v['communes']:>6.0f} communes {v['events_per_day']:>12,.0f} events/day "
+            f"{v['mean_events_per_s']:>8.2f}/s mean {v['needed_events_per_s']:>9.1f}/s needed"
         )
-    for name, n in s["communes_carried"].items():
-        say(f"  {name:<16} carries {n:>9.0f} communes (backlog rate x 86400 / headroom / commune events/day)")
+    say(f"  {'case':<16} {'communes at':>11} {'live ev/s per':>13} {'communes per':>12}  stored per day")
+    say(f"  {'':<16} {'backlog rate':>11} {'collector core':>13} {'core, live':>12}  commune / province / country")
+    for name, c in s["cases"].items():
+        stored = " / ".join(human_bytes(b) for b in c["stored_bytes_per_day"].values())
+        say(
+            f"  {name:<16} {c['communes_at_backlog_rate']:>11.0f} {c['live_events_per_core_s']:>13.0f} "
+            f"{c['communes_per_core_live']:>12.0f}  {stored}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--devices", type=int, default=None, help="simulated devices (default 50)")
-    parser.add_argument("--backlog", type=int, default=None, help="events per device in the backlog (default 400)")
+    parser.add_argument("--backlog", type=int, default=None, help="events per device in the backlog (default 1000)")
     parser.add_argument("--rate", type=float, default=None, help="live events/s offered by the fleet (default 200)")
     parser.add_argument("--seconds", type=float, default=None, help="length of the live phase (default 30)")
     parser.add_argument("--mix", choices=sorted(MIXES), default="day", help="a real day's mix, or chained events only")
     parser.add_argument(
         "--single-rows", type=int, default=None, help="rows of the one-row-per-transaction baseline (default 2000)"
     )
+    parser.add_argument("--raw-runs", type=int, default=None, help="runs of each raw baseline, best kept (default 3)")
     parser.add_argument(
         "--cases",
         default=",".join(c.name for c in CASES),
@@ -885,10 +932,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     quick = args.quick
     args.devices = args.devices or (10 if quick else 50)
-    args.backlog = args.backlog or (50 if quick else 400)
+    args.backlog = args.backlog or (50 if quick else 1000)
     args.rate = args.rate or (40.0 if quick else 200.0)
     args.seconds = args.seconds or (3.0 if quick else 30.0)
     args.single_rows = args.single_rows or (200 if quick else 2000)
+    args.raw_runs = args.raw_runs or (1 if quick else 3)
     args.cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     unknown = set(args.cases) - {c.name for c in CASES}
     if unknown:
