@@ -10,10 +10,11 @@ for a new configuration) and ``WATCHDOG=1``. Outside systemd every notification 
 :class:`Watchdog` sends it every half period, but only while a liveness predicate holds, so a daemon
 whose loop has died or hung is restarted even when the process itself still runs.
 :class:`DaemonWatchdog` is that predicate for ``edge run``: the daemon's
-:class:`~edge.supervisor.Supervisor` must be running, must find every loop alive, and must have
-finished a round recently (a round that does not finish means the supervisor itself, or the store it
-writes to, is stuck). A device that is merely offline is healthy: it keeps every event and sends
-them when the broker returns, and restarting it would not bring the broker back.
+:class:`~edge.supervisor.Supervisor` must be running, must find every loop alive (the daemon's own
+and each service's threads) and none hung (the MQTT link and the uplink making their rounds), and
+must have finished a round recently (a round that does not finish means the supervisor itself, or
+the store it writes to, is stuck). A device that is merely offline is healthy: it keeps every event
+and sends them when the broker returns, and restarting it would not bring the broker back.
 
 **Journal**: :class:`JournalHandler` writes log records to journald's native socket with structured
 fields (``PRIORITY``, ``EDGE_DEVICE``, ``EDGE_EVENT_TYPE``, ``EDGE_CMD_ID``, the logger and the code
