@@ -9,9 +9,11 @@ It logs in every client with a password (``auth_method: internal``) and lets eac
 and subscribe only under its own prefix, as the shipped Mosquitto ACL does
 (``scripts/broker/acl.template``); the server identities get the commune's side.
 
-Users are registered with ``ejabberd_ctl`` (what ``ejabberdctl register`` runs) over the private
-distribution port. The Debian ``ejabberdctl`` wrapper itself is not used: run as root it switches to
-the ``ejabberd`` user, which cannot read the test's directory, and it expects ``/etc/ejabberd``.
+The logins are registered by the node itself as it starts, with the call ``ejabberdctl register``
+makes (``ejabberd_auth:try_register``), so a test needs no second Erlang VM per user; ``ctl()`` runs
+any other ``ejabberdctl`` command over the private distribution port. The Debian ``ejabberdctl``
+wrapper itself is not used: run as root it switches to the ``ejabberd`` user, which cannot read the
+test's directory, and it expects ``/etc/ejabberd``.
 
 Same shape as :class:`sim.broker.MosquittoBroker` (``url``, ``start``, ``stop``, ``kill``,
 ``restart``, ``pause``, ``resume``), so harness code takes either. ``kill()`` and ``start()`` keep
@@ -104,7 +106,7 @@ class EjabberdBroker:
     """One private ejabberd node whose only listener is ``mod_mqtt`` on ``port``."""
 
     workdir: Path
-    #: MQTT user name -> password, registered at every start (a user already there is kept).
+    #: MQTT user name -> password, registered at every start (a user already there is kept as it is).
     users: Mapping[str, str] = field(default_factory=dict)
     #: The user names that are server identities (collector, command sender): the commune's side.
     servers: Sequence[str] = ("collector",)
@@ -224,10 +226,12 @@ class EjabberdBroker:
             raise RuntimeError(f"ejabberd did not register every user: {refused}")
         with socket.create_connection(("127.0.0.1", self.port), timeout=5):
             pass  # the listener is up (it starts with the application, before the users)
+        log.info("ejabberd node %s: mod_mqtt on %s", self.node, self.url)
         return self
 
     def ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        """Run an ``ejabberdctl`` command against this node (``ctl("registered_users", "localhost")``)."""
+        """Run an ``ejabberdctl`` command against this node, e.g. ``ctl("connected_users")`` or
+        ``ctl("register", user, host, password)`` for a login added while it runs."""
         name = f"ctl-{secrets.token_hex(4)}@localhost"
         # -dist_listen false: a client node that connects out and listens for nothing.
         command = self._erl(
@@ -237,12 +241,6 @@ class EjabberdBroker:
         if check and result.returncode != 0:
             raise RuntimeError(f"ejabberdctl {args[0]} failed: {(result.stdout + result.stderr).strip()}")
         return result
-
-    def register(self, user: str, password: str) -> None:
-        """Register an MQTT login (``user@host``); a user registered before (a restart) is left as is."""
-        result = self.ctl("register", user, self.host, password, check=False)
-        if result.returncode != 0 and "already registered" not in result.stdout + result.stderr:
-            raise RuntimeError(f"cannot register {user}: {(result.stdout + result.stderr).strip()}")
 
     def _tail(self) -> str:
         text = ""
