@@ -162,7 +162,7 @@ def test_a_database_written_before_schema_version_is_migrated_in_place(tmp_path:
     finally:
         store.close()
     assert [n for _, n in new] == [11]
-    assert [v for (v,) in query(str(db), "SELECT version FROM schema_version")] == [1, 2, 3]
+    assert [v for (v,) in query(str(db), "SELECT version FROM schema_version")] == list(range(1, len(SQLITE_MIGRATIONS) + 1))
     assert chain_row(str(db))["verified"] == 12
 
 
@@ -288,3 +288,23 @@ def test_a_lost_postgresql_connection_fails_one_store_and_the_next_one_reconnect
         store.close()
     assert query(postgres_url, "SELECT count(*) FROM events") == [(12,)]
     assert chain_row(postgres_url)["verified"] == 12 and chain_row(postgres_url)["whole"] == 1
+
+
+def test_the_chain_check_reads_its_partial_index_on_sqlite(tmp_path: Path) -> None:
+    """The index covers only the chained and sealing types, so storing a test or health event costs
+    it nothing; the query that reads it must spell its condition so that SQLite's planner uses it."""
+    storage = SqliteStorage(tmp_path / "collector.db")
+    try:
+        index_sql = storage.conn.execute(
+            "SELECT sql FROM sqlite_master WHERE name = 'events_chained_by_arrival'"
+        ).fetchone()[0]
+        assert " IN " not in index_sql.upper()  # an IN list here is evaluated dearly on every insert
+        where = index_sql.split(" WHERE ", 1)[1]
+        plan = storage.conn.execute(
+            f"EXPLAIN QUERY PLAN SELECT rowid FROM events WHERE commune = ? AND device = ? AND {where} "
+            "AND rowid > ? ORDER BY rowid",
+            ("gia-ray", "quay-1", 0),
+        ).fetchall()
+        assert any("events_chained_by_arrival" in str(step[-1]) for step in plan), plan
+    finally:
+        storage.close()

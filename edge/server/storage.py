@@ -48,6 +48,12 @@ VERIFIED_TYPES: tuple[str, ...] = (*sorted(CHAINED_TYPES), "security")
 #: the bulk of the events (tests, health, presence) costs no index update when stored; a planner uses
 #: a partial index only for a query whose WHERE spells out the same condition, hence literals here.
 _VERIFIED_SQL = "(" + ", ".join(f"'{t}'" for t in VERIFIED_TYPES) + ")"
+#: SQLite's spelling of the same condition. SQLite evaluates an ``IN (...)`` list in a partial
+#: index's WHERE by building a small temporary table each time a row is inserted, which made every
+#: stored event about 30,000 CPU instructions dearer (valgrind's callgrind, 10,000 test events), far
+#: more than the index saves; a chain of ``=`` tests costs about 1,700. The query that reads the
+#: index spells it the same way, so that the planner sees the index applies.
+_VERIFIED_WHERE = "(" + " OR ".join(f"type = '{t}'" for t in VERIFIED_TYPES) + ")"
 
 _EVENT_COLUMNS = "id, device, commune, epoch, seq, type, priority, ts, clock_synced, data, received_at"
 
@@ -79,6 +85,9 @@ SQLITE_MIGRATIONS: tuple[str, ...] = (
     # The chain check's index covers only the chained and sealing types (see _VERIFIED_SQL).
     "DROP INDEX IF EXISTS events_by_arrival;"
     f"CREATE INDEX IF NOT EXISTS events_chained_by_arrival ON events (commune, device) WHERE type IN {_VERIFIED_SQL};",
+    # The same index, with its condition spelt as SQLite evaluates cheaply (see _VERIFIED_WHERE).
+    "DROP INDEX IF EXISTS events_chained_by_arrival;"
+    f"CREATE INDEX IF NOT EXISTS events_chained_by_arrival ON events (commune, device) WHERE {_VERIFIED_WHERE};",
 )
 
 #: The same schema on PostgreSQL. ``rowid`` is spelt out (SQLite has it implicitly) so that queries
@@ -271,7 +280,7 @@ class SqliteStorage:
         for device in self._chains.devices(stored):
             rows = self.conn.execute(
                 f"SELECT rowid, id, epoch, seq, type, ts, data FROM events WHERE commune = ? AND device = ? "
-                f"AND type IN {_VERIFIED_SQL} AND rowid > ? ORDER BY rowid",
+                f"AND {_VERIFIED_WHERE} AND rowid > ? ORDER BY rowid",
                 (*device, self._chains.seen.get(device, 0)),
             )
             changed |= self._chains.feed(device, rows)
