@@ -612,7 +612,7 @@ def test_postgresql_is_read_only_and_its_errors_say_what_is_wrong(
     nobody = f"postgresql://postgres:secret@127.0.0.1:{free_port()}/commune"
     cases = {
         nobody: "cannot connect to postgresql://postgres:***@127.0.0.1:",
-        "postgresql://postgres@127.0.0.1:port/commune": 'invalid integer value "port"',
+        "postgresql://postgres:secret@127.0.0.1:port/commune": 'invalid integer value "port"',
         "postgresql://%zz@127.0.0.1/commune": "is not a PostgreSQL URL edge can use",
         "mysql://root@127.0.0.1/commune": "mysql:// is not a database edge reads",
     }

@@ -58,12 +58,15 @@ def is_postgres_url(db: str | Path) -> bool:
 
 def without_password(url: str) -> str:
     """``url`` with its password, if any, written as ``***``: what messages and logs may show."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+    except ValueError:
+        return "the database URL given"  # unreadable: better unnamed than shown with its password
+    # The host and port as written: a port that is not a number is for the connection to refuse.
+    user, host = parts.netloc.rsplit("@", 1)
+    return urlunsplit(parts._replace(netloc=f"{user.split(':', 1)[0]}:***@{host}"))
 
 
 @dataclass(frozen=True)
