@@ -266,7 +266,9 @@ def pending_device(tmp_path: Path) -> Iterator[tuple[Outbox, Path]]:
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def collector_db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The collector's ``--db``: a SQLite file, or a fresh PostgreSQL database."""
+    """The collector's ``--db``: a SQLite file, or a fresh PostgreSQL database (for the breaks that
+    ``edge verify`` must name on either: a gap, alterations, a forgery; an untouched chain on
+    PostgreSQL is the first step of the alteration at the collector)."""
     if request.param == "postgresql":
         url: str = request.getfixturevalue("postgres_url")
         return url
@@ -301,9 +303,9 @@ def _seq_of(outbox: Outbox, n: int) -> int:
     return next(e.seq for e in outbox.pending(limit=100) if e.data.get("chain", {}).get("n") == n)
 
 
-def test_an_untouched_chain_verifies_whole(pending_device: tuple[Outbox, Path], collector_db: str) -> None:
+def test_an_untouched_chain_verifies_whole(pending_device: tuple[Outbox, Path], tmp_path: Path) -> None:
     outbox, _ = pending_device
-    code, chain, text = _deliver_and_verify(outbox, collector_db)
+    code, chain, text = _deliver_and_verify(outbox, str(tmp_path / "collector.db"))
     assert code == 0 and chain["whole"] and chain["verified"] == chain["length"] == 12
     assert "whole: 12 events, n=1..12, verified 1..12" in text
 
@@ -360,7 +362,7 @@ def test_a_score_altered_at_the_collector(pending_device: tuple[Outbox, Path], c
         assert list(db.query(status)) == [(0, "altered", 3)]
 
 
-def test_ratings_reordered_on_the_device(pending_device: tuple[Outbox, Path], collector_db: str) -> None:
+def test_ratings_reordered_on_the_device(pending_device: tuple[Outbox, Path], tmp_path: Path) -> None:
     outbox, db = pending_device
     # Swap two ratings' contents between their rows, as if the later one had come first.
     a, b = _seq_of(outbox, 8), _seq_of(outbox, 9)
@@ -371,7 +373,7 @@ def test_ratings_reordered_on_the_device(pending_device: tuple[Outbox, Path], co
         conn.execute("UPDATE events SET data = ? WHERE seq = ?", (db_, a))
         conn.execute("UPDATE events SET data = ? WHERE seq = ?", (da, b))
     conn.close()
-    code, chain, text = _deliver_and_verify(outbox, collector_db)
+    code, chain, text = _deliver_and_verify(outbox, str(tmp_path / "collector.db"))
     assert code == 1
     assert [(x["kind"], x["n"]) for x in chain["breaks"]] == [("reordered", 8)]
     assert chain["verified"] == 7
