@@ -113,7 +113,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--db",
         required=True,
-        help="the collector's SQLite file, or postgresql://USER[:PASS]@HOST[:PORT]/DB (read-only)",
+        help="the collector's SQLite file, or postgresql://USER[:PASS]@HOST[:PORT]/DB (read only, unless --record)",
     )
     p.add_argument("--commune", default=None, help="only this commune")
     p.add_argument("--device", default=None, help="only this device")
@@ -129,7 +129,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--db",
         required=True,
-        help="the collector's SQLite file, or postgresql://USER[:PASS]@HOST[:PORT]/DB (read-only)",
+        help="the collector's SQLite file, or postgresql://USER[:PASS]@HOST[:PORT]/DB (read only)",
     )
     p.add_argument("--month", default=None, help="YYYY-MM, Vietnam time (default: the previous month)")
     p.add_argument("--commune", default=None, help="only this commune")
