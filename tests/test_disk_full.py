@@ -242,9 +242,11 @@ def test_a_full_card_keeps_every_acknowledged_rating_and_recovers(
         assert log.count(f"the disk holding {card.state_dir} is full") == 1  # once, not at every refusal
         # A technician's edge emit is refused with the reason, and prints no id.
         emitted = card.edge("emit", "rating", "--data", '{"score": 4}')
-        assert emitted.returncode == 1 and emitted.stdout == ""
-        assert "disk full, nothing was written" in emitted.stderr
-        assert f"free space on the disk holding {card.state_dir}" in emitted.stderr
+        assert (emitted.returncode, emitted.stdout) == (1, "")
+        assert emitted.stderr.splitlines() == [
+            "edge emit: disk full, nothing was written (database or disk is full): "
+            f"free space on the disk holding {card.state_dir}"
+        ]
 
         # The link comes back while the card is still full: the backlog goes out all the same, and
         # the collector's acknowledgements, which cannot be written down, do not stop the daemon.
@@ -277,7 +279,7 @@ def test_a_full_card_keeps_every_acknowledged_rating_and_recovers(
         daemon.kill()
         acked_at_kill = {key_of(p) for p in mcu.acked}
 
-        # Space returns, then the daemon is started again (as systemd would).
+        # Space returns, then the daemon is started again.
         filler.remove()
         daemon = card.start_daemon()
         assert wait_for(lambda: mcu.unacked == 0, WAIT), card.status()["disk"]

@@ -191,7 +191,9 @@ class DaemonLock:
             os.fchmod(fd, FILE_MODE)
             os.ftruncate(fd, 0)
             try:
-                os.pwrite(fd, _lock_block({}), 0)
+                # The last holder's note stays until the store has taken it over (it may not, on a
+                # disk still full): a start that fails must not lose it.
+                os.pwrite(fd, _lock_block(self.previous), 0)
                 self._can_note = True
             except OSError as exc:
                 # No room for the block (the disk is already full): the pid alone, if even that fits.

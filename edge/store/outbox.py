@@ -408,6 +408,7 @@ class Outbox:
             private_file(self.path, tighten=self.owner)
             self._writer_conn = self._open_writer()
             self.epoch = self._init_meta()
+            self._write_note()  # what the last daemon's note said is in the store now
         except BaseException:
             if self._lock is not None:
                 self._lock.release()
@@ -938,7 +939,9 @@ class Outbox:
             full["last_refused"] = now
         self._write_note()
         if first:
-            log.error(
+            # The daemon's word for the journal; another process (edge emit) tells its caller instead.
+            log.log(
+                logging.ERROR if self.owner else logging.DEBUG,
                 "event store: the disk holding %s is full (%s bytes free): new events are refused, and not "
                 "acknowledged, until space is freed there; nothing already stored is lost",
                 self.path.parent,
@@ -970,7 +973,8 @@ class Outbox:
             self._full = None
             self._refused_keys.clear()
             self._write_note()
-            log.warning(
+            log.log(
+                logging.WARNING if self.owner else logging.DEBUG,
                 "event store: the disk holding %s has room again; %d event(s) were refused while it was full "
                 "(since %s), %d acknowledged event(s) recorded late",
                 self.path.parent,
