@@ -102,6 +102,15 @@ def test_open_storage_picks_the_backend_by_the_db_given(tmp_path: Path, postgres
         pg_store.close()
 
 
+def test_a_url_of_another_database_is_refused_not_taken_for_a_file_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # where a mistaken SQLite file would appear
+    with pytest.raises(StorageError, match=r"mysql:// is not a database"):
+        open_storage("mysql://root@127.0.0.1/commune")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_events_are_stored_once_by_id_however_often_a_batch_comes(db: str, counter: Outbox) -> None:
     events = counter.pending(limit=100)
     store: Storage = open_storage(db)
@@ -162,7 +171,8 @@ def test_a_database_written_before_schema_version_is_migrated_in_place(tmp_path:
     finally:
         store.close()
     assert [n for _, n in new] == [11]
-    assert [v for (v,) in query(str(db), "SELECT version FROM schema_version")] == list(range(1, len(SQLITE_MIGRATIONS) + 1))
+    versions = [v for (v,) in query(str(db), "SELECT version FROM schema_version")]
+    assert versions == list(range(1, len(SQLITE_MIGRATIONS) + 1))
     assert chain_row(str(db))["verified"] == 12
 
 

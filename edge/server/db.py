@@ -56,6 +56,15 @@ def is_postgres_url(db: str | Path) -> bool:
     return str(db).startswith(POSTGRES_SCHEMES)
 
 
+def foreign_scheme(db: str | Path) -> str | None:
+    """The scheme of ``db`` if it is a URL of something other than PostgreSQL (``mysql://...``),
+    which must be refused rather than taken for the name of a SQLite file; None otherwise."""
+    text = str(db)
+    if is_postgres_url(text) or not _URL.match(text):
+        return None
+    return text.split("://", 1)[0]
+
+
 def without_password(url: str) -> str:
     """``url`` with its password, if any, written as ``***``: what messages and logs may show."""
     try:
@@ -250,8 +259,7 @@ def open_db(db: str | Path, *, write: bool = False) -> CollectorDb:
     text = str(db)
     if is_postgres_url(text):
         return _open_postgres(text, write)
-    if _URL.match(text):
-        scheme = text.split("://", 1)[0]
+    if (scheme := foreign_scheme(text)) is not None:
         raise CollectorDbError(
             f"{scheme}:// is not a database edge reads: give the collector's SQLite file, or a postgresql:// URL"
         )

@@ -34,7 +34,7 @@ from edge.exceptions import StoreError
 from edge.jsonfmt import compact
 from edge.messages import EventBatch
 from edge.server.chain import CHAINS_SCHEMA, UPSERT_CHAIN, ChainKey, ChainVerifier, chain_rows
-from edge.server.db import is_postgres_url, without_password
+from edge.server.db import foreign_scheme, is_postgres_url, without_password
 from edge.store.chain import CHAINED_TYPES
 
 if TYPE_CHECKING:
@@ -146,6 +146,10 @@ def open_storage(db: str | Path) -> Storage:
     """The backend for ``db``: a ``postgresql://`` URL, or a SQLite file path."""
     if is_postgres_url(db):
         return PostgresStorage(str(db))
+    if (scheme := foreign_scheme(db)) is not None:
+        raise StorageError(
+            f"{scheme}:// is not a database the collector stores into: give a SQLite file or a postgresql:// URL"
+        )
     return SqliteStorage(db)
 
 
