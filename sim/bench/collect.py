@@ -53,15 +53,14 @@ from edge.store.chain import CHAINED_TYPES
 from edge.sync import LinkSettings, MqttLink, Uplink
 from edge.topics import Topics
 from sim.bench.common import (
+    MachineLoad,
     ProcessCpu,
     add_common_arguments,
     child_pid,
     cpu_line,
     cpu_seconds,
     line,
-    machine_busy_seconds,
     memory_kb,
-    own_seconds,
     percentile,
     run_in_workdir,
     say,
@@ -801,7 +800,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     logging.basicConfig(
         filename=work / "bench.log", level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
-    busy_start, own_start, wall_start = machine_busy_seconds(), own_seconds(), time.monotonic()
+    load = MachineLoad()
     say(
         f"commune-edge collector benchmark: {args.devices} devices ({args.mix} mix), backlog {args.backlog} per "
         f"device, live {args.rate:.0f} events/s for {args.seconds:.0f} s; {os.cpu_count()} CPUs, "
@@ -841,16 +840,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     figures["sizing"] = sizing(ok_cases)
     print_summary(figures)
 
-    wall = time.monotonic() - wall_start
-    others = max(0.0, machine_busy_seconds() - busy_start - (own_seconds() - own_start))
-    share = 100 * others / (wall * (os.cpu_count() or 1))
-    figures["machine"].update({"wall_s": wall, "others_cpu_s": others, "others_share_pct": share})
-    say()
-    say(
-        f"other processes on this machine used {others:.1f} CPU s during the {wall:.0f} s run "
-        f"({share:.0f} % of its CPUs)"
-        + ("; the figures are skewed by that load, run again on a quiet machine" if share > 10 else "")
-    )
+    figures["machine"].update(load.report())
     say()
     say("method")
     say("  Stored = covered by an evtack that reached a paho subscriber in this process: the collector publishes")

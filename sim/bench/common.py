@@ -150,6 +150,28 @@ class ProcessCpu:
         return out
 
 
+class MachineLoad:
+    """What every other process on the machine used during a whole run, said at its end: figures
+    taken while others load the cores are skewed, and the reader must know."""
+
+    def __init__(self) -> None:
+        self.busy, self.own, self.wall = machine_busy_seconds(), own_seconds(), time.monotonic()
+
+    def report(self) -> dict[str, float]:
+        """Print the line and return ``wall_s``, ``others_cpu_s``, ``others_share_pct``. Call it once
+        every child has been waited for, so that our own CPU seconds include theirs."""
+        wall = time.monotonic() - self.wall
+        others = max(0.0, machine_busy_seconds() - self.busy - (own_seconds() - self.own))
+        share = 100 * others / (wall * (os.cpu_count() or 1))
+        say()
+        say(
+            f"other processes on this machine used {others:.1f} CPU s during the {wall:.0f} s run "
+            f"({share:.0f} % of its CPUs)"
+            + ("; the figures are skewed by that load, run again on a quiet machine" if share > 10 else "")
+        )
+        return {"wall_s": wall, "others_cpu_s": others, "others_share_pct": share}
+
+
 def cpu_line(label: str, used: dict[str, float], wall: float) -> None:
     cpus = os.cpu_count() or 1
     line(

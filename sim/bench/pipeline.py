@@ -37,6 +37,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from edge.config import EdgeConfig, load_config
 from edge.store import NewEvent, Outbox
 from sim.bench.common import (
+    MachineLoad,
     ProcessCpu,
     Target,
     add_common_arguments,
@@ -44,8 +45,6 @@ from sim.bench.common import (
     cpu_line,
     idle_usage,
     line,
-    machine_busy_seconds,
-    own_seconds,
     percentile,
     report_targets,
     run_in_workdir,
@@ -515,7 +514,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     figures: dict[str, Any] = {"events": args.events, "machine": {"cpus": os.cpu_count()}}
     overrides = parse_overrides(args.sync)
 
-    busy_start, own_start, wall_start = machine_busy_seconds(), own_seconds(), time.monotonic()
+    load = MachineLoad()
     say(f"commune-edge pipeline benchmark: {args.events} events, {os.cpu_count()} CPUs, work dir {work}")
     if args.events < 100_000:
         say("(a short backlog: start-up dominates the drain and few live samples are taken; smoke run only)")
@@ -651,17 +650,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             observer.stop()
         broker.stop()
 
-    # Every child has been waited for by now, so own_seconds() includes them.
-    wall = time.monotonic() - wall_start
-    others = max(0.0, machine_busy_seconds() - busy_start - (own_seconds() - own_start))
-    share = 100 * others / (wall * (os.cpu_count() or 1))
-    figures["machine"].update({"wall_s": wall, "others_cpu_s": others, "others_share_pct": share})
-    say()
-    say(
-        f"other processes on this machine used {others:.1f} CPU s during the {wall:.0f} s run "
-        f"({share:.0f} % of its CPUs)"
-        + ("; the figures are skewed by that load, run again on a quiet machine" if share > 10 else "")
-    )
+    # Every child has been waited for by now, so our CPU seconds include theirs.
+    figures["machine"].update(load.report())
     say()
     say("method")
     say("  Drain: the backlog is committed while no daemon runs; the clock starts when `edge run` is spawned")
