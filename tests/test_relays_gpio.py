@@ -1,25 +1,37 @@
 """GPIO relays on gpiozero's MockFactory: real gpiozero OutputDevices, simulated pins, and the bank above them.
 
 The bank's own behaviour (safety cut with a hung caller, switching order, callbacks, lifecycle) is
-exercised here too, because GPIO is the backend with no transport in the way.
+exercised here too, because GPIO is the backend with no transport in the way. So is a line that
+fails under a running loudspeaker, from the pin up to the proof of play.
 """
 
 from __future__ import annotations
 
+import errno
+import json
 import threading
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from gpiozero.pins.mock import MockFactory
+from gpiozero.pins.mock import MockFactory, MockPin
 
 from drivers.relay import RelayBank, RelayFault, load_relay_profile, open_relays
 from drivers.relay.profile import GpioRelayProfile, parse_relay_profile
 from drivers.resources import Resources
 from edge.exceptions import BadProfile, ResourceBusy
+from edge.services.broadcast import HARDWARE_META
 from sim.gpio_relays import SimGpioRelays
 from sim.harness import wait_for
+
+if TYPE_CHECKING:
+    from tests.broadcast_fixtures import Loudspeaker
+
+pytest_plugins = ["tests.broadcast_fixtures"]
+
+#: Seconds; reached only when a test is about to fail (the bank retries every 2 s, the service looks every 2 s).
+WAIT_S = 20.0
 
 
 @pytest.fixture
@@ -50,6 +62,23 @@ def quick(**extra: Any) -> GpioRelayProfile:
     profile = parse_relay_profile(data | extra)
     assert isinstance(profile, GpioRelayProfile)
     return profile
+
+
+class FailingPin(MockPin):  # type: ignore[misc]
+    """A MockFactory pin that fails as a GPIO line can, once ``failing`` is set: the chip answers EIO
+    to every write, which reaches gpiozero's devices as an OSError from the kernel's GPIO driver."""
+
+    failing = False
+
+    def _set_state(self, value: bool) -> None:
+        if self.failing:
+            raise OSError(errno.EIO, "Input/output error")
+        super()._set_state(value)
+
+
+def failing_pins() -> MockFactory:
+    """A MockFactory whose pins are :class:`FailingPin` s (``factory.pin(24).failing = True``)."""
+    return MockFactory(pin_class=FailingPin)
 
 
 class Changes:
@@ -273,3 +302,71 @@ def test_a_slow_callback_never_delays_switching(factory: MockFactory) -> None:
         assert sim.states() == dict.fromkeys(profile.relay_names, True)
         release.set()
         assert wait_for(lambda: len(calls) == 4, timeout=10)
+
+
+# -- a line that fails -------------------------------------------------------------------------------
+
+
+def test_a_line_that_fails_with_eio_is_a_relay_fault_until_it_answers_again() -> None:
+    factory = failing_pins()
+    profile = shipped()
+    sim = SimGpioRelays(profile, factory)
+    with open_relays(profile, pin_factory=factory, resources=Resources()) as bank:
+        amplifier = factory.pin(24)  # the amplifier's relay on gpio-4ch-rpi
+        amplifier.failing = True
+
+        with pytest.raises(RelayFault, match=r"^relay amplifier on GPIO24: \[Errno 5\] Input/output error$"):
+            bank.amplifier(True)
+        assert bank.problem == "relay amplifier on GPIO24: [Errno 5] Input/output error"
+        # Opening every relay stops at the amplifier as well; the zones were opened first.
+        with pytest.raises(RelayFault, match="amplifier"):
+            bank.all_off()
+        assert bank.stats.faults == 2
+        assert not any(sim.is_closed(zone) for zone in profile.zone_names)
+
+        amplifier.failing = False
+        # The bank's watchdog tries every relay off again every 2 s: once the line answers, that is it.
+        assert wait_for(lambda: bank.problem is None, 10)
+        assert bank.stats.off_retries >= 1
+        bank.amplifier(True)
+        assert sim.is_closed("amplifier") and bank.problem is None
+
+
+def test_a_loudspeaker_whose_amplifier_line_fails_reports_it_fails_the_play_and_plays_again_once_it_works(
+    make_loudspeaker: Callable[..., Loudspeaker],
+) -> None:
+    """The whole way up: the broadcast service on the failing pin, the real scheduler, the sound card.
+    What a technician checks: the item failed with the relay's reason and nothing was heard, the
+    loudspeaker is still there to take the next one, ``edge status`` (the store's hardware note) names
+    the line while it fails and not after, and the next item plays."""
+    factory = failing_pins()
+    ls = make_loudspeaker(factory=factory)
+    amplifier = factory.pin(24)
+    amplifier.failing = True
+
+    ls.play("tin-sang", ls.tone_source(0.5))
+
+    assert ls.wait_state("tin-sang", "failed"), ls.events("tin-sang")
+    failed = ls.events("tin-sang")[-1]
+    assert (failed["reason"], failed["detail"]) == (
+        "relay_fault",
+        "relay amplifier on GPIO24: [Errno 5] Input/output error",
+    )
+    assert ls.card.items == []
+    scheduler = ls.service.scheduler.thread
+    assert scheduler is not None and scheduler.is_alive()
+
+    def noted() -> dict[str, str]:
+        found: dict[str, str] = json.loads(ls.outbox.get_meta(HARDWARE_META) or "{}")
+        return found
+
+    assert wait_for(lambda: "relays" in noted(), WAIT_S), noted()
+    assert "Input/output error" in noted()["relays"]
+    assert "Input/output error" in str(ls.service.status()["relays"]["problem"])
+
+    amplifier.failing = False
+    assert wait_for(lambda: "relays" not in noted(), WAIT_S), noted()
+    ls.play("tin-chieu", ls.tone_source(0.5))
+    assert ls.wait_state("tin-chieu", "finished"), ls.events("tin-chieu")
+    [played] = ls.card.items
+    assert played.seconds == pytest.approx(0.5, abs=0.2)

@@ -4,10 +4,17 @@ Each device is created with ``initial_value=False``, so the pin is driven to the
 the moment it is claimed, whatever a previous process left on the line (active-low modules get a high
 pin). The pin factory is gpiozero's own business: by default ``Device.pin_factory`` (lgpio on a Pi,
 or whatever ``GPIOZERO_PIN_FACTORY`` says); tests and the simulator pass ``MockFactory()``.
+
+A line that fails once it is open (the chip answers EIO: a loose header, an undervolted Pi, a kernel
+driver in trouble) raises from under gpiozero, which wraps only its own errors: ``OSError`` from the
+kernel's GPIO character device, ``lgpio.error`` from lgpio on a Pi. Each becomes :exc:`RelayFault`
+here, as a serial board's lost port does, so the bank holds it as the relay problem and the
+broadcast service fails the item with ``relay_fault`` and goes on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -20,6 +27,15 @@ from drivers.resources import Resources
 from edge.exceptions import RelayFault, ResourceBusy
 
 log = logging.getLogger(__name__)
+
+#: What a failing GPIO line raises through gpiozero's devices: gpiozero's own errors, the kernel's
+#: ``OSError`` (EIO, ENODEV after the chip went away), and lgpio's ``lgpio.error``, which carries every
+#: failure of the lgpio factory (gpiozero's default on a Pi) and is not an ``OSError``.
+LINE_ERRORS: tuple[type[Exception], ...] = (GPIOZeroError, OSError)
+with contextlib.suppress(ImportError):  # lgpio is only installed on a Pi ('.[pi]')
+    import lgpio
+
+    LINE_ERRORS += (lgpio.error,)
 
 
 class GpioRelays(RelayBackend):
@@ -44,7 +60,7 @@ class GpioRelays(RelayBackend):
         except ResourceBusy:
             resources.release_all(holder)
             raise
-        except (GPIOZeroError, OSError) as exc:
+        except LINE_ERRORS as exc:
             self.close()
             resources.release_all(holder)
             raise RelayFault(f"cannot open the GPIO relays ({profile.model}): {exc}") from exc
@@ -62,14 +78,14 @@ class GpioRelays(RelayBackend):
                 device.on()
             else:
                 device.off()
-        except GPIOZeroError as exc:
-            raise RelayFault(f"relay {relay} on GPIO {device.pin}: {exc}") from exc
+        except LINE_ERRORS as exc:
+            raise RelayFault(f"relay {relay} on {device.pin}: {exc}") from exc
 
     def read(self) -> dict[str, bool]:
         """Each pin's level as the pin factory reads it, as closed/open (what the Pi drives)."""
         try:
             return {name: bool(device.value) for name, device in self._devices.items()}
-        except GPIOZeroError as exc:
+        except LINE_ERRORS as exc:
             raise RelayFault(f"cannot read the GPIO relay pins: {exc}") from exc
 
     def close(self) -> None:
