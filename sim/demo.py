@@ -25,6 +25,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -375,8 +376,32 @@ def main(argv: list[str] | None = None) -> int:
         print(f"the proof of play is not the expected story: {played}")
     if not camera_ok:
         print(f"the counter's camera did not tell the expected story: {CAMERA_STORY} and a clip of the low rating")
+    report_ok = print_report(db, work)
     print(f"files kept in {work} ({time.monotonic() - began:.0f} s)")
-    return 0 if story_ok and camera_ok and not missing and played == EXPECTED else 1
+    return 0 if story_ok and camera_ok and report_ok and not missing and played == EXPECTED else 1
+
+
+def print_report(db: Path, work: Path) -> bool:
+    """What the commune does at the end of the month: verify every device's chain, write the report."""
+    from edge.server.db import VIETNAM
+
+    verify = run_edge(["verify", "--db", str(db)], check=False)
+    print()
+    print("edge verify (every device's hash chain of ratings and proof of play):")
+    for text in verify.stdout.splitlines():
+        print(f"  {text}")
+    month = datetime.now(VIETNAM).strftime("%Y-%m")  # this month, in Vietnam's time
+    html = work / f"bao-cao-{month}.html"
+    report = run_edge(["report", "--db", str(db), "--month", month, "--html", str(html)], check=False)
+    print(f"edge report --month {month}:")
+    for text in report.stdout.splitlines():
+        if not text.startswith("wrote "):
+            print(f"  {text}")
+    if report.returncode != 0 or not html.is_file():
+        print(f"  the report was not written: {report.stderr.strip()}")
+        return False
+    print(f"the month's report (HTML, A4, open it in a browser): {html}")
+    return verify.returncode == 0
 
 
 if __name__ == "__main__":

@@ -83,3 +83,10 @@ def test_the_demo_shows_the_announcement_cut_by_the_emergency_at_the_collector_a
     assert f"blurred_faces {low['blurred_faces']}, privacy mask black: True" in printed
     assert f"covered start, incident {start['incident']}" in printed
     assert f"for low_rating (rating seq {rating_seq}, id {rating_id}, window {low['window_id']})" in printed
+
+    # It ends with what the commune does at the month's end: the chains verify whole, the report is written.
+    assert re.search(rf"{demo.COMMUNE}/{demo.COUNTER}  epoch \w+  whole", printed), printed
+    report = re.search(r"the month's report \(HTML, A4, open it in a browser\): (\S+)\n", printed)
+    assert report, printed
+    html = Path(report.group(1)).read_text(encoding="utf-8")
+    assert demo.COUNTER_NAME in html and "<svg" in html
