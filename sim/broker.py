@@ -89,6 +89,7 @@ class MosquittoBroker:
         lines = [
             f"listener {self.port} 127.0.0.1",
             "persistence false",
+            "set_tcp_nodelay true",  # as the shipped template (scripts/broker/mosquitto.conf.template)
             "log_dest stderr",
             "log_type error",
             "log_type warning",

@@ -681,3 +681,19 @@ def test_acknowledgements_nobody_waits_for_are_bounded(broker: MosquittoBroker, 
         link.publish(TOPICS.evt("probe"), str(i).encode(), qos=0)
     assert wait_for(lambda: link.stats.stale_pubacks >= 2000 - EARLY_MAX, timeout=30)
     assert len(link._early) <= EARLY_MAX
+
+
+def test_the_link_sends_small_packets_at_once(broker: MosquittoBroker) -> None:
+    """TCP_NODELAY on the link's socket: a PUBACK or an evtack must not wait out the peer's delayed
+    ACK behind Nagle's algorithm (about 20 ms a round trip); the broker is configured the same way."""
+    import socket
+
+    link = MqttLink(LinkSettings(address=BrokerAddress.parse(broker.url), client_id="nodelay-1")).start()
+    try:
+        assert link.wait_connected(30)
+        sock = link._client.socket()
+        assert sock is not None
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+        assert "set_tcp_nodelay true" in (broker.workdir / "mosquitto.conf").read_text()
+    finally:
+        link.stop()
