@@ -498,3 +498,48 @@ def test_a_clip_deleted_before_its_turn_fails_with_its_reason_and_the_next_one_g
     states = {(e["clip_id"], e["state"]) for e in rig.upload_events()}
     assert states == {(first_id, "delivered"), (doomed_id, "failed"), (next_id, "delivered")}
     assert rig.outbox.get_meta(META_KEY) == "[]"
+
+
+def test_a_store_that_refuses_to_take_a_delivered_clip_off_its_queue_loses_nothing_and_repeats_nothing(
+    rig: Rig,
+) -> None:
+    """The clip is delivered and its ``upload`` event committed; then the store refuses to take the clip
+    off the queue of uploads (a trigger in the device's events.db does it, as a full disk or a locked
+    file would, through the real outbox). The uploader counts it and goes on with the next clip; a
+    restart in between resumes the clip, which the collector holds whole, and commits no second
+    event; once the store takes the change, the queue is empty."""
+    collector = rig.collector()
+    first = rig.uploader()
+    clip_id, path = rig.clip(100_000)
+    with sqlite3.connect(rig.outbox.path) as conn:
+        conn.execute(
+            f"CREATE TRIGGER refuse_forgetting BEFORE UPDATE ON meta WHEN NEW.key = '{META_KEY}'"
+            f" AND instr(NEW.value, '{clip_id}') = 0"
+            " BEGIN SELECT RAISE(ABORT, 'the queue of uploads cannot be written'); END"
+        )
+
+    job = first.upload(clip_id)
+
+    assert job.done.wait(TIMEOUT) and job.state == "delivered", job.result()
+    assert [(e["clip_id"], e["state"]) for e in rig.upload_events()] == [(clip_id, "delivered")]
+    assert json.loads(rig.outbox.get_meta(META_KEY) or "[]") == [clip_id]  # still queued: nothing lost
+    assert first.stats.store_errors >= 1
+    assert first.thread is not None and first.thread.is_alive()
+    other_id, other = rig.clip(100_000)
+    other_job = first.upload(other_id)
+    assert other_job.done.wait(TIMEOUT) and other_job.state == "delivered", other_job.result()
+
+    first.stop()  # the device restarts while the store still refuses
+    rig.links[0].stop()
+    second = rig.uploader()
+    resumed = second.job(clip_id)
+    assert resumed is not None and resumed.done.wait(TIMEOUT) and resumed.state == "delivered"
+    assert resumed.sent == 0  # the collector had it whole: nothing went twice
+    with sqlite3.connect(rig.outbox.path) as conn:
+        conn.execute("DROP TRIGGER refuse_forgetting")
+
+    assert wait_for(lambda: rig.outbox.get_meta(META_KEY) == "[]", 30), rig.outbox.get_meta(META_KEY)
+    events = sorted((e["clip_id"], e["state"]) for e in rig.upload_events())
+    assert events == sorted([(clip_id, "delivered"), (other_id, "delivered")])  # one each, restart or not
+    assert sorted((r[0], r[2]) for r in rig.recorded()) == sorted([(clip_id, sha256(path)), (other_id, sha256(other))])
+    assert media_of(collector).completed == 2

@@ -18,6 +18,13 @@ uplink's event batches go out between chunks on the same connection.
 The command's ack gets ``in_progress`` results as chunks go (``sent``, ``held``) and its outcome;
 an ``upload`` event (critical: it is the proof that the evidence left the device) records the
 delivery or the failure either way, also for an upload resumed after a restart.
+
+A store that refuses while an upload ends (a full disk) costs neither the outcome nor a second one.
+The clip leaves the queue in the store only after its ``upload`` event is committed; until both are
+done the ending is counted (:attr:`UploaderStats.store_errors`) and tried again every
+:data:`STORE_RETRY_S` on the uploader's thread. A restart in between resumes the clip from the
+store, the collector says it holds it whole, and its event, keyed by clip and outcome, is not
+committed twice.
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ from pydantic import Field
 
 from edge.commands.registry import CommandContext, CommandFailed, CommandRegistry
 from edge.config.evidence import EvidenceConfig
-from edge.exceptions import EdgeError
+from edge.exceptions import StoreError
 from edge.jsonfmt import compact
 from edge.model import EdgeModel
 from edge.store import Outbox
@@ -61,6 +68,9 @@ MAX_STALLED_ROUNDS = 3
 PROGRESS_EVERY_S = 5.0
 #: Room kept for the header line when a chunk is sized to the broker's maximum packet.
 HEADER_ROOM = 512
+#: How often the ending of an upload that the store refused (its event, its leaving the queue) is
+#: tried again.
+STORE_RETRY_S = 5.0
 
 
 class UploadArgs(EdgeModel):
@@ -107,6 +117,23 @@ class UploadJob:
         return out
 
 
+@dataclass
+class UploaderStats:
+    """Counters since the uploader was made."""
+
+    store_errors: int = 0
+    """Times the store refused to record an upload's ending (its event, or the queue without it)."""
+
+
+@dataclass
+class _Ending:
+    """An upload that has ended, waiting for the store to take its outcome."""
+
+    job: UploadJob
+    data: dict[str, Any]
+    committed: bool = False
+
+
 class EvidenceUploader:
     """Sends evidence clips to the collector; registers ``evidence.upload``. ``start()``/``stop()``."""
 
@@ -131,6 +158,9 @@ class EvidenceUploader:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._meta_lock = threading.Lock()  # the queue in the store is read, changed and written back
+        self.stats = UploaderStats()
+        # Ended uploads whose event or removal from the stored queue the store refused (uploader thread).
+        self._endings: dict[str, _Ending] = {}
         link.subscribe(topics.mediaack, self._on_ack)
         if registry is not None:
             self.register(registry)
@@ -156,7 +186,11 @@ class EvidenceUploader:
                 log.info("evidence upload of %s goes on after the restart", clip_id)
             except CommandFailed as exc:
                 log.warning("evidence upload of %s not resumed: %s", clip_id, exc)
-                self._forget(clip_id)
+                try:
+                    self._forget(clip_id)
+                except StoreError as err:  # still queued: the next start tries again
+                    self.stats.store_errors += 1
+                    log.error("evidence upload of %s stays queued in the store: %s", clip_id, err)
         self._thread = threading.Thread(target=self._run, name="evidence-upload", daemon=True)
         self._thread.start()
 
@@ -190,12 +224,15 @@ class EvidenceUploader:
             if job is not None and not job.done.is_set():
                 return job
         job = self._job(clip_id)
-        if persist:
-            self._remember(clip_id)  # in the store first: a restart from here on goes on with it
-        with self._cond:
-            self._jobs[clip_id] = job
-            self._queue.append(job)
-            self._cond.notify_all()
+        # One step under the queue's lock: an earlier upload of the clip whose ending is being
+        # settled must not take it off the queue in the store after this one put it there.
+        with self._meta_lock:
+            if persist:
+                self._remember(clip_id)  # in the store first: a restart from here on goes on with it
+            with self._cond:
+                self._jobs[clip_id] = job
+                self._queue.append(job)
+                self._cond.notify_all()
         log.info("evidence upload of %s queued (%d bytes, %d chunks)", clip_id, job.size, job.total)
         return job
 
@@ -245,13 +282,17 @@ class EvidenceUploader:
         return [c for c in value if isinstance(c, str)] if isinstance(value, list) else []
 
     def _remember(self, clip_id: str) -> None:
-        with self._meta_lock:
-            queued = self._stored_queue()
-            if clip_id not in queued:
-                self.outbox.set_meta(META_KEY, compact([*queued, clip_id]))
+        """Add ``clip_id`` to the queue in the store (with ``_meta_lock`` held)."""
+        queued = self._stored_queue()
+        if clip_id not in queued:
+            self.outbox.set_meta(META_KEY, compact([*queued, clip_id]))
 
-    def _forget(self, clip_id: str) -> None:
+    def _forget(self, clip_id: str, *, ended: UploadJob | None = None) -> None:
+        """Take ``clip_id`` off the queue in the store; with ``ended``, only while that is still the
+        clip's latest upload (not once the clip was queued again)."""
         with self._meta_lock:
+            if ended is not None and self._jobs.get(clip_id) is not ended:
+                return
             queued = self._stored_queue()
             if clip_id in queued:
                 self.outbox.set_meta(META_KEY, compact([c for c in queued if c != clip_id]))
@@ -303,9 +344,17 @@ class EvidenceUploader:
         while not self._stop.is_set():
             with self._cond:
                 while not self._queue and not self._stop.is_set():
+                    if self._endings:
+                        self._cond.wait(STORE_RETRY_S)
+                        break
                     self._cond.wait()
+            if self._endings:
+                self._settle_endings()
+            with self._cond:
                 if self._stop.is_set():
                     return
+                if not self._queue:
+                    continue
                 job = self._queue[0]
             job.state = "sending"
             try:
@@ -323,12 +372,8 @@ class EvidenceUploader:
             self._finish(job)
 
     def _finish(self, job: UploadJob) -> None:
-        data = job.result()
-        try:
-            self.outbox.append("upload", data, "critical", dedupe_key=f"upload:{job.clip_id}:{job.state}")
-        except EdgeError as exc:
-            log.error("the upload event of %s is not committed: %s", job.clip_id, exc)
-        self._forget(job.clip_id)
+        ending = _Ending(job, job.result())
+        self._settle(ending)
         with self._cond:
             self._queue.popleft()
         job.done.set()
@@ -336,6 +381,38 @@ class EvidenceUploader:
             log.info("evidence %s delivered: %d chunks, %d sent by this run", job.clip_id, job.total, job.sent)
         else:
             log.error("evidence %s not delivered: %s", job.clip_id, job.reason)
+
+    def _settle(self, ending: _Ending) -> bool:
+        """Commit the ``upload`` event, then take the clip off the queue in the store; False (kept
+        for :meth:`_settle_endings`) if the store refused either. In that order, so that a restart
+        before both are done resumes the clip rather than losing its outcome."""
+        job = ending.job
+        try:
+            if not ending.committed:
+                key = f"upload:{job.clip_id}:{job.state}"  # a retry, or an upload resumed after a restart
+                self.outbox.append("upload", ending.data, "critical", dedupe_key=key)
+                ending.committed = True
+            self._forget(job.clip_id, ended=job)
+        except StoreError as exc:
+            self.stats.store_errors += 1
+            if self._endings.get(job.clip_id) is not ending:
+                log.error(
+                    "evidence upload of %s ended %s, but the store refused to record it (again every %.0f s): %s",
+                    job.clip_id,
+                    job.state,
+                    STORE_RETRY_S,
+                    exc,
+                )
+            self._endings[job.clip_id] = ending
+            return False
+        if self._endings.pop(job.clip_id, None) is not None:
+            log.info("evidence upload of %s: its ending is recorded now", job.clip_id)
+        return True
+
+    def _settle_endings(self) -> None:
+        for ending in list(self._endings.values()):
+            if self._stop.is_set() or not self._settle(ending):
+                return  # the store still refuses: the rest waits for the next round
 
     def _send(self, job: UploadJob) -> None:
         ask = 0
