@@ -16,6 +16,13 @@ from sim.harness import EdgeProcess, collector_rows, write_device_config
 #: Fixtures shared by several test modules, kept in their own files.
 pytest_plugins = ["tests.commands_fixtures"]
 
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slow tests first (stable order otherwise): with ``-n 2 --dist worksteal`` the quick ones
+    then fill in around them, and the suite does not end with one worker running a long test alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 #: Short timeouts so the chaos tests recover in seconds rather than minutes.
 FAST_SYNC = {
     "EDGE_SYNC__ACK_TIMEOUT_S": "2",
