@@ -25,7 +25,8 @@ import pytest
 
 from tests.test_update_daemon import WheelShop
 
-pytestmark = pytest.mark.slow
+#: The install downloads and sets up a venv in the root: minutes, more on a loaded machine.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "commune-edge-tests"
