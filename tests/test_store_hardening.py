@@ -197,6 +197,9 @@ def test_a_request_the_writer_cannot_reach_in_time_is_withdrawn(tmp_path: Path) 
         assert inside.wait(30)
         with pytest.raises(StoreError, match="withdrawn, nothing was written"):
             outbox.append("rating", {"score": 2})
+        # The slow request's own caller gave up waiting too, while its transaction still ran: it is
+        # told the write may yet be committed (the disk is released only once it has been told).
+        assert wait_for(lambda: errors, 30)
         release.set()
         slow_caller.join(30)
         assert len(errors) == 1 and "may yet be committed" in str(errors[0])
