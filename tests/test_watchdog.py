@@ -6,7 +6,9 @@ in, a real Mosquitto or a port that never answers), follows it with the systemd 
 (:class:`~edge.systemd.DaemonWatchdog`) against a socket bound as systemd binds ``$NOTIFY_SOCKET``,
 and then breaks one thing from the inside: a fault in a real thread, where it would strike. What a
 technician reading ``systemctl status`` would check: the broken loop is named, systemd's watchdog is
-no longer petted, and ``edge run`` ends with status 1 (then systemd starts it again).
+no longer petted, and ``edge run`` ends with status 1 (then systemd starts it again). The other
+side of it: hardware that a restart would not cure (a panel's pins held by another process) is a
+reported fault, and the daemon stays up; ``edge collect`` watches its link's rounds as a device does.
 
 The hang bound (:data:`edge.supervisor.HUNG_AFTER_S`, 300 s) is shortened on the heartbeats of the
 daemon under test, so that a hang shows in seconds; what counts as a round is what is under test.
@@ -14,7 +16,6 @@ daemon under test, so that a hang shows in seconds; what counts as a round is wh
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import logging
@@ -32,7 +33,6 @@ import pytest
 
 from edge.config import EdgeConfig, parse_config
 from edge.daemon import Daemon
-from edge.exceptions import StoreError
 from edge.services.broadcast.service import BroadcastService
 from edge.services.camera.service import CameraService
 from edge.services.camera.upload import EvidenceUploader
@@ -159,42 +159,31 @@ def test_a_panel_reader_that_dies_when_the_cable_is_pulled_gets_the_daemon_resta
         assert reason == "panel-serial thread died: RuntimeError: the panel event could not be queued"
 
 
-class FailingPin:
-    """Makes a MockFactory's output pins fail as a GPIO line can (EIO from the chip) once ``failing``."""
-
-    @staticmethod
-    def factory() -> Any:
-        from gpiozero.pins.mock import MockFactory, MockPin
-
-        class Pin(MockPin):  # type: ignore[misc]
-            failing = False
-
-            def _set_state(self, value: bool) -> None:
-                if self.failing:
-                    raise OSError(errno.EIO, "Input/output error")
-                super()._set_state(value)
-
-        return MockFactory(pin_class=Pin)
-
-
 @pytest.fixture
-def gpio_factory() -> Iterator[Any]:
-    """gpiozero's own mechanism, as on a Pi: the daemon opens its pins on ``Device.pin_factory``."""
+def install_pins() -> Iterator[Callable[[Any], Any]]:
+    """``install_pins(factory)``: gpiozero's own mechanism, as on a Pi, where the daemon opens its pins
+    on ``Device.pin_factory``; the factory before is put back afterwards."""
     from gpiozero import Device
 
-    factory = FailingPin.factory()
-    before, Device.pin_factory = Device.pin_factory, factory
-    yield factory
+    before = Device.pin_factory
+
+    def install(factory: Any) -> Any:
+        Device.pin_factory = factory
+        return factory
+
+    yield install
     Device.pin_factory = before
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the death is the test
-def test_a_broadcast_scheduler_killed_by_a_failing_amplifier_line_gets_the_daemon_restarted(
-    tmp_path: Path, watch: Callable[..., Watched], gpio_factory: Any, card: Any
+def test_a_broadcast_scheduler_killed_by_a_bug_gets_the_daemon_restarted(
+    tmp_path: Path, install_pins: Callable[[Any], Any], watch: Callable[..., Watched], card: Any
 ) -> None:
-    """The amplifier's GPIO line fails with EIO, which the GPIO relay backend does not translate into
-    a relay fault: the scheduler's step fails, and so does opening every relay after it. Until now
-    that left a loudspeaker that took commands and never played again."""
+    """The scheduler outlives a failed step: it opens every relay and goes on. A bug in finding the
+    relay board strikes both the step and the opening that follows it, and that kills it. (A relay
+    line that fails is a relay fault, not a death: tests/test_relays_gpio.py.)"""
+    from gpiozero.pins.mock import MockFactory
+
     from tests.broadcast_fixtures import relay_profile
 
     config = device_config(
@@ -204,20 +193,125 @@ def test_a_broadcast_scheduler_killed_by_a_failing_amplifier_line_gets_the_daemo
         relays={"profile": str(relay_profile(tmp_path / "relays.yaml"))},
         speaker={},
     )
+    install_pins(MockFactory())
     w = watch(config)
     broadcast = w.service(BroadcastService)
     w.healthy()
 
-    amplifier = gpio_factory.pin(24)  # the profile's amplifier relay (gpio-4ch-rpi)
-    amplifier.failing = True
+    broadcast.relays = injected(RuntimeError("the relay board could not be looked up"))
     relay_test = w.daemon.registry.get("relay.test")
     relay_test.handler(relay_test.parse_args({"zones": ["zone-1"], "seconds": 0.5}), None)  # type: ignore[arg-type]
-    try:
-        reason = w.broken("broadcast-scheduler thread died")
-        assert reason == "broadcast-scheduler thread died: OSError: [Errno 5] Input/output error"
-        assert broadcast.scheduler.thread is not None and not broadcast.scheduler.thread.is_alive()
-    finally:
-        amplifier.failing = False  # so that stopping opens every relay
+
+    reason = w.broken("broadcast-scheduler thread died")
+    assert reason == "broadcast-scheduler thread died: RuntimeError: the relay board could not be looked up"
+    assert broadcast.scheduler.thread is not None and not broadcast.scheduler.thread.is_alive()
+
+
+class LgpioError(Exception):
+    """What lgpio raises (``lgpio.error``; lgpio is installed only on a Pi): a plain Exception, neither
+    an OSError nor a gpiozero error, which gpiozero's lgpio factory lets through as it is."""
+
+
+def busy_pins(*numbers: int) -> Any:
+    """A MockFactory on which another process holds GPIO ``numbers`` while ``factory.pin_class.busy``:
+    claiming one of them fails as lgpio fails it ("GPIO busy"); ``factory.pin_class.refused`` counts
+    the attempts."""
+    from gpiozero.pins.mock import MockFactory, MockPin
+
+    class Pin(MockPin):  # type: ignore[misc]
+        busy = True
+        refused = 0
+
+        def __init__(self, factory: Any, info: Any) -> None:
+            if self.busy and info.name in {f"GPIO{n}" for n in numbers}:
+                type(self).refused += 1
+                raise LgpioError("GPIO busy")
+            super().__init__(factory, info)
+
+    return MockFactory(pin_class=Pin)
+
+
+def test_a_panel_whose_pins_are_held_elsewhere_is_a_reported_fault_and_the_daemon_goes_on(
+    tmp_path: Path, install_pins: Callable[[Any], Any], watch: Callable[..., Watched], broker: MosquittoBroker
+) -> None:
+    """Another process holds the panel's GPIO lines when the daemon starts (a technician's script
+    left running). Restarting would not free them, and ten restarts in ten minutes would leave the
+    unit failed: the panel is reported faulted, the rest of the daemon works, and the panel opens by
+    itself once the lines are free."""
+    from drivers.profiles import GpioProfile
+    from edge.cli.device import status_report
+    from sim.gpio_panel import SimGpioPanel
+
+    pins = install_pins(busy_pins(18))  # the buzzer's: the buttons and LEDs before it were claimed
+    config = device_config(
+        tmp_path, broker.url, panel={"profile": "gpio-4btn-rpi"}, rating={"counter": "q1", "feedback": {"speak": False}}
+    )
+    w = watch(config)
+    rating = w.service(RatingService)
+    outbox = w.daemon.outbox
+
+    def panel_events() -> list[dict[str, Any]]:
+        return [e.data for e in reversed(outbox.list_events(type="panel", limit=100))]
+
+    assert wait_for(lambda: pins.pin_class.refused >= 3, WAIT)  # tried, and tried again, sooner than 30 s
+    problem = "cannot open the GPIO panel (gpio-4btn-rpi): GPIO busy"
+    # Said once, however many attempts: a panel event, the service's status, and edge status.
+    assert [(e["kind"], e["reason"], e["error"]) for e in panel_events()] == [("disconnected", "open_failed", problem)]
+    assert rating.status()["panel"] == {
+        "profile": "gpio-4btn-rpi",
+        "kind": "gpio",
+        "connected": False,
+        "problem": problem,
+    }
+    report = status_report(config, outbox)
+    assert report["hardware"] == {"panel": problem}
+    # The rest goes on: the supervisor finds every loop well, the link is up, commands are taken.
+    w.healthy()
+    assert w.daemon.link.wait_connected(WAIT) and report["daemon"]["running"]
+    assign = w.daemon.registry.get("officer.assign")
+    assert assign.handler(assign.parse_args({"officer": "nv-07"}), None)["officer"] == "nv-07"  # type: ignore[arg-type,index]
+
+    pins.pin_class.busy = False  # the other process lets go
+    assert wait_for(lambda: rating.panel is not None and rating.panel.connected, WAIT)
+    assert panel_events()[-1]["kind"] == "connected"
+    assert status_report(config, outbox)["hardware"] == {}
+    assert isinstance(rating.profile, GpioProfile)
+    SimGpioPanel(rating.profile, pins).press(1)
+    assert wait_for(lambda: outbox.list_events(type="rating", limit=10), WAIT)
+    [rated] = outbox.list_events(type="rating", limit=10)
+    assert (rated.data["score"], rated.data["officer"]) == (4, "nv-07")
+    w.healthy()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the death is the test
+def test_a_speech_worker_that_dies_gets_the_daemon_restarted(tmp_path: Path, watch: Callable[..., Watched]) -> None:
+    """The spoken thank-you has a worker of its own; a bug as it lets go of the speaker for a new one
+    (a live change of ``rating.feedback.audio_device``) kills it, and with it every thank-you after."""
+    with SerialMcu(buttons=4, model="ce-panel-4", link=tmp_path / "panel-tty") as mcu:
+        config = device_config(
+            tmp_path,
+            f"mqtt://127.0.0.1:{free_port()}",
+            panel={"profile": "serial-4btn", "port": str(mcu.path)},
+            rating={"counter": "q1", "feedback": {"speak": True}},
+        )
+        w = watch(config)
+        rating = w.service(RatingService)
+        assert rating.speech.thread is not None
+        w.healthy()
+
+        rating.speech._release_probed = injected(RuntimeError("the speaker's reservation was lost"))
+        rating.reconfigure(
+            config.model_copy(
+                update={
+                    "rating": config.rating.model_copy(
+                        update={"feedback": config.rating.feedback.model_copy(update={"audio_device": "USB Audio"})}
+                    )
+                }
+            )
+        )
+
+        reason = w.broken("rating-speech thread died")
+        assert reason == "rating-speech thread died: RuntimeError: the speaker's reservation was lost"
 
 
 def camera_config(tmp_path: Path, broker_url: str) -> EdgeConfig:
@@ -245,11 +339,31 @@ def test_a_camera_reader_that_dies_gets_the_daemon_restarted(tmp_path: Path, wat
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the death is the test
-def test_an_evidence_uploader_that_dies_on_a_store_error_gets_the_daemon_restarted(
+def test_an_evidence_pruner_that_dies_gets_the_daemon_restarted(tmp_path: Path, watch: Callable[..., Watched]) -> None:
+    """Retention is a loop of its own for each camera: if it stopped, pictures would be kept past
+    their days and the card would fill. It catches what one round raises; here its timer breaks."""
+
+    def often(daemon: Daemon) -> None:
+        for recorder in next(s for s in daemon.services if isinstance(s, CameraService)).recorders.values():
+            recorder.prune_every_s = 0.2  # a round every 0.2 s rather than every hour: the fault shows at once
+
+    w = watch(camera_config(tmp_path, f"mqtt://127.0.0.1:{free_port()}"), before_start=often)
+    recorder = w.service(CameraService).recorders["q1-cam"]
+    assert "evidence-prune-q1-cam" in [loop.name for loop in w.service(CameraService).loops()]
+    w.healthy()
+
+    recorder._closing.wait = injected(RuntimeError("the pruner's timer broke"))
+    reason = w.broken("evidence-prune-q1-cam thread died")
+    assert reason == "evidence-prune-q1-cam thread died: RuntimeError: the pruner's timer broke"
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the death is the test
+def test_an_evidence_uploader_that_dies_of_a_bug_gets_the_daemon_restarted(
     tmp_path: Path, watch: Callable[..., Watched], broker: MosquittoBroker
 ) -> None:
-    """The collector confirms a clip; the uploader then removes it from its queue in the store, and
-    the store refuses (a full disk): one upload's trouble is caught, this one was not."""
+    """The collector confirms a clip; the uploader then removes it from its queue in the store, and a
+    bug strikes there. One upload's trouble is caught, and so is a store that refuses (the ending is
+    tried again: tests/test_evidence_upload.py); a bug in the uploader's own bookkeeping is not."""
     w = watch(camera_config(tmp_path, broker.url))
     assert w.daemon.link.wait_connected(WAIT)
     uploader = w.service(EvidenceUploader)
@@ -274,11 +388,11 @@ def test_an_evidence_uploader_that_dies_on_a_store_error_gets_the_daemon_restart
     collector.subscribe(f"{prefix}/media/+", qos=1)
     collector.loop_start()
     try:
-        uploader._forget = injected(StoreError("database or disk is full"))
+        uploader._forget = injected(RuntimeError("the queue in the store lost count"))
         job = uploader.upload(clip_id)
         assert job.sha256 == hashlib.sha256(clip.read_bytes()).hexdigest()
         reason = w.broken("evidence-upload thread died")
-        assert reason == "evidence-upload thread died: StoreError: database or disk is full"
+        assert reason == "evidence-upload thread died: RuntimeError: the queue in the store lost count"
     finally:
         collector.loop_stop()
         collector.disconnect()
@@ -299,7 +413,7 @@ def test_threads_that_end_by_design_are_not_deaths(tmp_path: Path, watch: Callab
         assert wait_for(lambda: rating._opener is not None and not rating._opener.is_alive(), WAIT)
         w.healthy()
         names = [loop.name for loop in rating.loops()]
-        assert names == ["rating-panel-open", "panel-dispatch", "panel-serial"]
+        assert names == ["rating-panel-open", "panel-dispatch", "panel-serial", "rating-speech"]
         mcu.unplug()  # the port goes; the reader stays and looks for it
         assert wait_for(lambda: rating.panel is not None and not rating.panel.connected, WAIT)
         w.healthy()
@@ -384,3 +498,24 @@ def test_waiting_out_a_long_reconnect_delay_is_not_a_hang(tmp_path: Path, watch:
     assert wait_for(lambda: w.daemon.link.stats.connect_failures >= 3, 60)
     w.healthy()
     assert not [s for s in w.notify.statuses() if s.startswith("unhealthy")]
+
+
+def test_edge_collect_ends_when_its_link_hangs_on_a_broker_that_accepts_and_never_answers(
+    tmp_path: Path, silent_broker: SilentBroker
+) -> None:
+    """The collector watches its link's rounds as a device does. A broker that takes the connection and
+    never answers holds the attempt for the keepalive (30 s): past a bound shortened to 3 s, the link
+    is hung and the collector says so and fails (``edge collect`` then ends with status 1)."""
+    from edge.server.collector import Collector
+
+    collector = Collector(silent_broker.url, tmp_path / "collector.db", commune=COMMUNE)
+    collector.link.heartbeat.stale_after_s = 3.0
+    collector.start()
+    try:
+        assert wait_for(collector.failed.is_set, WAIT), collector.supervisor.check()
+        reason = collector.supervisor.reason
+        assert reason.startswith(f"mqtt-link hung: connecting to {silent_broker.url} has taken "), reason
+        assert reason.endswith("(the bound is 3 s)")
+        assert len(silent_broker.accepted) == 1
+    finally:
+        collector.stop()

@@ -70,7 +70,10 @@ class GpioPanel(Panel):
         except ResourceBusy:
             self._resources.release_all(holder)
             raise
-        except (GPIOZeroError, OSError) as exc:
+        except Exception as exc:
+            # Whatever the pin factory raises (gpiozero's errors, OSError, lgpio.error "GPIO busy",
+            # which is neither), the devices made so far hold their pins: closed here, or every
+            # later attempt would find the panel's own pins in use.
             self._close_devices()
             self._resources.release_all(holder)
             raise HardwareError(f"cannot open the GPIO panel ({profile.model}): {exc}") from exc

@@ -21,6 +21,7 @@ from edge.cli.common import (
 )
 from edge.config import EdgeConfig, config_path
 from edge.health import chain_head, cpu_temp_c, mem_available_bytes, read_throttled
+from edge.services import RATING_HARDWARE_META
 from edge.services.broadcast import HARDWARE_META as BROADCAST_HARDWARE_META
 from edge.store import PRIORITIES, Outbox
 from edge.store.host import read_lock_note
@@ -168,15 +169,19 @@ def _host_line(host: dict[str, Any]) -> str:
 
 
 def _hardware_problems(outbox: Outbox, running: bool) -> dict[str, str]:
-    """The problems the services last wrote to the store's meta (``relays``, ``speaker``...), while
-    the daemon that wrote them runs: a stopped daemon's old problems say nothing of the hardware now."""
+    """The problems the services last wrote to the store's meta (``relays``, ``speaker``, ``panel``...),
+    while the daemon that wrote them runs: a stopped daemon's old problems say nothing of the hardware now."""
     if not running:
         return {}
-    try:
-        found = json.loads(outbox.get_meta(BROADCAST_HARDWARE_META) or "{}")
-    except ValueError:
-        return {}
-    return {str(k): str(v) for k, v in found.items() if v} if isinstance(found, dict) else {}
+    problems: dict[str, str] = {}
+    for key in (RATING_HARDWARE_META, BROADCAST_HARDWARE_META):
+        try:
+            found = json.loads(outbox.get_meta(key) or "{}")
+        except ValueError:
+            continue
+        if isinstance(found, dict):
+            problems.update({str(k): str(v) for k, v in found.items() if v})
+    return problems
 
 
 def cmd_status(args: argparse.Namespace) -> int:

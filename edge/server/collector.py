@@ -218,7 +218,9 @@ class Collector:
             self.supervisor.watch_thread("collector-media", lambda: self.media.thread if self.media else None)
         self.link.on_connect(self._on_connect)
         self.supervisor.watch_thread("collector", lambda: self._thread)
-        self.supervisor.watch("mqtt-link", self.link.alive, lambda: self.link.failure)
+        # As on a device (edge.daemon): a link that stops making rounds for HUNG_AFTER_S is hung, and
+        # the collector ends for systemd to start it again, rather than store nothing while it looks alive.
+        self.supervisor.watch("mqtt-link", self.link.alive, lambda: self.link.failure, heartbeat=self.link.heartbeat)
 
     @property
     def failed(self) -> threading.Event:

@@ -28,6 +28,12 @@ from edge.supervisor import Loop
 
 log = logging.getLogger(__name__)
 
+#: The store ``meta`` key where the rating service keeps the panel's current problem (a JSON object,
+#: ``{"panel": "cannot open the GPIO panel (...): ..."}``, or ``{}``), read by ``edge status`` as it reads
+#: the loudspeaker's (:data:`edge.services.broadcast.HARDWARE_META`). Here, not in the rating module,
+#: so that ``edge status`` does not import the panel drivers to find it.
+RATING_HARDWARE_META = "rating.hardware"
+
 #: Config key paths (a section, or ``section.key``) whose change applies without a restart. A changed
 #: key outside these restarts the daemon in-process (stop everything, start with the new config).
 LIVE_KEYS: frozenset[str] = frozenset(

@@ -12,12 +12,19 @@ delivers it again. The dedupe key is the press's own identity (:attr:`Press.key`
 by the MCU, or delivered again after the host restarted, is one rating.
 
 Panel trouble (connected, disconnected, stuck, firmware mismatch, speaker problems) becomes ``panel``
-events. Commands: ``rating.open`` (open a window, with an optional case code from a queue system) and
+events. A panel that cannot be opened (no GPIO chip, a pin another process holds, a port the service
+user may not open, or any error of its driver) is a fault, not a dead daemon: it is reported once as
+``disconnected`` with ``reason`` ``open_failed`` and kept as the panel's problem for ``edge status``
+while the opener tries again, waiting longer each time up to :data:`PANEL_RETRY_MAX_S`. Ratings wait
+for the panel; commands, health and sync go on.
+
+Commands: ``rating.open`` (open a window, with an optional case code from a queue system) and
 ``officer.assign`` (who serves at the counter now, overriding the roster).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -37,6 +44,7 @@ from edge.commands.registry import CommandContext, CommandFailed, CommandRegistr
 from edge.config import EdgeConfig, PanelConfig, RatingConfig
 from edge.exceptions import ConfigError, EdgeError, HardwareError, ResourceBusy
 from edge.model import EdgeModel, Slug
+from edge.services import RATING_HARDWARE_META
 from edge.services.rating_rules import RatingRules, RatingWindow, Verdict, officer_on_shift
 from edge.services.speech import PlayerFactory, SpokenThanks, _default_player
 from edge.store import Outbox
@@ -44,8 +52,11 @@ from edge.supervisor import Loop, thread_loop
 
 log = logging.getLogger(__name__)
 
-#: How often a panel that could not be opened (absent GPIO chip, busy pin) is tried again.
-PANEL_RETRY_S = 30.0
+#: Waits between attempts to open a panel that could not be opened (absent GPIO chip, busy pin):
+#: the first, doubling after each failure, up to the last. A pin freed by a technician's stray
+#: script is taken within seconds; a panel that is not wired costs one attempt every half minute.
+PANEL_RETRY_MIN_S = 1.0
+PANEL_RETRY_MAX_S = 30.0
 #: Outbox meta key under which an officer.assign survives a restart.
 ASSIGN_META = "rating.officer_assigned"
 CASE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._/:-]{0,63}$"
@@ -151,6 +162,7 @@ class RatingService:
 
     def start(self) -> None:
         self._stop.clear()
+        self._set_panel_problem(None, force=True)  # a previous daemon's problem says nothing of now
         self.speech.start()
         self._opener = threading.Thread(target=self._open_panel_loop, name="rating-panel-open", daemon=True)
         self._opener.start()
@@ -178,12 +190,14 @@ class RatingService:
     def loops(self) -> list[Loop]:
         """The opener (its job ends once the panel is open), then the panel's dispatcher, through which
         every press reaches the store, and a serial panel's reader, which owns the port and opens it
-        again when it comes back: as long as these run, presses become ratings."""
+        again when it comes back: as long as these run, presses become ratings. Then the speech
+        worker, which says every thank-you (none while speech is off)."""
         return [
             thread_loop("rating-panel-open", lambda: self._opener, may_end=True),
             thread_loop("panel-dispatch", lambda: self.panel.dispatcher_thread if self.panel else None),
             # Only a serial panel has a reader of its own (a GPIO panel's edges come on gpiozero's threads).
             thread_loop("panel-serial", lambda: getattr(self.panel, "reader_thread", None)),
+            thread_loop("rating-speech", lambda: self.speech.thread),
         ]
 
     def add_observer(self, observer: Observer) -> None:
@@ -217,28 +231,59 @@ class RatingService:
             }
 
     def _open_panel_loop(self) -> None:
-        reported = None
+        failures = 0
         while not self._stop.is_set():
-            try:
-                panel = open_panel(
-                    self.profile,
-                    port=self._panel_config.port,
-                    pin_factory=self._pin_factory,
-                    resources=self._resources,
-                    holder="panel",
-                )
-            except (HardwareError, ResourceBusy, ConfigError) as exc:
-                if str(exc) != reported:
-                    reported = str(exc)
-                    log.error("cannot open the rating panel (%s): %s", self.profile.model, exc)
-                    self._panel_problem = str(exc)
-                    self._record_panel("disconnected", {"reason": "open_failed", "error": str(exc)})
-                self._stop.wait(PANEL_RETRY_S)
-                continue
-            self._panel_problem = None
-            self.panel = panel
+            problem = self._try_open_panel()
+            if problem is None:
+                return
+            if problem != self._panel_problem:
+                log.error("cannot open the rating panel (%s): %s", self.profile.model, problem)
+                self._set_panel_problem(problem)
+                self._record_panel("disconnected", {"reason": "open_failed", "error": problem})
+            self._stop.wait(min(PANEL_RETRY_MAX_S, PANEL_RETRY_MIN_S * 2**failures))
+            failures += 1
+
+    def _try_open_panel(self) -> str | None:
+        """Open and start the panel; None once it runs, else why not (in a sentence)."""
+        try:
+            panel = open_panel(
+                self.profile,
+                port=self._panel_config.port,
+                pin_factory=self._pin_factory,
+                resources=self._resources,
+                holder="panel",
+            )
+        except (HardwareError, ResourceBusy, ConfigError) as exc:
+            return str(exc)
+        except Exception as exc:
+            # Whatever the driver's layers let through (lgpio.error "GPIO busy" is neither an OSError
+            # nor gpiozero's; a PermissionError on /dev/ttyUSB0) is still a panel that did not open:
+            # the fault is the panel's, and the rest of the daemon must go on without it.
+            problem = f"cannot open the panel ({self.profile.model}): {type(exc).__name__}: {exc}"
+            if problem != self._panel_problem:  # the driver's own words, once, for whoever reads the journal
+                log.warning("the panel driver raised %s", type(exc).__name__, exc_info=True)
+            return problem
+        self.panel = panel  # before start(): its first event may be a press
+        try:
             panel.start(self._on_press, self._on_panel_event)
+        except Exception as exc:
+            log.warning("the panel driver raised %s as it started", type(exc).__name__, exc_info=True)
+            self.panel = None
+            with contextlib.suppress(Exception):
+                panel.close()
+            return f"cannot start the panel ({self.profile.model}): {type(exc).__name__}: {exc}"
+        if self._panel_problem is not None:
+            log.info("rating panel %s open (was: %s)", self.profile.model, self._panel_problem)
+        self._set_panel_problem(None)
+        return None
+
+    def _set_panel_problem(self, problem: str | None, *, force: bool = False) -> None:
+        """Keep the panel's problem, and write it where ``edge status`` reads it."""
+        if problem == self._panel_problem and not force:
             return
+        self._panel_problem = problem
+        with contextlib.suppress(EdgeError):  # the store's own trouble is reported by the store
+            self._outbox.set_meta(RATING_HARDWARE_META, json.dumps({"panel": problem} if problem else {}))
 
     # -- presses -----------------------------------------------------------------------------------
 

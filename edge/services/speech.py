@@ -104,6 +104,12 @@ class SpokenThanks:
         """The current problem, in a sentence; None when speech works (or was not tried yet)."""
         return self._problem
 
+    @property
+    def thread(self) -> threading.Thread | None:
+        """The worker that renders and plays every thank-you (None while speech is off), for the
+        rating service's :meth:`~edge.services.rating.RatingService.loops`."""
+        return self._thread
+
     def start(self) -> None:
         """Start the worker; it prepares the voice and the speaker at once, so problems show at boot."""
         if not self._settings.speak:

@@ -77,6 +77,7 @@ from edge.services.camera.blur import (
     visible_faces,
 )
 from edge.store import Outbox
+from edge.supervisor import Loop, thread_loop
 
 log = logging.getLogger(__name__)
 
@@ -395,6 +396,12 @@ class EvidenceRecorder:
             self._pruner = threading.Thread(target=self._prune_loop, name=f"evidence-prune-{self.camera}", daemon=True)
             self._pruner.start()
         return self
+
+    def loops(self) -> list[Loop]:
+        """The pruner, for the camera service's :meth:`~edge.services.camera.service.CameraService.loops`:
+        if it stopped, retention would stop with it and the card would fill with pictures kept past
+        their days. A clip's own writer ends with its clip and catches what goes wrong in it."""
+        return [thread_loop(f"evidence-prune-{self.camera}", lambda: self._pruner)]
 
     def close(self, timeout: float = 30.0) -> None:
         """Stop taking triggers; clips still gathering frames are written with what they have.

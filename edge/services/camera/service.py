@@ -369,8 +369,9 @@ class CameraService:
             recorder.close()
 
     def loops(self) -> list[Loop]:
-        """Each camera's analysis thread and reader."""
-        return [loop for watch in self.watches.values() for loop in watch.loops()]
+        """Each camera's analysis thread and reader, and its evidence recorder's pruner."""
+        loops = [loop for watch in self.watches.values() for loop in watch.loops()]
+        return loops + [loop for recorder in self.recorders.values() for loop in recorder.loops()]
 
     def reconfigure(self, config: EdgeConfig) -> None:
         """[[camera]] changes restart the daemon; only the counter a camera falls back to
