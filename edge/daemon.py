@@ -7,6 +7,11 @@ and exits 1, and systemd starts it again. The link and the uplink must also keep
 that does not for :data:`~edge.supervisor.HUNG_AFTER_S` is hung ("mqtt-link hung: ..."), with the same
 outcome. It also does the daemon's small bookkeeping that must stay off the network thread
 (recording the link state and the oversized-message count in the store).
+
+A daemon started on a full disk does not exit (systemd would give up after ten starts, and the
+device stay dead once space returns): :func:`serve` waits for room to open the store
+(:func:`edge.store.opening.open_when_room`), with ``READY=1`` and a ``STATUS=`` line that says so and
+the watchdog petted while the wait makes its rounds, then starts in full without a restart.
 """
 
 from __future__ import annotations
@@ -29,13 +34,14 @@ from edge.commands.channel import CommandChannel
 from edge.commands.desired import DesiredConfig, is_live
 from edge.commands.registry import CommandRegistry
 from edge.config import EdgeConfig, resolve_secret_path
-from edge.exceptions import ConfigError, LinkError
+from edge.exceptions import ConfigError, LinkError, StoreFull
 from edge.health import health_data
 from edge.keys import load_trusted_keys
 from edge.services import LIVE_KEYS, Service, ServiceContext, build_services
 from edge.store import Outbox, max_event_bytes_for
 from edge.store.journal import CommandJournal
-from edge.supervisor import Supervisor
+from edge.store.opening import open_when_room
+from edge.supervisor import Heartbeat, Supervisor
 from edge.sync import LinkSettings, MqttLink, Uplink, Will
 from edge.sync.replies import ReplySender
 from edge.sync.uplink import status_payload
@@ -47,22 +53,42 @@ log = logging.getLogger(__name__)
 HOUSEKEEPING_INTERVAL_S = 60.0
 #: How long a daemon that lost one of its loops may take to stop the others before it exits anyway.
 FAILED_STOP_TIMEOUT_S = 30.0
+#: How often what the store holds in memory while the disk is full is tried (otherwise the next
+#: commit writes it), and so how soon ``edge status`` stops saying "full" once there is room.
+HELD_RETRY_S = 5.0
 
 
-def next_boot(state_dir: Path) -> int:
-    """Count this start in ``state_dir/boot`` (written atomically) and return the new count."""
+def next_boot(state_dir: Path) -> tuple[int, bool]:
+    """Count this start in ``state_dir/boot`` (written atomically): the new count, and whether it
+    was written. One that cannot be (a full disk) is still this start's: the start goes on, and
+    :func:`record_boot` is tried again later."""
     path = state_dir / "boot"
     try:
         boot = int(path.read_text().strip()) + 1
     except (OSError, ValueError):
         boot = 1
+    recorded = record_boot(state_dir, boot)
+    if not recorded:
+        log.warning("the boot count %d is not written to %s yet (the next start may count it again)", boot, path)
+    return boot, recorded
+
+
+def record_boot(state_dir: Path, boot: int) -> bool:
+    """Write ``boot`` to ``state_dir/boot`` atomically; False (and nothing left behind) if it cannot be."""
+    path = state_dir / "boot"
     tmp = path.with_suffix(".tmp")
-    with open(tmp, "w") as f:
-        f.write(f"{boot}\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return boot
+    try:
+        with open(tmp, "w") as f:
+            f.write(f"{boot}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.debug("writing %s failed: %s", path, exc)
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        return False
+    return True
 
 
 def link_settings(config: EdgeConfig, will: Will | None) -> LinkSettings:
@@ -97,10 +123,14 @@ class Daemon:
     """One device: ``start()``, then ``stop()`` (or ``run()`` until SIGTERM/SIGINT).
 
     ``base`` is the local configuration data (the TOML with ``EDGE_*`` overrides) that a live
-    ``cfg/desired`` overlay is applied to; by default, ``config`` itself.
+    ``cfg/desired`` overlay is applied to; by default, ``config`` itself. ``outbox`` is the device's
+    store already opened by its owner (:func:`serve` waits for room to open it); by default it is
+    opened here, and an error (a full disk included) is raised.
     """
 
-    def __init__(self, config: EdgeConfig, base: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self, config: EdgeConfig, base: Mapping[str, Any] | None = None, *, outbox: Outbox | None = None
+    ) -> None:
         self.config = config
         #: Set when a configuration change needs a restart; ``next_config`` is what to start with.
         self.restart_requested = threading.Event()
@@ -114,9 +144,12 @@ class Daemon:
         self._link_state_recorded: tuple[str, str] | None = None
         self._oversized_unrecorded = 0
         self.supervisor = Supervisor()
-        config.store.state_dir.mkdir(parents=True, exist_ok=True)
-        self.outbox = Outbox.from_config(config, owner=True)
-        self.boot = next_boot(config.store.state_dir)
+        if outbox is None:
+            config.store.state_dir.mkdir(parents=True, exist_ok=True)
+            outbox = Outbox.from_config(config, owner=True)
+        self.outbox = outbox
+        self.boot, self._boot_recorded = next_boot(config.store.state_dir)
+        self._held_tried = time.monotonic()
         will = Will(self.topics.status, self._status(online=False))
         self.link = MqttLink(link_settings(config, will))
         self.uplink = Uplink(
@@ -210,25 +243,44 @@ class Daemon:
 
     def _record_link_state(self) -> None:
         """The supervisor's chore (about once a second): the link state and the count of oversized
-        messages go into the store here, not on the network thread, which must never wait for SQLite."""
+        messages go into the store here, not on the network thread, which must never wait for SQLite.
+
+        The link state goes into ``daemon.lock``'s note as well, where ``edge status`` reads it even
+        while the disk is full; the store's copy (and the count) then waits in memory for room.
+        What the disk-full state held is tried every :data:`HELD_RETRY_S`, and the boot count."""
         state = self._link_state
         if state != self._link_state_recorded:
-            self.outbox.set_meta("link", f"{state[0]} {state[1]}")
+            self.outbox.set_note("link", {"state": state[0], "since": state[1]})
+            self.outbox.set_meta("link", f"{state[0]} {state[1]}", hold_if_full=True)
             self._link_state_recorded = state
         n = self._oversized_unrecorded
         if n:
             self.outbox.bump("rejected_oversized", n)
             self._oversized_unrecorded -= n
+        now = time.monotonic()
+        if now - self._held_tried >= HELD_RETRY_S:
+            self._held_tried = now
+            self.outbox.retry_held()
+            if not self._boot_recorded:
+                self._boot_recorded = record_boot(self.config.store.state_dir, self.boot)
 
     def _every(self, interval: Callable[[], float], fn: Callable[[], Any], name: str, first: float = 0.0) -> None:
         def loop() -> None:
             if self._stop.wait(first):
                 return
+            full = False
             while True:
                 try:
                     fn()
+                except StoreFull as exc:
+                    # The store has said so, once; each round it is refused again is no news.
+                    if not full:
+                        log.warning("%s failed, and will until there is room: %s", name, exc)
+                    full = True
                 except Exception:
                     log.exception("%s failed", name)
+                else:
+                    full = False
                 ran = time.monotonic()
                 # The interval is read again every few seconds, so a live change applies promptly.
                 while (left := ran + interval() - time.monotonic()) > 0:
@@ -264,7 +316,9 @@ class Daemon:
         self.journal.purge()
 
     def start(self) -> Daemon:
-        self.outbox.set_meta("daemon", f"{os.getpid()} {now_iso()} {self.boot}")
+        # On a disk still nearly full this waits in memory for room; edge status finds the pid in
+        # daemon.lock meanwhile.
+        self.outbox.set_meta("daemon", f"{os.getpid()} {now_iso()} {self.boot}", hold_if_full=True)
         self._record_link_state()
         wake = self.outbox.bind_wake_socket()
         self.uplink.start(wake)
@@ -306,8 +360,10 @@ class Daemon:
         self.link.stop()
         for t in self._threads:
             t.join(2)
+        stopped = now_iso()
+        self.outbox.set_note("link", {"state": "stopped", "since": stopped})
         with contextlib.suppress(Exception):
-            self.outbox.set_meta("link", f"stopped {now_iso()}")
+            self.outbox.set_meta("link", f"stopped {stopped}")
         self.outbox.close()
         log.info("stopped")
 
@@ -337,31 +393,91 @@ class Daemon:
 
     def run(self) -> int:
         """Run until SIGTERM or SIGINT (0), restarting in-process when a configuration change needs it;
-        1 if one of the daemon's loops died."""
-        signalled = threading.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: signalled.set())
-        daemon: Daemon = self
-        systemd = DaemonWatchdog()  # READY=1, the watchdog while the supervisor finds all alive, STOPPING=1
-        while True:
+        1 if one of the daemon's loops died. See :func:`serve`."""
+        return serve(self.config, self.desired.base, first=self)
+
+
+def serve(config: EdgeConfig, base: Mapping[str, Any] | None = None, *, first: Daemon | None = None) -> int:
+    """``edge run``: the device's daemon until SIGTERM or SIGINT (0), restarting in-process when a
+    configuration change needs it; 1 if one of the daemon's loops died.
+
+    Each start opens the store as soon as the disk has room for it (:func:`_when_room`), then
+    builds and starts a :class:`Daemon`; ``first`` is one already built.
+    """
+    signalled = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: signalled.set())
+    systemd = DaemonWatchdog()  # READY=1, the watchdog while the supervisor finds all alive, STOPPING=1
+    daemon = first
+    while True:
+        waiting: Supervisor | None = None
+        if daemon is None:
+            daemon, waiting = _when_room(config, base, signalled, systemd)
+            if daemon is None:
+                if waiting is not None:
+                    waiting.stop()
+                systemd.stopping()
+                return 0
+        try:
             daemon.start()
             systemd.serving(daemon.supervisor, daemon.config.device.id)
-            outcome = None
-            try:
-                outcome = daemon.wait(signalled)
-            finally:
-                systemd.stopping(restart=outcome == "restart")
-                if outcome == "failed":
-                    daemon.stop_after_failure()
-                else:
-                    daemon.stop()
+        finally:
+            if waiting is not None:
+                waiting.stop()  # only now: the watchdog followed it until the daemon's own took over
+        outcome = None
+        try:
+            outcome = daemon.wait(signalled)
+        finally:
+            systemd.stopping(restart=outcome == "restart")
             if outcome == "failed":
-                log.critical("exiting: %s", daemon.supervisor.reason)
-                return 1
-            if signalled.is_set() or daemon.next_config is None:
-                return 0
-            log.info("restarting with the new configuration")
-            daemon = Daemon(daemon.next_config, daemon.desired.base)
+                daemon.stop_after_failure()
+            else:
+                daemon.stop()
+        if outcome == "failed":
+            log.critical("exiting: %s", daemon.supervisor.reason)
+            return 1
+        if signalled.is_set() or daemon.next_config is None:
+            return 0
+        log.info("restarting with the new configuration")
+        config, base, daemon = daemon.next_config, daemon.desired.base, None
+
+
+def _when_room(
+    config: EdgeConfig, base: Mapping[str, Any] | None, stop: threading.Event, systemd: DaemonWatchdog
+) -> tuple[Daemon | None, Supervisor | None]:
+    """A :class:`Daemon` on the device's store, opened as soon as the disk has room for it (None if
+    ``stop`` is set first), and the supervisor that watched the wait, if there was one.
+
+    Waiting is reported as started: ``READY=1``, with ``STATUS=`` saying what it waits for. The
+    daemon is up as far as it can be without its store (it holds the state directory, says why it
+    waits in ``daemon.lock`` and the journal, and takes events as soon as it can); left "activating"
+    instead, it would be killed at ``TimeoutStartSec`` and never watched. The watchdog is petted
+    while the wait makes its rounds (a supervisor of its own follows it), so a wait stuck in an open
+    that never returns is a hang like any other, and a wait is not.
+    """
+    beat = Heartbeat()
+    waiting: Supervisor | None = None
+
+    def on_waiting(reason: str) -> None:
+        nonlocal waiting
+        waiting = Supervisor()
+        waiting.watch("event store", lambda: True, heartbeat=beat)
+        waiting.start()
+        systemd.serving(waiting, config.device.id, status=f"waiting for room on the disk: {reason}")
+
+    try:
+        outbox = open_when_room(config, stop, beat=lambda: beat.beat("opening the event store"), on_waiting=on_waiting)
+        if outbox is None:
+            return None, waiting
+        try:
+            return Daemon(config, base, outbox=outbox), waiting
+        except BaseException:
+            outbox.close()
+            raise
+    except BaseException:
+        if waiting is not None:
+            waiting.stop()
+        raise
 
 
 def _link_counts(link: MqttLink) -> dict[str, int]:

@@ -277,16 +277,17 @@ class DaemonWatchdog:
             return f"the supervisor has not finished a round for {now - round_at:.0f} s (a loop or the store is stuck)"
         return True
 
-    def serving(self, supervisor: Supervisor, device: str) -> None:
-        """The daemon of ``device`` has started (the store is open, the services run): follow
-        ``supervisor``, and name the device in every journal entry from now on."""
+    def serving(self, supervisor: Supervisor, device: str, status: str | None = None) -> None:
+        """The daemon of ``device`` has started (the store is open, the services run; or, with
+        ``status`` saying so, it is up and waiting for what it needs): follow ``supervisor``, and
+        name the device in every journal entry from now on."""
         set_journal_device(device)
         with self._lock:
             self._supervisor = supervisor
             self._round_at = time.monotonic()
             self._restarting_since = None
         supervisor.chore("systemd watchdog", self._on_round)
-        self.notifier.ready(f"running: device {device}")
+        self.notifier.ready(status or f"running: device {device}")
         self.watchdog.start()
 
     def stopping(self, restart: bool = False) -> None:

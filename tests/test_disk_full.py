@@ -1,5 +1,6 @@
 """A counter whose SD card fills up: every rating it acknowledged is kept, the condition is reported,
-and it recovers when space returns, with and without a restart.
+and it recovers when space returns, with and without a restart; a daemon started on a card that is
+already full stays up, says so, and starts in full by itself once there is room.
 
 The card is real: an 8 MiB ext4 image (4 KiB blocks and 5 % reserved, as Raspberry Pi OS formats
 its root), loop-mounted in a private mount namespace. The daemon is the real ``edge run`` entered
@@ -18,15 +19,17 @@ hold exactly those ratings, once each, and the chain must be whole.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import pytest
 
@@ -34,9 +37,13 @@ from sim.broker import MosquittoBroker
 from sim.harness import EdgeProcess, collector_rows, edge_command, run_edge, wait_for, write_device_config
 from sim.serial_mcu import SerialMcu, SimPress
 from tests.conftest import FAST_SYNC, CollectorHandle
-from tests.mount_fixtures import MountNamespace, ext4_image, needs_loop_ext4
+from tests.mount_fixtures import MountNamespace, ext4_image, needs_loop_ext4, private_mount, run_child
+
+if TYPE_CHECKING:
+    from tests.systemd_fixtures import NotifySocket
 
 pytestmark = [pytest.mark.slow, needs_loop_ext4]
+pytest_plugins = ["tests.systemd_fixtures"]
 
 CARD_MIB = 8
 PANEL_MODEL = "ce-panel-4"  # the shipped serial-4btn profile's model, part of every press's dedupe key
@@ -73,7 +80,14 @@ class EdgeInNamespace(EdgeProcess):
 
 class Filler:
     """Whatever else fills the card: a file that grows while there is room and takes any room that
-    appears, until :meth:`stop`."""
+    appears, until :meth:`remove`.
+
+    ext4 sets room aside for the metadata of data not yet written out (delayed allocation) and gives
+    what it did not need back once the data is on disk, which a writer short of space forces: a
+    first ENOSPC leaves blocks that the next writer to ask gets. So the filler syncs its file at each
+    ENOSPC, and the card is ``full`` only when a write fails right after a sync: nothing is spare,
+    not the 32 KiB of a new -shm file, not one WAL frame.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -86,13 +100,30 @@ class Filler:
         return self
 
     def _run(self) -> None:
+        synced = False
         with open(self.path, "ab", buffering=0) as f:
             while not self._stop.is_set():
-                try:
-                    f.write(b"\0" * 65536)
-                except OSError:  # ENOSPC: the card is full; look again in a moment
+                if self._take(f):
+                    synced = False
+                    continue
+                if synced:  # even after a sync: the card is full; look again in a moment
                     self.full.set()
                     self._stop.wait(0.05)
+                with contextlib.suppress(OSError):
+                    os.fsync(f.fileno())
+                synced = True
+
+    @staticmethod
+    def _take(f: BinaryIO) -> bool:
+        """Write what fits of a chunk; smaller ones once a large one does not (seen on this image:
+        a 64 KiB write refused with 13 blocks left)."""
+        for size in (65536, 4096, 1):
+            try:
+                f.write(b"\0" * size)
+            except OSError:  # ENOSPC
+                continue
+            return True
+        return False
 
     def remove(self) -> None:
         """Stop growing and delete the file: space returns."""
@@ -240,13 +271,19 @@ def test_a_full_card_keeps_every_acknowledged_rating_and_recovers(
         assert "            fix: free space on that disk" in text
         log = card.log.read_text()
         assert log.count(f"the disk holding {card.state_dir} is full") == 1  # once, not at every refusal
-        # A technician's edge emit is refused with the reason, and prints no id.
+        # The panel says it once too, with the reason; the MCU's repeats are only counted.
+        assert log.count("panel: press on button") == 1 and "Traceback" not in log, log[-3000:]
+        # A technician's edge emit is refused with the reason, and prints no id. (Refused as it
+        # opens the store, which writes a little, or at the append: whichever first finds no room.)
         emitted = card.edge("emit", "rating", "--data", '{"score": 4}')
         assert (emitted.returncode, emitted.stdout) == (1, "")
-        assert emitted.stderr.splitlines() == [
-            "edge emit: disk full, nothing was written (database or disk is full): "
-            f"free space on the disk holding {card.state_dir}"
-        ]
+        assert emitted.stderr.splitlines() in (
+            [
+                f"edge emit: {reason}disk full, nothing was written (database or disk is full): "
+                f"free space on the disk holding {card.state_dir}"
+            ]
+            for reason in ("", f"cannot open the event store {card.state_dir / 'events.db'}: ")
+        ), emitted.stderr
 
         # The link comes back while the card is still full: the backlog goes out all the same, and
         # the collector's acknowledgements, which cannot be written down, do not stop the daemon.
@@ -258,6 +295,8 @@ def test_a_full_card_keeps_every_acknowledged_rating_and_recovers(
         wanted = {ids[k] for k in acked_so_far}
         assert wait_for(lambda: wanted <= stored_ratings(collector), WAIT), card.log.read_text()[-3000:]
         assert wait_for(lambda: "acknowledgements are kept in memory" in card.log.read_text(), WAIT)
+        # edge status tells the link as it is, though the store cannot record it.
+        assert card.status()["link"]["state"] == "up"
         assert daemon.running
 
         # Space returns, no restart: the MCU's presses are committed and acknowledged at its next
@@ -269,7 +308,9 @@ def test_a_full_card_keeps_every_acknowledged_rating_and_recovers(
         assert status["disk"]["full"] is False
         assert status["disk"]["refused_total"] == refused == status["counters"]["refused_disk_full"]
         assert f"disk        {refused} event(s) refused while the disk was full" in card.edge("status").stdout
-        assert "has room again" in card.log.read_text()
+        log = card.log.read_text()
+        assert "has room again" in log
+        assert "presses are taken again; " in log and "were refused while the disk was full" in log
         assert daemon.running
 
         # Full again, and the daemon is killed -9 in the middle of it.
@@ -309,3 +350,157 @@ def test_a_full_card_keeps_every_acknowledged_rating_and_recovers(
 
 def stored_ratings(collector: CollectorHandle) -> set[str]:
     return {r[0] for r in collector_rows(collector.db, "SELECT id FROM events WHERE type = 'rating'")}
+
+
+def test_a_daemon_started_on_a_full_card_waits_for_room_and_starts_by_itself(
+    card: Card, collector: CollectorHandle, notify_socket: NotifySocket
+) -> None:
+    """Issue 11, follow-up: ``edge run`` started on a full card used to exit 1, and systemd gave up
+    after ten starts, leaving the device dead once space returned."""
+    collector.start()
+    with SerialMcu(link=card.env["EDGE_PANEL__PORT"]) as mcu:
+        # A store with a rating in it, and a clean stop: SQLite folds its WAL into the database and
+        # deletes it and the -shm file, which the next start has to make again.
+        daemon = card.start_daemon()
+        mcu.press(1)
+        assert mcu.wait_acked(1, WAIT)
+        daemon.stop()
+        assert not card.seen(card.state_dir / "events.db-shm").exists()
+
+        # The card fills while the device is off. The filler takes any block that comes free, so
+        # nothing is spare: not the 32 KiB of a -shm file, not one WAL frame.
+        filler = card.filler()
+        assert filler.full.wait(WAIT)
+
+        # Started under systemd on the full card (a 2 s watchdog), it stays up and says why.
+        card.env.update(notify_socket.env(watchdog_usec=2_000_000))
+        daemon = card.start_daemon()
+        assert daemon.proc is not None
+        pid = daemon.proc.pid
+        assert wait_for(lambda: card.status()["disk"]["waiting"], WAIT), card.log.read_text()[-3000:]
+        status = card.status()
+        assert status["daemon"] == {"running": True, "pid": pid}
+        assert status["disk"]["full"] is True and status["disk"]["since"]
+        assert status["disk"]["waiting"].startswith(f"cannot open the event store {card.state_dir / 'events.db'}")
+        assert "disk full" in status["disk"]["waiting"]
+        assert status["queue"] is None and "disk full" in status["store"]["error"]  # SQLite cannot read it either
+        text = card.edge("status").stdout
+        assert f"disk        FULL since {status['disk']['since']}" in text
+        assert "the daemon waits for room to open the event store" in text
+        assert "            fix: free space on that disk" in text
+
+        # To systemd it is up (READY=1), with a STATUS line saying what it waits for; the
+        # watchdog is petted while it waits, over several of its periods.
+        assert wait_for(lambda: notify_socket.with_key("READY"), WAIT)
+        ready_at, ready = notify_socket.with_key("READY")[0]
+        assert ready["STATUS"].startswith("waiting for room on the disk: cannot open the event store")
+        assert wait_for(lambda: notify_socket.pets(since=ready_at) >= 5, WAIT), notify_socket.messages
+
+        # A citizen presses meanwhile: nothing can commit the rating, so nothing acknowledges it,
+        # and the MCU keeps it. The wait is logged once, not at every try.
+        mcu.press(2)
+        time.sleep(1.5)  # a few of the MCU's repeats; the daemon must not have taken any
+        assert mcu.unacked == 1
+        assert daemon.running
+        log = card.log.read_text()
+        assert log.count("waiting for room") == 1, log[-3000:]
+        assert "Traceback" not in log
+
+        # Space returns: the same process opens the store, starts in full, and takes the press the
+        # MCU kept at its next repeat; the rating reaches the collector.
+        filler.remove()
+        assert wait_for(lambda: mcu.unacked == 0, WAIT), card.log.read_text()[-3000:]
+        assert daemon.running and card.status()["daemon"]["pid"] == pid
+        ids = rating_ids(card)
+        wanted = {ids[key_of(p)] for p in mcu.acked}
+        assert len(wanted) == 2
+        assert wait_for(lambda: wanted <= stored_ratings(collector), WAIT), card.log.read_text()[-3000:]
+        assert wait_for(lambda: card.status()["link"]["state"] == "up", WAIT)
+        status = card.status()
+        assert status["disk"]["full"] is False and status["disk"]["waiting"] is None
+        assert notify_socket.statuses()[-1] == "running: device counter-01"
+        assert "has room again: the event store is open" in card.log.read_text()
+        assert daemon.running
+
+
+#: A device's uplink on a card that fills after its events were sent, in a child process that
+#: mounts the card (a 1 MiB tmpfs) privately. The collector's answers come over the real broker: the
+#: uplink's own link publishes them to the device's evtack topic.
+UPLINK_ON_A_FULL_CARD = r"""
+import json, os, sys, time
+from pathlib import Path
+from edge.config import BrokerAddress, SyncConfig
+from edge.store import Outbox
+from edge.sync import LinkSettings, MqttLink, Uplink
+from edge.sync.undeliverable import undeliverable
+from edge.topics import Topics
+
+def until(predicate, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+card, url = Path(sys.argv[1]), sys.argv[2]
+topics = Topics("vn", "gia-ray", "counter-01")
+outbox = Outbox(card / "state" / "events.db")
+for score in (4, 1, 3):
+    outbox.append("rating", {"score": score})
+link = MqttLink(LinkSettings(address=BrokerAddress.parse(url), client_id="counter-01", reconnect_min_s=0.1))
+uplink = Uplink(outbox, link, topics, SyncConfig(ack_timeout_s=60))
+uplink.start()
+link.start()
+assert link.wait_connected(30)
+until(lambda: uplink.stats.events_sent >= 3)
+
+with open(card / "ballast", "ab", buffering=0) as f:
+    for size in (65536, 4096, 1):
+        while True:
+            try:
+                f.write(b"\0" * size)
+            except OSError:
+                break
+
+# The collector's answers, while the card is full: one that is not JSON (counted as rejected), then
+# seq 1 stored and seq 2 refused for ever (set aside, with its reason).
+link.publish(topics.evtack, b"{not json", qos=1).result(10)
+ack = {"v": 1, "epoch": outbox.epoch, "ranges": [[1, 1]], "rejected": [[2, 2]], "reason": "schema",
+       "detail": "events.0.data.score"}
+link.publish(topics.evtack, json.dumps(ack).encode(), qos=1).result(10)
+until(lambda: uplink.stats.evtacks >= 1)
+handled = time.monotonic()
+until(lambda: uplink.heartbeat.at > handled + 0.1 or not uplink.alive())  # a round after the answers
+out = {"alive_while_full": uplink.alive(), "pending_while_full": [e.seq for e in outbox.pending()]}
+
+os.unlink(card / "ballast")
+outbox.append("test", {"n": 1})  # the first commit with room writes what was held, after answering
+until(lambda: outbox.counters().get("undeliverable_collector"))
+out["pending_after"] = [e.seq for e in outbox.pending()]
+out["undeliverable"] = [[u["seq"], u["source"], u["reason"]] for u in undeliverable(outbox)]
+out["counters"] = outbox.counters()
+out["alive"] = uplink.alive()
+uplink.stop()
+link.stop()
+outbox.close()
+print(json.dumps(out))
+"""
+
+
+def test_the_collectors_answers_on_a_full_card_wait_in_memory_and_the_uplink_goes_on(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    """Setting an event aside and counting a bad evtack need room too; on a full card they used to
+    raise out of the uplink's thread, and the daemon exited."""
+    card = tmp_path / "card"
+    card.mkdir()
+    mount = private_mount(f"mount -t tmpfs -o size=1m tmpfs {card}")
+    result = run_child(tmp_path, UPLINK_ON_A_FULL_CARD, [str(card), broker.url], mount)
+    # Nothing could be written: every event is still pending, and the uplink still runs.
+    assert result["alive_while_full"] is True
+    assert result["pending_while_full"] == [1, 2, 3]
+    # Once there is room: seq 1 acknowledged, seq 2 set aside with the collector's reason, both counted.
+    assert result["pending_after"] == [3, 4]
+    assert result["undeliverable"] == [[2, "collector", "schema: events.0.data.score"]]
+    assert result["counters"]["evtack_rejected_malformed"] == 1
+    assert result["counters"]["undeliverable_collector"] == 1
+    assert result["alive"] is True

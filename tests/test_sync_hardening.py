@@ -539,10 +539,10 @@ def test_the_daemon_records_its_link_state_off_the_network_thread(tmp_path: Path
     written_on: list[str] = []
     set_meta = daemon.outbox.set_meta
 
-    def spy(key: str, value: str) -> None:
+    def spy(key: str, value: str, **kw: Any) -> None:
         if key == "link":
             written_on.append(threading.current_thread().name)
-        set_meta(key, value)
+        set_meta(key, value, **kw)
 
     daemon.outbox.set_meta = spy  # type: ignore[method-assign]
     daemon.start()

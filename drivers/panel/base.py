@@ -31,6 +31,7 @@ from typing import Any, Literal, Self
 from drivers.panel.protocol import LED_MODES, MAX_BEEP_MS, LedMode, ParserCounters
 from drivers.profiles import ButtonSpec, Profile
 from drivers.resources import Resources, process_resources
+from edge.exceptions import StoreFull
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,8 @@ class Panel(ABC):
         self._on_event: EventCallback | None = None
         self._queue: queue.SimpleQueue[Press | PanelEvent | None] = queue.SimpleQueue()
         self._dispatcher: threading.Thread | None = None
+        # Presses refused since the store last took one because the disk is full (dispatcher thread).
+        self._refused_full = 0
 
     # -- public API --------------------------------------------------------------------------------
 
@@ -245,6 +248,19 @@ class Panel(ABC):
     def _press_failed(self, press: Press) -> None:  # noqa: B027 - optional hook
         """``on_press`` raised for ``press``; a backend may arrange for it to be delivered again."""
 
+    def _on_full(self, press: Press, exc: StoreFull) -> None:
+        self._refused_full += 1
+        if self._refused_full == 1:
+            log.error(
+                "%s: press on button %s not taken (%s); it is not acknowledged, and later ones are counted "
+                "until the store takes presses again",
+                self.holder,
+                press.button,
+                exc,
+            )
+        else:
+            log.debug("%s: press on button %s (key %s) refused: disk full", self.holder, press.button, press.key)
+
     def _deliver_press(self, press: Press) -> None:
         self._queue.put(press)
 
@@ -288,11 +304,26 @@ class Panel(ABC):
                 try:
                     assert self._on_press is not None
                     self._on_press(item)
+                except StoreFull as exc:
+                    # Refused for a full disk: said once, with the reason and no traceback; an MCU
+                    # repeats each press until it is taken, so the rest are only counted.
+                    self._on_full(item, exc)
+                    self._count(callback_errors=1)
+                    self._press_failed(item)
                 except Exception:
                     # A failed commit must not stop the panel; the press stays unacknowledged.
                     log.exception("%s: on_press failed for button %s (key %s)", self.holder, item.button, item.key)
                     self._count(callback_errors=1)
                     self._press_failed(item)
+                else:
+                    if self._refused_full:
+                        log.warning(
+                            "%s: presses are taken again; %d were refused while the disk was full (an MCU's "
+                            "repeats of one press included)",
+                            self.holder,
+                            self._refused_full,
+                        )
+                        self._refused_full = 0
             elif self._on_event is not None:
                 try:
                     self._on_event(item)

@@ -10,6 +10,7 @@ fingerprint of the hardware serial number as well as the machine id.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import functools
 import hashlib
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.clock import kernel_boot_id, since_boot
-from edge.exceptions import StoreError
+from edge.exceptions import StoreError, StoreFull
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,10 @@ class TimeSource:
 # -- files ---------------------------------------------------------------------------------------
 
 
+#: What a file system says when it has no room for one more block or inode (or the user's quota).
+_NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
 def _owned(st: os.stat_result) -> bool:
     return st.st_uid == os.geteuid()
 
@@ -127,7 +132,9 @@ def private_dir(path: Path, *, tighten: bool) -> None:
             _narrow(path, DIR_MODE)
         return
     except OSError as exc:
-        raise StoreError(f"cannot create the state directory {path}: {exc.strerror or exc}") from exc
+        # A directory takes a block of its own: on a full disk, that is the full disk's trouble.
+        kind = StoreFull if exc.errno in _NO_ROOM else StoreError
+        raise kind(f"cannot create the state directory {path}: {exc.strerror or exc}") from exc
     # mkdir's mode passes through the umask; set it outright.
     os.chmod(path, DIR_MODE)
 
@@ -144,7 +151,8 @@ def private_file(path: Path, *, tighten: bool) -> None:
                 _narrow(p, FILE_MODE)
         return
     except OSError as exc:
-        raise StoreError(f"cannot create the event store {path}: {exc.strerror or exc}") from exc
+        kind = StoreFull if exc.errno in _NO_ROOM else StoreError
+        raise kind(f"cannot create the event store {path}: {exc.strerror or exc}") from exc
     try:
         os.fchmod(fd, FILE_MODE)
     finally:
@@ -160,12 +168,17 @@ class DaemonLock:
     when the lock is taken, so rewriting it needs no new space, and the daemon can still say what
     is wrong when the disk is full and SQLite can commit nothing. ``previous`` is the note the last
     holder left (it may have been killed in the middle of what its note describes).
+
+    The note is a JSON object; its keys, each read by ``edge status``:
+    ``disk_full`` (since, refused, last_refused, dir; and ``waiting``, the reason the store could
+    not be opened, while the daemon waits for room to open it) and ``link`` (state, since).
     """
 
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / LOCK_FILE
         self.previous: dict[str, Any] = {}
-        self._can_note = False
+        self._writable = False
+        self._note_failing = False
         writable = True
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
@@ -186,32 +199,39 @@ class DaemonLock:
         except OSError as exc:
             os.close(fd)
             raise StoreError(f"cannot lock {self.path}: {exc.strerror or exc}") from exc
+        self._fd: int | None = fd
         if writable:
             self.previous = _parse_lock(os.pread(fd, LOCK_FILE_BYTES, 0))[1]
             os.fchmod(fd, FILE_MODE)
-            os.ftruncate(fd, 0)
-            try:
-                # The last holder's note stays until the store has taken it over (it may not, on a
-                # disk still full): a start that fails must not lose it.
-                os.pwrite(fd, _lock_block(self.previous), 0)
-                self._can_note = True
-            except OSError as exc:
-                # No room for the block (the disk is already full): the pid alone, if even that fits.
-                log.warning("cannot write %s: %s", self.path, exc.strerror or exc)
+            self._writable = True
+            # The last holder's account of a full disk stays until the store has taken it over (it
+            # may not, on a disk still full): a start that fails must not lose it. Nothing else of
+            # its note is this daemon's to say (its link state was its own).
+            carried = {"disk_full": self.previous["disk_full"]} if "disk_full" in self.previous else {}
+            if not self.note(carried):
+                # No block for the note (a new file on a disk already full): the pid alone, if even
+                # that fits; the note is tried again each time it changes.
                 with contextlib.suppress(OSError):
                     os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
-        self._fd: int | None = fd
 
     def note(self, data: Mapping[str, Any]) -> bool:
         """Replace the note after the pid (a JSON object of at most a few KiB); False if it could
-        not be written. Never raises: the note is for people, the store does not depend on it."""
-        if self._fd is None or not self._can_note:
+        not be written. Never raises: the note is for people, the store does not depend on it.
+
+        The block is written over the one the file already has (never truncated first), so once
+        the file has its block a note needs no new space, however full the disk."""
+        if self._fd is None or not self._writable:
             return False
         try:
             os.pwrite(self._fd, _lock_block(data), 0)
         except (OSError, ValueError) as exc:
-            log.warning("cannot write %s: %s", self.path, exc)
+            if not self._note_failing:
+                log.warning("cannot write %s: %s", self.path, exc)
+                self._note_failing = True
             return False
+        if self._note_failing:
+            log.info("%s is written again", self.path)
+            self._note_failing = False
         return True
 
     def release(self) -> None:

@@ -12,9 +12,9 @@ after a commit they poke the daemon through a datagram socket in the state direc
 not have to poll.
 
 One process owns the store: ``edge run`` opens it with ``owner=True``, which takes the state
-directory's lock, binds the store to the machine, and is the only opener that may move a corrupt
-file aside. ``edge emit`` appends next to it; ``edge status`` and ``edge events`` only read
-(:meth:`Outbox.open_readonly`).
+directory's lock (or is given it, :mod:`edge.store.opening`), binds the store to the machine, and is
+the only opener that may move a corrupt file aside. ``edge emit`` appends next to it; ``edge status``
+and ``edge events`` only read (:meth:`Outbox.open_readonly`).
 """
 
 from __future__ import annotations
@@ -89,6 +89,21 @@ META_DISK_FULL = "disk_full_last"
 MAX_HELD_ACK_SPANS = 10_000
 #: How many dedupe keys of refused events a store remembers, to count a repeated one once.
 MAX_REFUSED_KEYS = 10_000
+#: How many other writes (events set aside...) a store holds in memory while the disk is full.
+MAX_HELD_WRITES = 1000
+#: Free space under which an I/O error in growing SQLite's files is taken for a full disk: a WAL
+#: database needs 32 KiB of ``-shm`` and a few pages of WAL before it can commit anything.
+NO_ROOM_BYTES = 1 << 20
+#: SQLite's I/O errors (extended codes) in allocating space for its files.
+_ROOM_IOERRS = frozenset(
+    {
+        sqlite3.SQLITE_IOERR_SHMSIZE,
+        sqlite3.SQLITE_IOERR_SHMOPEN,
+        sqlite3.SQLITE_IOERR_WRITE,
+        sqlite3.SQLITE_IOERR_TRUNCATE,
+        sqlite3.SQLITE_IOERR_FSYNC,
+    }
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -286,9 +301,26 @@ def _is_corruption(exc: BaseException) -> bool:
     return _primary_code(exc) in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
 
 
+def _no_room(state_dir: Path | None) -> bool:
+    """Whether the disk holding ``state_dir`` has next to no room left for this process (or no inode)."""
+    if state_dir is None:
+        return False
+    try:
+        st = os.statvfs(state_dir)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < NO_ROOM_BYTES or (st.f_files > 0 and st.f_favail == 0)
+
+
 def _translate(exc: sqlite3.Error, state_dir: Path | None = None) -> StoreError:
     code = _primary_code(exc)
-    if code == sqlite3.SQLITE_FULL:
+    extended = getattr(exc, "sqlite_errorcode", None)
+    # SQLite reports ENOSPC as SQLITE_FULL only where it looks at errno (writing pages); growing
+    # the -shm file, creating it or a WAL, is an I/O error whatever the reason. With the disk out
+    # of room, that reason is the full disk.
+    if code == sqlite3.SQLITE_FULL or (
+        (extended in _ROOM_IOERRS or code == sqlite3.SQLITE_CANTOPEN) and _no_room(state_dir)
+    ):
         where = f"the disk holding {state_dir}" if state_dir is not None else "the disk"
         return StoreFull(f"disk full, nothing was written ({exc}): free space on {where}")
     if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
@@ -330,6 +362,8 @@ class Outbox:
     (``machine_id`` overrides what is read from the system), tightens the modes of existing files,
     and moves a corrupt database aside, copying what it can still read into the new one. Any other
     process that finds the file corrupt waits a little for the daemon to do that, then gives up.
+    ``lock`` is a :class:`DaemonLock` the owner already holds (it then belongs to the store, which
+    releases it on :meth:`close`, but not when opening fails: the caller may try again with it).
 
     ``timestamp`` gives each event's ``ts`` (local time with its UTC offset, as the contract has
     it): the wall clock, unless a simulator replays another time. ``rating`` and ``broadcast``
@@ -350,6 +384,7 @@ class Outbox:
         time_source: TimeSource | None = None,
         readonly: bool = False,
         timestamp: Callable[[], str] = now_iso,
+        lock: DaemonLock | None = None,
     ) -> None:
         self.path = Path(path)
         self.max_bytes = max_bytes
@@ -383,8 +418,17 @@ class Outbox:
         self._cap_failing = False
         #: While the disk is full (written by the writer thread only): since when, events refused.
         self._full: dict[str, Any] | None = None
-        #: Acknowledgements that could not be recorded for lack of space, kept for the next commit.
+        #: What could not be written for lack of space, kept for the next commit (under _state_lock):
+        #: acknowledgements, counts, meta values, other writes (with what to do once committed).
         self._held_acks: list[tuple[int, int]] = []
+        self._held_counts: dict[str, int] = {}
+        self._held_meta: dict[str, str] = {}
+        self._held_writes: list[tuple[Callable[[sqlite3.Connection], Any], Callable[[Any], None] | None]] = []
+        self._holding = False
+        #: The parts of daemon.lock's note besides the full disk (the link state), and a lock so that
+        #: threads writing the note do not interleave.
+        self._note_parts: dict[str, Any] = {}
+        self._note_lock = threading.Lock()
         self._refused_keys: set[str] = set()
         self._appended_bytes = 0
         self._size_checked_at = 0.0
@@ -404,14 +448,15 @@ class Outbox:
         private_dir(self.path.parent, tighten=self.owner)
         try:
             if self.owner:
-                self._lock = DaemonLock(self.path.parent)
+                self._lock = lock if lock is not None else DaemonLock(self.path.parent)
             private_file(self.path, tighten=self.owner)
             self._writer_conn = self._open_writer()
             self.epoch = self._init_meta()
             self._write_note()  # what the last daemon's note said is in the store now
         except BaseException:
-            if self._lock is not None:
+            if self._lock is not None and self._lock is not lock:
                 self._lock.release()
+            self._lock = None
             raise
         self._wake_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._wake_sock.setblocking(False)
@@ -424,11 +469,13 @@ class Outbox:
                 self.bump("store_moves")
                 self.append("security", {"kind": "store_moved", **self.moved}, "critical")
         except BaseException:
+            if lock is not None:
+                self._lock = None  # the caller's, to try again with
             self.close()
             raise
 
     @classmethod
-    def from_config(cls, config: EdgeConfig, *, owner: bool = False) -> Outbox:
+    def from_config(cls, config: EdgeConfig, *, owner: bool = False, lock: DaemonLock | None = None) -> Outbox:
         """The store of the device ``config`` describes (``owner=True`` for ``edge run``)."""
         return cls(
             config.db_path,
@@ -437,6 +484,7 @@ class Outbox:
             max_event_bytes=max_event_bytes_for(config),
             owner=owner,
             device_id=config.device.id,
+            lock=lock,
         )
 
     @classmethod
@@ -641,7 +689,7 @@ class Outbox:
         refused = previous.get("refused")
         refused = refused if isinstance(refused, int) and refused > 0 else 0
         if refused:
-            self._bump(conn, "refused_disk_full", refused)
+            self.add_to_counter(conn, "refused_disk_full", refused)
         _upsert_meta(
             conn,
             META_DISK_FULL,
@@ -723,7 +771,7 @@ class Outbox:
                 [r for r in found.replies if len(r) == 3],
             )
             for name, value in found.counters.items():
-                self._bump(conn, name, value)
+                self.add_to_counter(conn, name, value)
             if found.uptime_seen:
                 _upsert_meta(conn, "uptime_seen", found.uptime_seen)
             # The copied keys may come from an earlier boot: put them on this boot's clock now.
@@ -914,7 +962,7 @@ class Outbox:
             return
         for op, result in zip(group, results, strict=True):
             op.future.set_result(result)
-        if self._full is not None or self._held_acks:
+        if self._full is not None or self._holding:
             self._on_room_again(conn)
         appended = [c.seq for op, r in zip(group, results, strict=True) if op.appends for c in r]
         if appended:
@@ -949,26 +997,50 @@ class Outbox:
             )
 
     def _on_room_again(self, conn: sqlite3.Connection) -> None:
-        """A commit went through after the disk was full (writer thread): record the acknowledgements
-        held meanwhile and the count of refused events, in one transaction of their own. If that
-        finds the disk full again, everything stays as it was, for the next commit."""
+        """A commit went through after the disk was full (writer thread): record what was held
+        meanwhile (acknowledgements, counts, meta values, other writes) and the count of refused
+        events, in one transaction of their own. If that finds the disk full again, everything stays
+        as it was, for the next commit."""
         with self._state_lock:
             held, self._held_acks = self._held_acks, []
+            counts, self._held_counts = self._held_counts, {}
+            meta, self._held_meta = self._held_meta, {}
+            writes, self._held_writes = self._held_writes, []
+            self._holding = False
         full = self._full
+        done: list[tuple[Callable[[Any], None] | None, Any]] = []
         try:
-            self._set_sync(conn, False)
+            self._set_sync(conn, bool(writes))
             conn.execute("BEGIN IMMEDIATE")
             acked = self._ack_spans(conn, held) if held else 0
+            for name, by in counts.items():
+                self.add_to_counter(conn, name, by)
+            for key, value in meta.items():
+                _upsert_meta(conn, key, value)
+            for fn, then in writes:
+                done.extend(self._held_write(conn, fn, then))
             if full is not None:
                 if full["refused"]:
-                    self._bump(conn, "refused_disk_full", full["refused"])
+                    self.add_to_counter(conn, "refused_disk_full", full["refused"])
                 _upsert_meta(conn, META_DISK_FULL, compact({**full, "until": now_iso()}))
             conn.execute("COMMIT")
         except sqlite3.Error:
             self._recover(conn)
             with self._state_lock:
                 self._held_acks = _merge_spans(held + self._held_acks)
+                for name, by in self._held_counts.items():
+                    counts[name] = counts.get(name, 0) + by
+                self._held_counts = counts
+                self._held_meta = {**meta, **self._held_meta}  # a value set since is newer
+                self._held_writes = writes + self._held_writes
+                self._holding = True
             return
+        for then, result in done:
+            if then is not None:
+                try:
+                    then(result)
+                except Exception:
+                    log.exception("event store: reporting a write held while the disk was full failed")
         if full is not None:
             self._full = None
             self._refused_keys.clear()
@@ -983,8 +1055,33 @@ class Outbox:
                 acked,
             )
 
+    def _held_write(
+        self, conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], Any], then: Callable[[Any], None] | None
+    ) -> list[tuple[Callable[[Any], None] | None, Any]]:
+        """Run one held write inside :meth:`_on_room_again`'s transaction, in a savepoint: one that
+        fails for another reason than space is dropped (logged), not left to block the others."""
+        conn.execute("SAVEPOINT held_write")
+        try:
+            result = fn(conn)
+        except Exception as exc:
+            conn.execute("ROLLBACK TO held_write")
+            conn.execute("RELEASE held_write")
+            if isinstance(exc, sqlite3.Error) and isinstance(_translate(exc, self.path.parent), StoreFull):
+                raise  # still no room: everything waits for the next commit
+            log.error("event store: a write held while the disk was full failed and is dropped: %s", exc)
+            return []
+        conn.execute("RELEASE held_write")
+        return [(then, result)]
+
+    def _hold(self) -> bool:
+        """Mark something held (under _state_lock); True if it is the first thing of this full period."""
+        first = not self._holding
+        self._holding = True
+        return first
+
     def _hold_acks(self, spans: list[tuple[int, int]]) -> None:
         with self._state_lock:
+            self._hold()
             first = not self._held_acks
             self._held_acks = _merge_spans(self._held_acks + spans)
             if len(self._held_acks) > MAX_HELD_ACK_SPANS:
@@ -996,9 +1093,37 @@ class Outbox:
                 "there is room (events whose acknowledgement is lost with the process are sent again)"
             )
 
+    @property
+    def holding(self) -> bool:
+        """Whether the disk was found full and has not been written to since, or something waits in
+        memory to be written (see :meth:`retry_held`)."""
+        return self._full is not None or self._holding
+
+    def retry_held(self) -> None:
+        """Try now to write what was held while the disk was full (otherwise the next commit does).
+        Cheap: an empty transaction, after which the writer tries the held writes; nothing raises
+        if the disk is still full."""
+        if self.holding:
+            with contextlib.suppress(StoreError):
+                self._submit(lambda conn: None, durable=False)
+
+    def set_note(self, key: str, value: Any) -> None:
+        """Set ``key`` in the note in ``daemon.lock`` (the owner's; see :class:`DaemonLock`): for what
+        ``edge status`` must be able to read while SQLite can write nothing, e.g. the link state.
+        Rewrites one block in place: needs no new space. A no-op for a store that is not the owner."""
+        with self._note_lock:
+            self._note_parts[key] = value
+        self._write_note()
+
     def _write_note(self) -> None:
-        if self._lock is not None:
-            self._lock.note({} if self._full is None else {"disk_full": {**self._full, "dir": str(self.path.parent)}})
+        if self._lock is None:
+            return
+        with self._note_lock:
+            note = dict(self._note_parts)
+            full = self._full
+            if full is not None:
+                note["disk_full"] = {**full, "dir": str(self.path.parent)}
+            self._lock.note(note)
 
     def _after_append(self, conn: sqlite3.Connection, last_seq: int) -> None:
         """After a commit that appended: its callers already have their answer (the events are on
@@ -1066,7 +1191,7 @@ class Outbox:
                 try:
                     conn.execute(f"DELETE FROM events WHERE seq IN ({','.join('?' * len(seqs))})", seqs)
                     if klass is not None:
-                        self._bump(conn, f"evicted_{klass}", len(seqs))
+                        self.add_to_counter(conn, f"evicted_{klass}", len(seqs))
                     conn.execute("COMMIT")
                 except BaseException:
                     conn.execute("ROLLBACK")
@@ -1100,7 +1225,8 @@ class Outbox:
     # -- counters -------------------------------------------------------------------------------
 
     @staticmethod
-    def _bump(conn: sqlite3.Connection, name: str, by: int = 1) -> None:
+    def add_to_counter(conn: sqlite3.Connection, name: str, by: int = 1) -> None:
+        """Add to a persistent counter inside a transaction of :meth:`transact` (``conn`` is its)."""
         conn.execute(
             "INSERT INTO counters (name, value) VALUES (?, ?) "
             "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
@@ -1108,8 +1234,15 @@ class Outbox:
         )
 
     def bump(self, name: str, by: int = 1) -> None:
-        """Add to a persistent counter (rejected messages, quarantines...)."""
-        self._submit(lambda conn: self._bump(conn, name, by), durable=False)
+        """Add to a persistent counter (rejected messages, quarantines...). On a full disk the
+        count is kept in memory and added with the first commit that finds room, never raised: a
+        count must not stop what it counts (it is lost only if the process ends first)."""
+        try:
+            self._submit(lambda conn: self.add_to_counter(conn, name, by), durable=False)
+        except StoreFull:
+            with self._state_lock:
+                self._hold()
+                self._held_counts[name] = self._held_counts.get(name, 0) + by
 
     # -- appending ------------------------------------------------------------------------------
 
@@ -1296,9 +1429,49 @@ class Outbox:
         conn.execute("DELETE FROM dedupe WHERE boot = ? AND live_until < ?", (boot, now))
         _upsert_meta(conn, "uptime_seen", f"{boot} {now!r}")
 
-    def set_meta(self, key: str, value: str) -> None:
-        """Set one ``meta`` value (the daemon's pid, the link state...)."""
-        self._submit(lambda conn: _upsert_meta(conn, key, value), durable=False)
+    def set_meta(self, key: str, value: str, *, hold_if_full: bool = False) -> None:
+        """Set one ``meta`` value (the daemon's pid, the link state...).
+
+        With ``hold_if_full``, for a value that only informs: on a full disk it is kept in memory
+        and written with the first commit that finds room (the latest value of a key wins), instead
+        of raising :class:`StoreFull`."""
+        try:
+            self._submit(lambda conn: _upsert_meta(conn, key, value), durable=False)
+        except StoreFull:
+            if not hold_if_full:
+                raise
+            with self._state_lock:
+                self._hold()
+                self._held_meta[key] = value
+
+    def transact_when_room(
+        self, fn: Callable[[sqlite3.Connection], T], then: Callable[[T], None] | None = None
+    ) -> T | None:
+        """Like :meth:`transact` (durable), for a write that may wait while the disk is full: on
+        :class:`StoreFull` it is held in memory and run in the first transaction that finds room.
+        ``then(result)`` is called once ``fn`` is committed: here, or after that later commit on the
+        writer thread (where it must not use the store's writing methods). Returns ``fn``'s result,
+        or None when it was held; the write is lost only if the process ends first. At most
+        :data:`MAX_HELD_WRITES` are held (the oldest is forgotten first), so ``fn`` must be one
+        whose loss does no harm beyond a repetition (setting events aside: a forgotten one is
+        sent, and refused, again)."""
+        try:
+            result = self._submit(fn)
+        except StoreFull:
+            with self._state_lock:
+                first = self._hold()
+                self._held_writes.append((fn, then))
+                dropped = len(self._held_writes) - MAX_HELD_WRITES
+                if dropped > 0:
+                    del self._held_writes[:dropped]
+            if first:
+                log.warning(
+                    "event store: the disk is full; writes that can wait are kept in memory until there is room"
+                )
+            return None
+        if then is not None:
+            then(result)
+        return result
 
     def add_listener(self, listener: Callable[[int], None]) -> None:
         """Call ``listener(last_seq)`` on the writer thread after every commit that appended events."""

@@ -11,6 +11,10 @@ The copy stays until someone deals with it (``edge status --json`` lists the new
 worse than a collector that stays offline, and a citizen's rating refused by a collector that
 was wrongly strict can still be recovered from the table. ``sync.resend`` over its seq sends it
 again while the acknowledged row is still kept.
+
+On a full disk the setting aside waits in memory and is done with the first commit that finds
+room (:meth:`edge.store.Outbox.transact_when_room`); the events meanwhile stay pending, and one
+sent again is refused again, so nothing stops the uplink and nothing is lost but a repetition.
 """
 
 from __future__ import annotations
@@ -46,7 +50,8 @@ CREATE TABLE IF NOT EXISTS undeliverable (
 
 def set_aside(outbox: Outbox, ranges: Sequence[tuple[int, int]], source: Source, reason: str) -> list[int]:
     """Set the still-pending events in ``ranges`` (inclusive ``(from_seq, to_seq)``) aside, in one
-    durable transaction; returns their seqs (an event acknowledged or evicted meanwhile is left alone)."""
+    durable transaction; returns their seqs (an event acknowledged or evicted meanwhile is left alone).
+    On a full disk, returns ``[]``: it is done (and logged) once there is room."""
     spans = [(int(a), int(b)) for a, b in ranges if int(a) <= int(b)]
     if not spans:
         return []
@@ -74,18 +79,33 @@ def set_aside(outbox: Outbox, ranges: Sequence[tuple[int, int]], source: Source,
             done.extend(found)
         return done
 
-    done = outbox.transact(op)
-    if done:
-        # Apart from the transaction: a power cut in between loses one count, never an event.
-        outbox.bump(f"undeliverable_{source}", len(done))
-        log.error(
-            "set aside %d undeliverable event(s) (seq %s%s), refused by the %s: %s",
-            len(done),
-            done[0],
-            f"..{done[-1]}" if len(done) > 1 else "",
+    def count(conn: sqlite3.Connection) -> list[int]:
+        done = op(conn)
+        if done:
+            # In the same transaction: the count and the events set aside are written together.
+            Outbox.add_to_counter(conn, f"undeliverable_{source}", len(done))
+        return done
+
+    def report(done: list[int]) -> None:
+        if done:
+            log.error(
+                "set aside %d undeliverable event(s) (seq %s%s), refused by the %s: %s",
+                len(done),
+                done[0],
+                f"..{done[-1]}" if len(done) > 1 else "",
+                source,
+                reason,
+            )
+
+    done = outbox.transact_when_room(count, report)
+    if done is None:
+        log.warning(
+            "the disk is full: %d range(s) refused by the %s (%s) are set aside once there is room",
+            len(spans),
             source,
             reason,
         )
+        return []
     return done
 
 
