@@ -1,7 +1,8 @@
 """systemd integration without a dependency: ``sd_notify``, the watchdog, and journald's native protocol.
 
 **Notifications** (``sd_notify(3)``): systemd passes ``$NOTIFY_SOCKET`` to a ``Type=notify`` service;
-one datagram of ``KEY=value`` lines says ``READY=1`` (the store is open and the services run),
+one datagram of ``KEY=value`` lines says ``READY=1`` (the store is open and the services run; or
+the daemon is up and waiting for room on a full disk to open its store, as ``STATUS=`` then says),
 ``STATUS=...`` (shown by ``systemctl status``), ``STOPPING=1``, ``RELOADING=1`` (an in-process restart
 for a new configuration) and ``WATCHDOG=1``. Outside systemd every notification is a no-op.
 

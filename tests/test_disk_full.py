@@ -25,7 +25,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -384,6 +383,7 @@ def test_a_daemon_started_on_a_full_card_waits_for_room_and_starts_by_itself(
         assert status["disk"]["waiting"].startswith(f"cannot open the event store {card.state_dir / 'events.db'}")
         assert "disk full" in status["disk"]["waiting"]
         assert status["queue"] is None and "disk full" in status["store"]["error"]  # SQLite cannot read it either
+        assert status["link"]["state"] == "not started"
         text = card.edge("status").stdout
         assert f"disk        FULL since {status['disk']['since']}" in text
         assert "the daemon waits for room to open the event store" in text
@@ -398,8 +398,9 @@ def test_a_daemon_started_on_a_full_card_waits_for_room_and_starts_by_itself(
 
         # A citizen presses meanwhile: nothing can commit the rating, so nothing acknowledges it,
         # and the MCU keeps it. The wait is logged once, not at every try.
+        repeats = mcu.stats.repeats
         mcu.press(2)
-        time.sleep(1.5)  # a few of the MCU's repeats; the daemon must not have taken any
+        assert wait_for(lambda: mcu.stats.repeats >= repeats + 3, WAIT)  # sent and repeated: nobody took it
         assert mcu.unacked == 1
         assert daemon.running
         log = card.log.read_text()

@@ -46,11 +46,14 @@ def _free_bytes(path: Path) -> int:
 
 def waiting_note(previous: dict[str, Any], since: str, reason: str, state_dir: Path) -> dict[str, Any]:
     """The lock's note while the store cannot be opened: the disk is full (since the last daemon
-    found it so, if it was killed while full, whose refusals are carried over, uncounted yet) and
-    why this daemon waits."""
+    found it so, if it was killed while full, whose refusals are carried over, uncounted yet), why
+    this daemon waits, and that it has not started its link."""
     last = previous.get("disk_full")
     last = last if isinstance(last, dict) else {}
-    return {"disk_full": {**last, "since": last.get("since") or since, "dir": str(state_dir), "waiting": reason}}
+    return {
+        "disk_full": {**last, "since": last.get("since") or since, "dir": str(state_dir), "waiting": reason},
+        "link": {"state": "not started", "since": since},
+    }
 
 
 def open_when_room(
