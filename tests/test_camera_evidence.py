@@ -48,6 +48,7 @@ from edge.services.rating import RatingService
 from edge.store import Outbox
 from sim.broker import MosquittoBroker
 from sim.gpio_panel import SimGpioPanel
+from sim.harness import wait_for
 from tests.commands_fixtures import COMMUNE, DEVICE, build_channel
 from tests.test_camera_evidence_rig import (
     DEFAULT_SETTINGS,
@@ -501,6 +502,9 @@ def test_the_daemon_s_services_link_a_low_rating_to_a_blurred_clip_from_the_came
         ):
             time.sleep(0.05)
         assert cameras.watches["cam1"].camera.stats.frames >= 25, cameras.status()  # 5 s of scene: seated
+        # The model was checked at start, and its net is not held while nothing is written.
+        status = cameras.status()["cam1"]["evidence"]
+        assert status["problem"] is None and status["face_net_loaded"] is False
 
         assert isinstance(rating.profile, GpioProfile)
         SimGpioPanel(rating.profile, factory).press(DISSATISFIED)
@@ -531,6 +535,8 @@ def test_the_daemon_s_services_link_a_low_rating_to_a_blurred_clip_from_the_came
             assert checker.detect(picture) == []
             assert detail(picture, box) <= DETAIL_LEFT_MAX * detail(source, box)
             assert int(picture[414:].max()) <= MASK_MAX  # the profile's mask: y from 410 down
+        # The net was read for the clip and let go with it.
+        assert wait_for(lambda: cameras.status()["cam1"]["evidence"]["face_net_loaded"] is False, WAIT)
     finally:
         for service in reversed(services):
             service.stop()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import stat
 import time
 from pathlib import Path
@@ -30,6 +31,7 @@ from edge.services.camera.blur import (
 )
 from edge.services.camera.evidence import EvidenceRecorder, EvidenceRefused, Kind
 from edge.store import Outbox
+from sim.harness import wait_for
 from tests.test_camera_evidence_rig import (
     DEFAULT_SETTINGS,
     DETAIL_LEFT_MAX,
@@ -185,6 +187,39 @@ def test_without_a_face_model_nothing_is_kept_and_nothing_is_written(tmp_path: P
         assert list((tmp_path / "state" / "media").rglob("*")) == [tmp_path / "state" / "media" / "cam1"]
         assert outbox.list_events(type="evidence") == []
         assert outbox.counters().get("evidence_refused") == 2
+
+
+def test_a_face_model_gone_after_start_stops_the_pictures_until_it_is_back(tmp_path: Path):
+    """The model is checked at start and its net read only to write pictures: a model deleted in
+    between is found when the next picture is asked for, which is refused and the ring let go, as if
+    the model had never been there; once it is back, pictures are written again."""
+    model = tmp_path / "models" / "centerface.onnx"
+    model.parent.mkdir()
+    shutil.copyfile(face_model(), model)
+    settings = DEFAULT_SETTINGS.model_copy(update={"face_model": model})
+    blurrer = FaceBlurrer(model, settings.face_threshold)
+    with camera_rig(tmp_path, SCENES["officer"], settings, blurrer=blurrer) as rig:
+        assert not blurrer.loaded  # checked, not held
+        assert rig.feeder.wait_frames(10)
+        rig.recorder.record("command", kind="snapshot").result(WAIT)
+        assert wait_for(lambda: not blurrer.loaded, WAIT)  # read for the snapshot, let go with it
+
+        model.unlink()
+        pending = rig.recorder.record("command", kind="snapshot")
+        with pytest.raises(EvidenceRefused) as refused:
+            pending.result(WAIT)
+        assert refused.value.reason == "no_face_model" and str(model) in refused.value.detail
+        assert rig.recorder.problem is not None and str(model) in rig.recorder.problem
+        assert rig.feeder.wait_frames(10)
+        assert len(rig.recorder.ring) == 0  # no picture of anyone held for nothing
+        with pytest.raises(EvidenceRefused) as again:
+            rig.recorder.trigger("command", kind="snapshot")
+        assert again.value.reason == "no_face_model"
+
+        shutil.copyfile(face_model(), model)
+        rig.recorder.record("command", kind="snapshot").result(WAIT)  # found again; the ring fills again
+        assert len(rig.files()) == 2 and len(rig.events()) == 2  # audited on leaving the rig
+        assert rig.recorder.problem is None
 
 
 def test_when_detection_fails_nothing_is_written(tmp_path: Path):

@@ -36,6 +36,12 @@ _DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443}
 #: A recording's frame rate is believed only inside this range (some containers say 1000 or 0).
 _PLAUSIBLE_FPS = (0.5, 120.0)
 
+#: Up to this frame rate (the profile's) a stream is decoded in the reader's own thread. FFmpeg otherwise
+#: starts a decoder thread per core to decode frames side by side, each holding frames of its own (for
+#: H.264 at 640x480, 2 MB more on two cores; more on a Pi's four), which buys nothing at the 5 fps the
+#: shipped profiles ask for: one thread has 200 ms for each frame.
+ONE_DECODER_THREAD_FPS = 10.0
+
 _cv2_module: Any = None
 
 
@@ -79,9 +85,8 @@ class OpenCvBackend:
             cap = self._open_device(cv2)
         elif kind == "url":
             ms = int(self.timeout_s * 1000)
-            cap = cv2.VideoCapture(
-                target, cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms]
-            )
+            params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms]
+            cap = cv2.VideoCapture(target, cv2.CAP_FFMPEG, params + self._decoder_params(cv2))
             if not cap.isOpened():
                 cap.release()
                 raise CameraUnavailable(f"{self.description}: {self._why_stream_failed()}")
@@ -91,7 +96,7 @@ class OpenCvBackend:
                 raise CameraUnavailable(f"{self.description}: no such file")
             if not os.access(path, os.R_OK):
                 raise CameraUnavailable(f"{self.description}: permission denied")
-            cap = cv2.VideoCapture(path, cv2.CAP_FFMPEG)
+            cap = cv2.VideoCapture(path, cv2.CAP_FFMPEG, self._decoder_params(cv2))
             if not cap.isOpened():
                 cap.release()
                 raise CameraUnavailable(f"{self.description}: not a video file OpenCV can read")
@@ -101,6 +106,12 @@ class OpenCvBackend:
         self._started = time.monotonic()
         self._index = 0
         self._since_open = 0
+
+    def _decoder_params(self, cv2: Any) -> list[int]:
+        """FFmpeg's decoder threads: one for a camera at analysis rates (see :data:`ONE_DECODER_THREAD_FPS`)."""
+        if self.profile.fps > ONE_DECODER_THREAD_FPS or not hasattr(cv2, "CAP_PROP_N_THREADS"):
+            return []  # FFmpeg's own choice, a thread or more per core
+        return [cv2.CAP_PROP_N_THREADS, 1]
 
     def _open_device(self, cv2: Any) -> Any:
         device = self.source.resource or str(self.source.target)
@@ -175,7 +186,7 @@ class OpenCvBackend:
                 raise CameraUnavailable(f"{self.description}: no frame could be decoded (damaged or not a video)")
             # The end of the recording: start it again, as a camera that never stops.
             self._cap.release()
-            self._cap = cv2.VideoCapture(str(self.source.target), cv2.CAP_FFMPEG)
+            self._cap = cv2.VideoCapture(str(self.source.target), cv2.CAP_FFMPEG, self._decoder_params(cv2))
             self._since_open = 0
             self._started, self._index = time.monotonic(), 0
             ok, image = self._cap.read()

@@ -85,12 +85,13 @@ def cpu_seconds(pid: int) -> float:
 
 
 def memory_kb(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM (peak RSS) of a process, in kB, from /proc/<pid>/status."""
+    """VmRSS, VmHWM (peak RSS), RssAnon and RssFile (the resident pages of libraries and other files) of
+    a process, in kB, from /proc/<pid>/status."""
     out: dict[str, int] = {}
     with open(f"/proc/{pid}/status", encoding="ascii") as f:
         for row in f:
             key, _, rest = row.partition(":")
-            if key in ("VmRSS", "VmHWM"):
+            if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
                 out[key] = int(rest.split()[0])
     return out
 
@@ -190,6 +191,8 @@ def idle_usage(pid: int, seconds: float) -> dict[str, float]:
         "cpu_pct": 100 * (c1 - c0) / (t1 - t0),
         "rss_mb": mem["VmRSS"] / 1024,
         "peak_rss_mb": mem["VmHWM"] / 1024,
+        "anon_mb": mem["RssAnon"] / 1024,
+        "file_mb": mem["RssFile"] / 1024,
     }
 
 

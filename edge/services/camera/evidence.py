@@ -16,6 +16,8 @@ of a person as personal data):
 
 - The ring buffer is in memory only; it is never written. Without a usable face model the ring stays
   empty and every trigger is refused (:class:`EvidenceRefused` ``no_face_model``): no model, no file.
+  The model is checked when the recorder is built, so a missing one is reported at start; its net is
+  read only while pictures are being written, and let go with the last of them.
 - Before anything is written, on every frame of a clip and on a snapshot, faces are looked for in the
   whole picture, the privacy mask is blacked out (over whole 16-pixel blocks), then every face found is
   blurred. In a clip a frame
@@ -342,7 +344,8 @@ class EvidenceRecorder:
 
     ``counter`` is the counter the camera watches (ratings of other counters are not its business);
     ``media_dir`` is ``state_dir/media`` (the recorder writes in ``media_dir/<camera>/``). ``blurrer``
-    None: one is loaded from ``settings`` (and tried again on each trigger while it cannot be).
+    None: one is made from ``settings``, its model checked at once (and again on each trigger while it
+    cannot be used). Either way the blurrer's net is in memory only while pictures are being written.
     ``mask`` is the privacy mask (:class:`~edge.services.camera.blur.PrivacyMask`, or points in the
     frames' pixels). ``encoders``: the video encoders to try, in order (:data:`VIDEO_ENCODERS`).
     Thread-safe: frames, ratings, commands and tamper triggers come from different threads.
@@ -416,6 +419,9 @@ class EvidenceRecorder:
             self._pruner.join(max(0.0, deadline - time.monotonic()))
             self._pruner = None
         self.ring.clear()
+        with self._lock:
+            if not self._jobs and self._blurrer is not None:
+                self._blurrer.release()
 
     def __enter__(self) -> EvidenceRecorder:
         return self
@@ -550,11 +556,26 @@ class EvidenceRecorder:
         finally:
             with self._lock:
                 self._jobs.pop(job.clip_id, None)
+                if not self._jobs and self._blurrer is not None:
+                    # The net is read for the pictures being written and let go with the last of them:
+                    # a counter writes a few a day, and would otherwise hold its memory all day.
+                    self._blurrer.release()
 
     def _blurrer_now(self) -> FaceBlurrer:
+        """The blurrer with its net read, for a job about to look for faces."""
         blurrer = self._load_blurrer()
         if blurrer is None:
             raise EvidenceRefused("no_face_model", self.problem or "")
+        try:
+            blurrer.load()
+        except (FaceModelMissing, FaceModelError) as exc:
+            # Checked at start, gone or changed since: as if it had never been there.
+            with self._lock:
+                self._blurrer = None
+                self.problem = str(exc)
+            self.ring.clear()
+            log.error("camera %s: no evidence pictures: %s", self.camera, exc)
+            raise EvidenceRefused("no_face_model", str(exc)) from exc
         return blurrer
 
     def _hidden(self, image: np.ndarray) -> np.ndarray | None:
@@ -850,8 +871,11 @@ class EvidenceRecorder:
         """What a technician wants to know now."""
         with self._lock:
             pending = len(self._jobs)
+            blurrer = self._blurrer
         return {
             "problem": self.problem,
+            # The face detector's net, in memory only while pictures are being written.
+            "face_net_loaded": blurrer is not None and blurrer.loaded,
             "ring": {"frames": len(self.ring), "bytes": self.ring.bytes},
             "pending": pending,
             "media_bytes": self.media_bytes(),
