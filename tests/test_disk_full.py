@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -271,18 +272,14 @@ def test_a_full_card_keeps_every_acknowledged_rating_and_recovers(
         log = card.log.read_text()
         assert log.count(f"the disk holding {card.state_dir} is full") == 1  # once, not at every refusal
         # The panel says it once too, with the reason; the MCU's repeats are only counted.
-        assert log.count("panel: press on button") == 1 and "Traceback" not in log, log[-3000:]
+        assert log.count("panel: press on button") == 1 and "on_press failed" not in log, log[-3000:]
         # A technician's edge emit is refused with the reason, and prints no id. (Refused as it
         # opens the store, which writes a little, or at the append: whichever first finds no room.)
         emitted = card.edge("emit", "rating", "--data", '{"score": 4}')
         assert (emitted.returncode, emitted.stdout) == (1, "")
-        assert emitted.stderr.splitlines() in (
-            [
-                f"edge emit: {reason}disk full, nothing was written (database or disk is full): "
-                f"free space on the disk holding {card.state_dir}"
-            ]
-            for reason in ("", f"cannot open the event store {card.state_dir / 'events.db'}: ")
-        ), emitted.stderr
+        opening = re.escape(f"cannot open the event store {card.state_dir / 'events.db'}: ")
+        refusal = rf"edge emit: ({opening})?disk full, nothing was written \([^)]+\): free space on the disk holding "
+        assert re.fullmatch(refusal + re.escape(str(card.state_dir)), emitted.stderr.rstrip("\n")), emitted.stderr
 
         # The link comes back while the card is still full: the backlog goes out all the same, and
         # the collector's acknowledgements, which cannot be written down, do not stop the daemon.
