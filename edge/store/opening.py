@@ -12,7 +12,6 @@ every :data:`RETRY_MAX_S` whatever ``statvfs`` says (root's reserve, another pro
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -22,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from edge.clock import now_iso
 from edge.exceptions import StoreFull
 from edge.store.host import DaemonLock, private_dir
-from edge.store.outbox import Outbox
+from edge.store.outbox import Outbox, free_bytes
 
 if TYPE_CHECKING:
     from edge.config import EdgeConfig
@@ -34,14 +33,6 @@ RETRY_MIN_S = 1.0
 RETRY_MAX_S = 30.0
 #: How often free space is looked at between retries (a ``statvfs``; a retry follows when it grew).
 FREE_CHECK_S = 1.0
-
-
-def _free_bytes(path: Path) -> int:
-    try:
-        st = os.statvfs(path)
-    except OSError:
-        return 0
-    return st.f_bavail * st.f_frsize
 
 
 def waiting_note(previous: dict[str, Any], since: str, reason: str, state_dir: Path) -> dict[str, Any]:
@@ -107,13 +98,13 @@ def open_when_room(
                 on_waiting(reason)
             if lock is not None:
                 lock.note(waiting_note(lock.previous, since, reason, state_dir))
-            free = _free_bytes(state_dir)
+            free = free_bytes(state_dir) or 0
             deadline = time.monotonic() + interval
             while (left := deadline - time.monotonic()) > 0:
                 if stop.wait(min(left, FREE_CHECK_S)):
                     return None
                 beat()
-                if _free_bytes(state_dir) > free:
+                if (free_bytes(state_dir) or 0) > free:
                     break
             interval = min(interval * 2, RETRY_MAX_S)
     finally:

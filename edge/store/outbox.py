@@ -265,7 +265,8 @@ def _merge_spans(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
     return out
 
 
-def _free_bytes(path: Path) -> int | None:
+def free_bytes(path: Path) -> int | None:
+    """The bytes this process may still write on the file system holding ``path`` (None if unknown)."""
     try:
         st = os.statvfs(path)
     except OSError:
@@ -993,7 +994,7 @@ class Outbox:
                 "event store: the disk holding %s is full (%s bytes free): new events are refused, and not "
                 "acknowledged, until space is freed there; nothing already stored is lost",
                 self.path.parent,
-                _free_bytes(self.path.parent),
+                free_bytes(self.path.parent),
             )
 
     def _on_room_again(self, conn: sqlite3.Connection) -> None:
