@@ -17,11 +17,13 @@ Mosquitto on loopback, next to a baseline measured in the same run:
 Every process runs with the ``Environment=`` of ``systemd/commune-edge.service`` (``MALLOC_ARENA_MAX``,
 ``OPENBLAS_NUM_THREADS``), so what is measured is what the unit runs.
 
-The camera counter has the counter's target (issue 11: 60 MB), which it cannot meet: numpy and
-OpenCV cost some 30 MB in a bare interpreter before a frame is read, most of it their shared
-libraries' pages (cv2's own library alone is about 14 MB resident). The benchmark measures that floor
-in the same run (**baseline with numpy and cv2 imported**) and prints the counter's RSS plus it next to
-the MISS, so that what the camera service itself adds can be read off.
+The camera counter has the counter's target (issue 11: 60 MB), which it cannot meet: importing numpy
+and OpenCV costs some 30 MB in a bare interpreter before a frame is read, two thirds of it their shared
+libraries' pages. The benchmark measures that floor in the same run (**baseline with numpy and cv2**)
+and prints the counter's RSS plus it beside the MISS. What a running camera adds above the floor is
+mostly more of those libraries' code (cv2's own library is 7 MB resident once imported, 14 MB once
+frames are decoded, analysed and JPEG-compressed; FFmpeg's libraries 5 MB more) and the evidence ring
+buffer (15 s of JPEG frames, some 3.4 MB at 640x480).
 
 CPU is user + system time from ``/proc/<pid>/stat`` over the window, as a share of one core; RSS is
 ``VmRSS`` at the end of the window (peak: ``VmHWM``), split into ``RssAnon`` (the heap, Python's objects,
