@@ -104,7 +104,15 @@ def test_daemon_killed_ten_times_while_emitting(device, collector) -> None:
     while emitter.proc.poll() is None or kills < 10:
         daemon = start_connected(device)
         time.sleep(rng.uniform(0.2, 1.0))
+        # Every other kill lands while the collector is stalled (SIGSTOP): what it received meanwhile
+        # is stored after the daemon died without hearing its evtacks, so it must be sent again.
+        stall = kills % 2 == 1
+        if stall:
+            collector.process.proc.send_signal(signal.SIGSTOP)
+            time.sleep(0.3)
         daemon.kill()
+        if stall:
+            collector.process.proc.send_signal(signal.SIGCONT)
         kills += 1
     printed = emitter.wait()
     assert emitter.proc.returncode == 0
