@@ -66,6 +66,17 @@ def device_config(tmp_path: Path, broker_url: str, role: str = "counter", **sect
     return parse_config(data)
 
 
+def serial_counter(tmp_path: Path, mcu: SerialMcu, speak: bool = False) -> EdgeConfig:
+    """A counter on the simulated serial panel, with a broker nobody listens on (offline is healthy,
+    and has nothing to do with the panel)."""
+    return device_config(
+        tmp_path,
+        f"mqtt://127.0.0.1:{free_port()}",
+        panel={"profile": "serial-4btn", "port": str(mcu.path)},
+        rating={"counter": "q1", "feedback": {"speak": speak}},
+    )
+
+
 @dataclass
 class Watched:
     """A running daemon and the systemd side of ``edge run`` following it."""
@@ -139,12 +150,7 @@ def test_a_panel_reader_that_dies_when_the_cable_is_pulled_gets_the_daemon_resta
     """The serial panel's reader owns the port: it opens it again after every unplug, so only its
     death matters, not the port's coming and going. Here a bug in reporting the lost port kills it."""
     with SerialMcu(buttons=4, model="ce-panel-4", link=tmp_path / "panel-tty") as mcu:
-        config = device_config(
-            tmp_path,
-            f"mqtt://127.0.0.1:{free_port()}",  # offline: healthy, and nothing to do with the panel
-            panel={"profile": "serial-4btn", "port": str(mcu.path)},
-            rating={"counter": "q1", "feedback": {"speak": False}},
-        )
+        config = serial_counter(tmp_path, mcu)
         w = watch(config)
         rating = w.service(RatingService)
         assert wait_for(lambda: rating.panel is not None and rating.panel.connected, WAIT)
@@ -288,12 +294,7 @@ def test_a_speech_worker_that_dies_gets_the_daemon_restarted(tmp_path: Path, wat
     """The spoken thank-you has a worker of its own; a bug as it lets go of the speaker for a new one
     (a live change of ``rating.feedback.audio_device``) kills it, and with it every thank-you after."""
     with SerialMcu(buttons=4, model="ce-panel-4", link=tmp_path / "panel-tty") as mcu:
-        config = device_config(
-            tmp_path,
-            f"mqtt://127.0.0.1:{free_port()}",
-            panel={"profile": "serial-4btn", "port": str(mcu.path)},
-            rating={"counter": "q1", "feedback": {"speak": True}},
-        )
+        config = serial_counter(tmp_path, mcu, speak=True)
         w = watch(config)
         rating = w.service(RatingService)
         assert rating.speech.thread is not None
@@ -402,12 +403,7 @@ def test_threads_that_end_by_design_are_not_deaths(tmp_path: Path, watch: Callab
     """The panel's opener is done once the panel is open; a stopped service's threads are gone: none
     of that is a failure. Checked on a counter whose services all run."""
     with SerialMcu(buttons=4, model="ce-panel-4", link=tmp_path / "panel-tty") as mcu:
-        config = device_config(
-            tmp_path,
-            f"mqtt://127.0.0.1:{free_port()}",
-            panel={"profile": "serial-4btn", "port": str(mcu.path)},
-            rating={"counter": "q1", "feedback": {"speak": False}},
-        )
+        config = serial_counter(tmp_path, mcu)
         w = watch(config)
         rating = w.service(RatingService)
         assert wait_for(lambda: rating._opener is not None and not rating._opener.is_alive(), WAIT)
