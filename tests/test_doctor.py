@@ -21,12 +21,13 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
-from edge import broker_config, pki
+from edge import pki
 from edge.store import Outbox
 from edge.store.host import boot_id, since_boot
-from sim.broker import BrokerTls, MosquittoBroker, current_user, free_port
+from sim.broker import MosquittoBroker, free_port
 from sim.counter import speaker_alsa_config
 from sim.harness import run_edge, write_device_config
+from tests.tls_fixtures import enrol_device, shipped_tls_broker
 
 COMMUNE = "gia-ray"
 
@@ -181,34 +182,10 @@ def tls_site(tmp_path: Path) -> Iterator[TlsSite]:
     """A commune broker from the shipped templates (TLS, client certificates, the ACL), and this
     device's key and certificate, made as a technician makes them."""
     ca = pki.init_ca(tmp_path / "ca", commune=COMMUNE)
-    broker_cert = pki.issue_broker(ca, "localhost", ips=["127.0.0.1"])
-    assert broker_cert.key_path is not None
-    acl = tmp_path / "acl"
-    acl.write_text(broker_config.render_acl(commune=COMMUNE, root="vn", servers=["collector"]))
-    broker = MosquittoBroker(
-        tmp_path / "broker", tls=BrokerTls(ca.cert_path, broker_cert.cert_path, broker_cert.key_path, acl_file=acl)
-    )
-    (tmp_path / "persist").mkdir()
-    broker.config = broker_config.render_mosquitto_conf(
-        commune=COMMUNE,
-        ca_file=ca.cert_path,
-        cert_file=broker_cert.cert_path,
-        key_file=broker_cert.key_path,
-        acl_file=acl,
-        persistence_dir=tmp_path / "persist",
-        port=broker.port,
-        bind_address="127.0.0.1",
-        log_dest="stderr",
-        user=current_user(),
-    )
-    broker.start()
-    device = tmp_path / "device"
-    device.mkdir()
-    key = device / "device.key"
-    run_edge(["keys", "device", "--device", "counter-01", "--commune", COMMUNE, "--key", str(key)])
-    cert = pki.sign_csr(ca, (device / "device.csr").read_bytes())
+    broker = shipped_tls_broker(tmp_path, ca, commune=COMMUNE)
+    cert, key = enrol_device(ca, tmp_path / "device", device="counter-01", commune=COMMUNE)
     try:
-        yield TlsSite(ca, broker, cert.cert_path, key)
+        yield TlsSite(ca, broker, cert, key)
     finally:
         broker.stop()
 

@@ -17,13 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from edge import broker_config, keys, pki
+from edge import keys, pki
 from edge.config import BrokerAddress
 from edge.exceptions import LinkError
 from edge.sync.link import LinkSettings, MqttLink
-from sim.broker import BrokerTls, MosquittoBroker, current_user, find_mosquitto
+from sim.broker import MosquittoBroker, find_mosquitto
 from sim.harness import EdgeProcess, collector_rows, run_edge, wait_for, write_device_config
 from tests.conftest import FAST_SYNC
+from tests.tls_fixtures import enrol_device, shipped_tls_broker
 
 COMMUNE = "gia-ray"
 TIMEOUT = 20.0
@@ -51,34 +52,9 @@ def site(tmp_path: Path) -> Iterator[Site]:
     if find_mosquitto() is None:
         pytest.fail("mosquitto is not installed; run ./scripts/test, which installs it")
     ca = pki.init_ca(tmp_path / "ca", commune=COMMUNE)
-    broker_cert = pki.issue_broker(ca, "localhost", ips=["127.0.0.1"])
-    assert broker_cert.key_path is not None
-    acl = tmp_path / "acl"
-    acl.write_text(broker_config.render_acl(commune=COMMUNE, root="vn", servers=["collector"]))
-    broker = MosquittoBroker(
-        tmp_path / "broker", tls=BrokerTls(ca.cert_path, broker_cert.cert_path, broker_cert.key_path, acl_file=acl)
-    )
-    (tmp_path / "persist").mkdir()
-    broker.config = broker_config.render_mosquitto_conf(
-        commune=COMMUNE,
-        ca_file=ca.cert_path,
-        cert_file=broker_cert.cert_path,
-        key_file=broker_cert.key_path,
-        acl_file=acl,
-        persistence_dir=tmp_path / "persist",
-        port=broker.port,
-        bind_address="127.0.0.1",
-        log_dest="stderr",
-        user=current_user(),
-    )
-    broker.start()
-
+    broker = shipped_tls_broker(tmp_path, ca, commune=COMMUNE)
     # Enrol the device the way a technician does: key and request on the device, certificate from the CA.
-    device_dir = tmp_path / "device"
-    device_dir.mkdir()
-    key = device_dir / "device.key"
-    run_edge(["keys", "device", "--device", "counter-01", "--commune", COMMUNE, "--key", str(key)])
-    cert = pki.sign_csr(ca, (device_dir / "device.csr").read_bytes())
+    cert, key = enrol_device(ca, tmp_path / "device", device="counter-01", commune=COMMUNE)
     signing = tmp_path / "server-signing.key"
     made = json.loads(run_edge(["keys", "signing", "create", str(signing), "--json"]).stdout)
 
@@ -87,7 +63,7 @@ def site(tmp_path: Path) -> Iterator[Site]:
         "EDGE_CONFIG": str(config),
         **FAST_SYNC,
         "EDGE_MQTT__TLS__CA_FILE": str(ca.cert_path),
-        "EDGE_MQTT__TLS__CERT_FILE": str(cert.cert_path),
+        "EDGE_MQTT__TLS__CERT_FILE": str(cert),
         "EDGE_MQTT__TLS__KEY_FILE": str(key),
         "EDGE_COMMANDS__TRUSTED_KEYS": json.dumps({made["kid"]: made["public_key"]}),
     }
@@ -189,7 +165,7 @@ def _client(site: Site, issued: pki.Issued, client_id: str) -> MqttLink:
     return link
 
 
-def _batch(device: str, event_id: str) -> bytes:
+def _batch(device: str, event_id: str) -> str:
     event = {
         "id": event_id,
         "seq": 1,
