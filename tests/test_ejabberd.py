@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -185,7 +186,15 @@ def test_daemon_killed_ten_times_while_emitting(device: Device, collector: Colle
     while emitter.proc.poll() is None or kills < 10:
         daemon = chaos.start_connected(device)
         time.sleep(rng.uniform(0.2, 1.0))
+        # Every other kill lands while the collector is stalled, as on Mosquitto, so repeats surely
+        # reach it: what it received meanwhile is stored after the daemon died unacknowledged.
+        stall = kills % 2 == 1
+        if stall:
+            collector.process.proc.send_signal(signal.SIGSTOP)
+            time.sleep(0.3)
         daemon.kill()
+        if stall:
+            collector.process.proc.send_signal(signal.SIGCONT)
         kills += 1
     printed = emitter.wait()
     assert emitter.proc.returncode == 0
