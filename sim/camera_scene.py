@@ -49,7 +49,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -155,6 +155,7 @@ class CounterScene:
         self._chair, self._chair_alpha = self._draw_chair()
         self._desk, self._desk_alpha = self._draw_desk()
         self._noise = _noise_bank(self.width, self.height)
+        self._drawn_small: dict[int, np.ndarray] = {}  # frame_index_of's small copies of drawn frames
 
     @property
     def frame_count(self) -> int:
@@ -486,6 +487,46 @@ class CounterScene:
             if (x1 - x0) * (y1 - y0) >= 2 / 3 * w * h:
                 out.append((x0, y0, x1 - x0, y1 - y0))
         return out
+
+    def frame_index_of(self, picture: np.ndarray, indices: Iterable[int] | None = None) -> tuple[int, float]:
+        """Which of the scene's frames ``picture`` is (a frame decoded back out of a clip or a snapshot the
+        device wrote, its faces blurred and its mask black), so its faces can be looked up with
+        :meth:`face_boxes` rather than by asking a detector. Returns the index among ``indices`` (default:
+        every frame) whose drawing differs least from it, outside the privacy mask, on a small grey copy,
+        and that mean difference in grey levels (a few for the right frame; tens for a picture of
+        something else). Passers-by and the officer's movements tell frames apart; frames nobody tells
+        apart (a still officer, an empty corridor) have the same faces in the same places."""
+        cv2 = _cv2()
+        if indices is None:
+            indices = range(self.frame_count)
+        small = self._small_grey(picture)
+        keep = self._small_keep()
+        best, best_diff = -1, math.inf
+        for index in indices:
+            drawn = self._drawn_small.get(index)
+            if drawn is None:
+                drawn = self._drawn_small[index] = self._small_grey(self.frame(index))
+            diff = float(cv2.absdiff(small, drawn)[keep].mean())
+            if diff < best_diff:
+                best, best_diff = index, diff
+        if best < 0:
+            raise ValueError("no frame indices to look among")
+        return best, best_diff
+
+    def _small_grey(self, image: np.ndarray) -> np.ndarray:
+        cv2 = _cv2()
+        grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        return cv2.resize(grey, (self.width // 4, self.height // 4), interpolation=cv2.INTER_AREA)
+
+    def _small_keep(self) -> np.ndarray:
+        """The small copy's pixels clear of the privacy mask (which the device blacks out)."""
+        cv2 = _cv2()
+        size = (self.width // 4, self.height // 4)
+        if self.mask is None:
+            return np.ones((size[1], size[0]), bool)
+        masked = cv2.resize(self.mask.astype(np.uint8), size, interpolation=cv2.INTER_AREA)
+        # A small pixel that straddles the mask's edge (or the 16-pixel blocks it is widened to) is left out.
+        return cv2.dilate(masked, np.ones((9, 9), np.uint8)) == 0
 
     # -- writing -------------------------------------------------------------------------------------
 

@@ -60,6 +60,8 @@ SCENE_ACTIONS: dict[str, frozenset[str]] = {
 STREAM_FORMATS = ("mjpeg", "mpegts")
 #: The scene's passers-by are scheduled ahead for this long (a day at the counter).
 SCENE_HOURS = 24.0
+#: Seconds between passers-by, on average (the scene draws each gap between 0.6 and 1.4 times it).
+WALKERS_EVERY_S = 15.0
 #: How long ffmpeg may take to listen after it was started. Its first start on a fresh machine loads
 #: its libraries from a cold disk cache, which took more than 15 s once on a loaded 2-core machine.
 LISTEN_TIMEOUT_S = 45.0
@@ -87,7 +89,7 @@ class SimCamera:
         fmt: str = "mjpeg",
         port: int = 0,
         name: str = "camera",
-        walkers_every_s: float | None = 15.0,
+        walkers_every_s: float | None = WALKERS_EVERY_S,
     ) -> None:
         if fmt not in STREAM_FORMATS:
             raise ValueError(f"stream format is one of {', '.join(STREAM_FORMATS)}, got {fmt!r}")

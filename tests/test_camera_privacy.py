@@ -253,9 +253,11 @@ def test_files_past_their_retention_are_deleted_on_schedule_and_their_events_sta
     settings = DEFAULT_SETTINGS.model_copy(update={"retention_days": 30})
     with camera_rig(tmp_path, SCENES["officer"], settings, prune_every_s=0.2) as rig:
         rig.recorder.start()
-        assert rig.feeder.wait_frames(10)
-        written = [rig.recorder.record("command", kind="snapshot").result(WAIT) for _ in range(4)]
+        assert rig.feeder.wait_frames(25)
+        kinds: list[Kind] = ["snapshot", "clip", "snapshot", "clip"]
+        written = [rig.recorder.record("command", kind=kind).result(WAIT) for kind in kinds]
         assert len(wait_events(rig, 4)) == 4
+        assert [e.path.suffix for e in written] == [".jpg", ".mp4", ".jpg", ".mp4"]
         day = 86400
         now = time.time()
         ages = [31 * day, 30 * day + 60, 30 * day - 3600, 0]  # two past it, one an hour short of it, one new
@@ -268,8 +270,9 @@ def test_files_past_their_retention_are_deleted_on_schedule_and_their_events_sta
             time.sleep(0.05)
 
         assert [e.path.exists() for e in written] == [False, False, True, True]
-        for evidence in written[2:]:
+        for evidence, age in zip(written[2:], ages[2:], strict=True):  # the younger ones are as they were
             assert hashlib.sha256(evidence.path.read_bytes()).hexdigest() == digests[evidence.path]
+            assert evidence.path.stat().st_mtime == pytest.approx(now - age, abs=1e-3)
         events = rig.events()
         assert [e["clip_id"] for e in events] == [e.clip_id for e in written]  # every event stays
         assert rig.recorder.stats.pruned_retention == 2

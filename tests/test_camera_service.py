@@ -9,7 +9,9 @@ missing device, a damaged recording) gives events and errors, never a crash.
 
 from __future__ import annotations
 
+import os
 import shutil
+import socket
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -25,6 +27,8 @@ from edge.services.camera.service import CameraService
 from edge.store import Outbox
 from sim.camera_scene import CounterScene, SceneServer
 from sim.harness import wait_for
+from sim.media_server import MediaServer
+from tests.test_camera_evidence_rig import audit_counter_media, face_model
 
 WAIT = 60.0  # seconds; reached only when a test is about to fail
 
@@ -151,6 +155,7 @@ def test_a_black_camera_is_covered(tmp_path: Path, rigs: list[Rig]) -> None:
     (start,) = rig.events("tamper")
     assert start["mean"] < 20 and start["incident"]
     assert rig.events("presence") == []  # nothing can be said of a seat nobody can see
+    assert running(rig)
 
 
 def test_a_missing_device_is_a_lost_camera_with_its_reason(tmp_path: Path, rigs: list[Rig]) -> None:
@@ -159,6 +164,39 @@ def test_a_missing_device_is_a_lost_camera_with_its_reason(tmp_path: Path, rigs:
     (start,) = rig.events("tamper")
     assert start["error"] == "/dev/video63: no such device (is the camera plugged in?)"
     assert rig.service.status()["q1-cam"]["state"] == "connecting"
+    assert running(rig)
+
+
+def running(rig: Rig) -> bool:
+    """The camera's analysis thread and its reader are still there, and the analysis never raised."""
+    watch = rig.service.watches["q1-cam"]
+    threads = [watch._thread, watch.camera.reader_thread]
+    return all(t is not None and t.is_alive() for t in threads) and rig.service.status()["q1-cam"]["errors"] == 0
+
+
+def test_an_unreachable_url_is_a_lost_camera_with_its_reason(tmp_path: Path, rigs: list[Rig]) -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    rig = rig_for(rigs, camera_config(tmp_path / "state", f"rtsp://admin:secret@127.0.0.1:{port}/stream1"))
+    assert wait_for(lambda: rig.tamper() == [("lost", "start")], WAIT)
+    (start,) = rig.events("tamper")
+    assert start["error"] == f"rtsp://127.0.0.1:{port}/stream1: unreachable: connection refused (127.0.0.1:{port})"
+    status = rig.service.status()["q1-cam"]
+    assert status["error"] == start["error"] and status["state"] == "connecting"
+    assert "secret" not in str(status) and "secret" not in str(rig.events("tamper"))
+    assert running(rig)
+
+
+def test_a_stream_of_garbage_is_a_lost_camera_with_its_reason(tmp_path: Path, rigs: list[Rig]) -> None:
+    with MediaServer() as media:
+        url = media.add_file("/camera.mjpg", os.urandom(200_000), content_type="multipart/x-mixed-replace")
+        rig = rig_for(rigs, camera_config(tmp_path / "state", url))
+        assert wait_for(lambda: rig.tamper() == [("lost", "start")], WAIT)
+        (start,) = rig.events("tamper")
+        assert "not a video stream OpenCV can read" in start["error"]
+        assert rig.service.status()["q1-cam"]["frames"] == 0
+        assert running(rig)
 
 
 def test_a_damaged_recording_gives_an_event_not_a_crash(tmp_path: Path, rigs: list[Rig], counter_video: Path) -> None:
@@ -170,7 +208,7 @@ def test_a_damaged_recording_gives_an_event_not_a_crash(tmp_path: Path, rigs: li
     # camera says so with a tamper event and the service keeps running.
     assert wait_for(lambda: rig.tamper() != [], WAIT)
     assert rig.tamper()[0] in (("frozen", "start"), ("lost", "start"), ("covered", "start"))
-    assert rig.service.status()["q1-cam"]["errors"] == 0
+    assert running(rig)
 
 
 def test_the_counter_role_builds_the_camera_service_next_to_the_rating_service(tmp_path: Path) -> None:
@@ -196,8 +234,6 @@ def test_the_counter_role_builds_the_camera_service_next_to_the_rating_service(t
 
 
 def test_a_tamper_start_records_a_blurred_clip_linked_to_it(tmp_path: Path, counter_video: Path) -> None:
-    from tests.test_camera_evidence_rig import face_model
-
     face_model()  # the set-up step installs it; without it no picture is ever written
     scene = CounterScene([(9, "seat"), (14, "cover"), (22, "uncover")], duration_s=30, walkers_every_s=8)
     video = scene.write(tmp_path / "cover.avi")
@@ -222,3 +258,7 @@ def test_a_tamper_start_records_a_blurred_clip_linked_to_it(tmp_path: Path, coun
     finally:
         service.stop()
         outbox.close()
+    # Every file the service wrote: the seated officer's face blurred where the scene put it (the clip
+    # starts pre_s before the cover), no face the detector finds, the mask black, 0600.
+    audits = audit_counter_media(tmp_path / "state" / "media", scene)
+    assert written in [a.path for a in audits] and sum(a.faces for a in audits) >= 3

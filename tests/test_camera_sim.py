@@ -16,9 +16,12 @@ import pytest
 
 from edge.cli.sim import send_request
 from sim.broker import MosquittoBroker
+from sim.camera_scene import CounterScene
 from sim.counter import speaker_alsa_config
+from sim.counter_camera import WALKERS_EVERY_S
 from sim.harness import EdgeProcess, collector_rows, wait_for, write_device_config
 from tests.conftest import FAST_SYNC, CollectorHandle
+from tests.test_camera_evidence_rig import audit_counter_media
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs Debian's ffmpeg")
 
@@ -53,6 +56,11 @@ def start_sim(tmp_path: Path, broker: MosquittoBroker, *flags: str, extra: str =
     return proc, sock
 
 
+def act(sock: Path, action: str, **params: Any) -> tuple[float, str, dict[str, Any]]:
+    """Have the scene do ``action`` now; returns it as a scene timeline entry, at the scene's time."""
+    return ask(sock, action, **params)["t"], action, params
+
+
 def ask(sock: Path, cmd: str, **args: Any) -> dict[str, Any]:
     reply = send_request(sock, {"cmd": cmd, **args}, timeout=WAIT)
     assert reply["ok"], reply
@@ -79,7 +87,7 @@ def test_the_officer_seated_a_covered_lens_and_a_low_rating_become_events_and_a_
         assert status["state"] == "streaming" and status["reference"]["how"] == "learned"
         assert status["source"].startswith("http://127.0.0.1:")  # the scene's stream, not the configured camera
 
-        ask(sock, "seat")
+        timeline = [act(sock, "seat")]  # what the scene did, at its own times, for the audit below
         assert wait_for(lambda: "present" in [s for s, _ in camera_events(sock, "presence")], WAIT)
 
         ask(sock, "done")  # the officer's button opens the rating window
@@ -91,11 +99,11 @@ def test_the_officer_seated_a_covered_lens_and_a_low_rating_become_events_and_a_
             return [e for e in ask(sock, "evidence")["evidence"] if e["reason"] == "low_rating"]
 
         assert wait_for(low_rating_clip, WAIT)
-        ask(sock, "cover")
+        timeline.append(act(sock, "cover"))
         assert wait_for(lambda: ("covered", "start") in camera_events(sock, "tamper"), WAIT)
-        ask(sock, "uncover")
+        timeline.append(act(sock, "uncover"))
         assert wait_for(lambda: ("covered", "end") in camera_events(sock, "tamper"), WAIT)
-        ask(sock, "leave")
+        timeline.append(act(sock, "leave"))
         assert wait_for(lambda: [s for s, _ in camera_events(sock, "presence")][-1:] == ["absent"], WAIT)
         assert wait_for(lambda: len(ask(sock, "evidence")["evidence"]) == 2, WAIT)  # and the tamper start's
         evidence = ask(sock, "evidence")["evidence"]
@@ -105,8 +113,16 @@ def test_the_officer_seated_a_covered_lens_and_a_low_rating_become_events_and_a_
         assert wait_for(
             lambda: len(collector_rows(collector.db, "SELECT id FROM events WHERE type = 'evidence'")) == 2, WAIT
         )
+        scene_s = ask(sock, "status")["cameras"]["q1-cam"]["scene"]["t"]
     finally:
         stdout = sim.stop()
+
+    # Every file the device wrote (both clips): each picture is a frame of the scene edge sim drew (the
+    # same scene, rebuilt from its actions), its faces blurred where the scene put them, no face the
+    # detector finds, the privacy mask black, 0600 in 0700 directories.
+    scene = CounterScene(timeline, duration_s=scene_s + 1, walkers_every_s=WALKERS_EVERY_S)
+    audits = audit_counter_media(tmp_path / "state" / "media", scene)
+    assert len(audits) == 2 and sum(a.faces for a in audits) >= 10
 
     # One event per change: the officer sat down (the empty seat may have been reported first), then
     # left; one incident for the covered lens.
