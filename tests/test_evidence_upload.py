@@ -47,8 +47,8 @@ from tests.test_broker_security import (  # noqa: F401 (fixtures)
     probes,
     tls_broker,
 )
-from tests.test_camera_evidence import SCENE
-from tests.test_camera_evidence_rig import DEFAULT_SETTINGS, WAIT, camera_rig
+from tests.test_camera_evidence import DISSATISFIED, SCENE, counter  # noqa: F401 (fixture)
+from tests.test_camera_evidence_rig import DEFAULT_SETTINGS, WAIT, camera_rig, wait_events
 
 COMMUNE = "gia-ray"
 DEVICE = "counter-01"
@@ -372,20 +372,41 @@ def test_acl_lets_a_device_upload_only_under_its_own_prefix(client: ClientFactor
     assert b"forged" not in [p for _, p in server.messages]
 
 
-# -- a real clip, a signed command, a broker kill ----------------------------------------------------
+# -- a low rating's clip, a signed command, a broker kill ---------------------------------------------
 
 
-def test_signed_upload_of_a_recorded_clip_through_a_broker_kill(
-    tmp_path: Path, broker: MosquittoBroker, signing_key: Ed25519PrivateKey
+def test_a_low_rating_s_clip_is_uploaded_on_a_signed_command_through_a_broker_kill(
+    tmp_path: Path,
+    broker: MosquittoBroker,
+    signing_key: Ed25519PrivateKey,
+    counter: Any,  # noqa: F811
 ) -> None:
+    """The whole path of the acceptance: a citizen presses "dissatisfied" on the simulated panel, the
+    recorder writes the clip linked to that rating, the commune asks for it with a signed
+    ``evidence.upload``, the broker is killed while the chunks are on their way, and the collector ends
+    up with the same bytes (sha256) as the device."""
     collector = Collector(broker.url, tmp_path / "collector.db", commune=COMMUNE, client_id="collector-e2e").start()
     channel = build_channel(tmp_path, broker, signing_key, lambda _registry: None)
     uploader: EvidenceUploader | None = None
     try:
+        rating, citizen, notes, _ = counter(outbox=channel.outbox)
         with camera_rig(tmp_path, SCENE, outbox=channel.outbox) as rig:
-            assert rig.feeder.wait_frames(5)
-            evidence = rig.recorder.record("command").result(WAIT)
-            size = evidence.path.stat().st_size
+            rating.add_observer(rig.recorder.on_rating)  # as the camera service wires it
+            rating.add_observer(notes)
+            assert rig.feeder.wait_frames(int(DEFAULT_SETTINGS.pre_s * 10) + 5)  # pre_s of frames in the ring
+            citizen.press_done()
+            notes.wait("window")
+            citizen.press(DISSATISFIED)
+            [note] = notes.wait("rating")
+            [event] = wait_events(rig, 1)
+            assert (event["reason"], event["rating_id"], event["window_id"]) == (
+                "low_rating",
+                note["id"],
+                note["window_id"],
+            )
+            clip = rig.recorder.dir / Path(event["file"]).name
+            size = clip.stat().st_size
+            assert size == event["bytes"] and sha256(clip) == event["sha256"]
             # Small chunks, paced so that the clip takes about 8 s whatever its size.
             settings = DEFAULT_SETTINGS.model_copy(
                 update={"upload_chunk_bytes": 4096, "upload_max_kbps": max(4.0, size * 8 / 1000 / 8)}
@@ -398,21 +419,21 @@ def test_signed_upload_of_a_recorded_clip_through_a_broker_kill(
             total = -(-size // 4096)
             assert total >= 6, f"a {size}-byte clip is too small to be cut in the middle"
 
-            cmd_id, _ = channel.send("evidence.upload", {"clip_id": evidence.clip_id})
+            cmd_id, _ = channel.send("evidence.upload", {"clip_id": event["clip_id"]})
             assert wait_for(lambda: media_of(collector).chunks_stored >= total // 3, WAIT)
             broker.kill()
             assert wait_for(lambda: not channel.link.connected.is_set(), 20)
-            assert media_of(collector).chunks_stored < total
+            assert media_of(collector).chunks_stored < total, "the clip was through before the broker was killed"
             broker.start()
 
             ack = channel.sender.wait_ack(cmd_id, TIMEOUT + WAIT)
             assert ack is not None and ack["state"] == "succeeded", channel.sender.acks(cmd_id)
-            assert ack["result"]["sha256"] == evidence.data["sha256"]
+            assert ack["result"]["sha256"] == event["sha256"]
             assert "in_progress" in channel.states(cmd_id)
             with sqlite3.connect(tmp_path / "collector.db") as conn:
-                [(sha, stored)] = conn.execute("SELECT sha256, path FROM media WHERE clip_id = ?", (evidence.clip_id,))
-            assert sha == evidence.data["sha256"] == sha256(Path(stored))
-            assert Path(stored).read_bytes() == evidence.path.read_bytes()
+                [(sha, stored)] = conn.execute("SELECT sha256, path FROM media WHERE clip_id = ?", (event["clip_id"],))
+            assert sha == event["sha256"] == sha256(Path(stored))
+            assert Path(stored).read_bytes() == clip.read_bytes()
             assert media_of(collector).chunks_stored == total and media_of(collector).duplicates <= 1
     finally:
         if uploader is not None:
