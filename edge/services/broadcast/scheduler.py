@@ -634,6 +634,20 @@ class BroadcastScheduler:
             with contextlib.suppress(Exception):
                 source.close()
             self._zones_off(bank)
+            if job is None:
+                self._report_cut_before_start(item)
+
+    def _report_cut_before_start(self, item: Item) -> None:
+        """``item`` stopped being the one to play before its first sample. A better item, a cancel and
+        stop_all leave it to their own events; the safety cut is this item's failure, as it is during
+        a play. It lands here when the scheduler hung after closing the zones (the watchdog opened
+        them meanwhile): played later instead, the item would go out with its cut never reported."""
+        with self._cond:
+            cut = self._cut
+            if cut is None or cut.state != "failed" or self._items.get(item.broadcast_id) is not item:
+                return
+            data = self.event_data(item, "failed", reason=cut.reason, **cut.extra)
+            self._finish_failed(item, data, cut.reason, True)
 
     def _warm_up(self, item: Item | RelayTest, bank: RelayBank) -> bool:
         """Amplifier on and wait out its warm-up. False if ``item`` stopped being the one to play:
