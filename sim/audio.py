@@ -312,6 +312,7 @@ class SimSoundCard:
         self._wav.setnchannels(self.channels)
         self._wav.setsampwidth(2)
         self._wav.setframerate(self.rate)
+        self._wav.writeframes(b"")  # the header now: a card that played nothing holds an empty WAV, not no WAV
         # Both FIFOs are held open read-write: ALSA's blocking opens never wait for the other end, a
         # reader never sees end-of-file between two streams, and stale capture samples can be drained.
         self._playback_fd = os.open(self._playback_fifo, os.O_RDWR | os.O_NONBLOCK)

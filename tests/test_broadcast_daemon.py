@@ -3,11 +3,13 @@ broadcast.play arrives, plays through the real audio path into a simulated card 
 switches a simulated LCUS relay board on a pseudo-terminal, and its proof of play reaches the
 collector once. Then what must not happen: a forged or unsigned command makes no sound, and a daemon
 killed with SIGKILL while playing comes back with every relay open before anything else, reports the
-interrupted item and resumes it.
+interrupted item and plays it again or not as its on_preempt says. Last, relay boards in trouble: an
+LCUS board unplugged, a Modbus RTU board that stops answering.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -22,11 +24,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edge import keys
 from edge.commands.claims import make_claims
 from edge.commands.jws import sign
-from sim.audio import SimSoundCard, write_tone
+from sim.audio import SimSoundCard, measure, measure_wav, write_tone
 from sim.broker import MosquittoBroker
 from sim.harness import collector_rows, run_edge, wait_for, write_device_config
 from sim.media_server import MediaServer
-from sim.serial_relay import SimLcusBoard
+from sim.serial_relay import SimLcusBoard, SimModbusBoard, SimRelayBoard
 from tests.commands_fixtures import COMMUNE, CommandedDevice, sender_for
 from tests.conftest import FAST_SYNC, CollectorHandle, Device
 
@@ -39,7 +41,7 @@ STEPS = [400.0, 600.0, 800.0, 1000.0, 1200.0, 1400.0]
 class Rig:
     dev: CommandedDevice
     card: SimSoundCard
-    board: SimLcusBoard
+    board: SimRelayBoard
     media: MediaServer
     tmp: Path
 
@@ -66,21 +68,26 @@ class Rig:
     def closed(self) -> list[int]:
         return [n for n, on in self.board.states().items() if on]
 
+    def hardware(self) -> dict[str, Any]:
+        """What a technician sees: the hardware problems `edge status` names while the daemon runs."""
+        status = run_edge(["status", "--json"], env=self.dev.device.env, check=False)
+        found: dict[str, Any] = json.loads(status.stdout)["hardware"] if status.returncode == 0 else {}
+        return found
 
-@pytest.fixture
-def rig(tmp_path: Path, broker: MosquittoBroker, signing_key: Ed25519PrivateKey) -> Iterator[Rig]:
-    profile = tmp_path / "lcus.yaml"
-    text = (Path(__file__).parent.parent / "firmware_config" / "relays" / "lcus-4ch.yaml").read_text()
+
+@contextlib.contextmanager
+def loudspeaker_on(
+    board: SimRelayBoard, profile_name: str, tmp_path: Path, broker: MosquittoBroker, signing_key: Ed25519PrivateKey
+) -> Iterator[Rig]:
+    """``edge run`` for a loudspeaker on ``board`` (the shipped profile ``profile_name``, with test timings)."""
+    profile = tmp_path / f"{profile_name}.yaml"
+    text = (Path(__file__).parent.parent / "firmware_config" / "relays" / f"{profile_name}.yaml").read_text()
     profile.write_text(text.replace("warm_up_s: 2", "warm_up_s: 0.3").replace("idle_off_s: 10", "idle_off_s: 30"))
     state = tmp_path / "state"
     config = write_device_config(
         tmp_path / "edge.toml", broker.url, device=LOUDSPEAKER, role="loudspeaker", state_dir=state
     )
-    with (
-        SimSoundCard(tmp_path / "card") as card,
-        SimLcusBoard(4, link=tmp_path / "ttyRelay") as board,
-        MediaServer() as media,
-    ):
+    with SimSoundCard(tmp_path / "card") as card, MediaServer() as media:
         kid = keys.key_id(signing_key)
         env = {
             "EDGE_CONFIG": str(config),
@@ -103,29 +110,78 @@ def rig(tmp_path: Path, broker: MosquittoBroker, signing_key: Ed25519PrivateKey)
             sender.stop()
 
 
-def test_a_signed_play_is_played_and_its_proof_reaches_the_collector_once(rig: Rig, collector: CollectorHandle) -> None:
+@pytest.fixture
+def rig(tmp_path: Path, broker: MosquittoBroker, signing_key: Ed25519PrivateKey) -> Iterator[Rig]:
+    """A loudspeaker on a 4-channel LCUS board (no readback): channel 1 the amplifier, 2..4 the zones."""
+    with (
+        SimLcusBoard(4, link=tmp_path / "ttyRelay") as board,
+        loudspeaker_on(board, "lcus-4ch", tmp_path, broker, signing_key) as made,
+    ):
+        yield made
+
+
+@pytest.fixture
+def modbus_rig(tmp_path: Path, broker: MosquittoBroker, signing_key: Ed25519PrivateKey) -> Iterator[Rig]:
+    """A loudspeaker on an 8-coil Modbus RTU board (read back): coil 0 the amplifier, 1..7 the zones."""
+    with (
+        SimModbusBoard(8, link=tmp_path / "ttyRS485") as board,
+        loudspeaker_on(board, "modbus-8ch", tmp_path, broker, signing_key) as made,
+    ):
+        yield made
+
+
+def test_a_signed_play_of_each_format_is_played_and_its_proof_reaches_the_collector_once(
+    rig: Rig, collector: CollectorHandle
+) -> None:
     collector.start()
-    source = rig.serve(write_tone(rig.tmp / "thong-bao.mp3", hz=1000, seconds=2.0, rms_dbfs=-12.0))
+    formats = ["wav", "mp3", "ogg"]
+    sources = {
+        f"tb-{ext}": rig.serve(write_tone(rig.tmp / f"thong-bao.{ext}", hz=1000, seconds=2.0, rms_dbfs=-12.0))
+        for ext in formats
+    }
 
-    ack = rig.play({"broadcast_id": "tb-0101", "priority": "normal", "zones": ["zone-2"], "source": source})
+    acks = {
+        bid: rig.play({"broadcast_id": bid, "priority": "normal", "zones": ["zone-2"], "source": source})
+        for bid, source in sources.items()
+    }
 
-    assert ack["state"] == "succeeded" and ack["result"]["state"] == "scheduled", ack
-    assert wait_for(lambda: "finished" in rig.states("tb-0101"), TIMEOUT), rig.dev.log()
-    (item,) = rig.card.items
-    assert item.seconds == pytest.approx(2.0, abs=0.2) and item.rms_dbfs == pytest.approx(-12.0, abs=1.0)
-    # The board saw: every relay opened at start, then amplifier, zone-2, and zone-2 open again.
-    closes = [(n, on) for n, on in rig.board.switch_log if on]
-    assert closes == [(1, True), (3, True)]
-    assert rig.board.switch_log[-1] == (3, False) and rig.closed() == [1]  # the amplifier stays warm
+    for bid, ack in acks.items():
+        assert ack["state"] == "succeeded" and ack["result"]["state"] == "scheduled", ack
+        assert wait_for(lambda bid=bid: "finished" in rig.states(bid), TIMEOUT), rig.dev.log()
+    # What the captured WAV holds: the three, in the order they came, each 2.0 s of the tone at its level.
+    assert wait_for(lambda: len(rig.card.items) == 3 and rig.card.items[-1].ended_at is not None, TIMEOUT)
+    started = [
+        e["data"]["broadcast_id"] for e in reversed(rig.dev.events("broadcast")) if e["data"]["state"] == "started"
+    ]
+    assert started == list(sources)
+    for item in rig.card.items:
+        heard = measure(rig.card.samples(item), rig.card.rate)
+        assert heard.sound_s == pytest.approx(2.0, abs=0.2) and heard.sound_rms_dbfs == pytest.approx(-12.0, abs=1.0)
+    # The board saw: every relay opened at start, then the amplifier (once: it stays warm), and zone-2
+    # closed and opened again for each item.
+    first_close = next(i for i, (_, on) in enumerate(rig.board.switch_log) if on)
+    assert {n for n, _ in rig.board.switch_log[:first_close]} == {1, 2, 3, 4}
+    assert rig.board.switch_log[first_close:] == [(1, True)] + [(3, True), (3, False)] * 3
+    assert rig.closed() == [1]  # warm for idle_off_s
 
-    def collected() -> list[dict[str, Any]]:
-        rows = collector_rows(collector.db, "SELECT data FROM events WHERE type = 'broadcast' ORDER BY seq")
-        return [d for d in (json.loads(r[0]) for r in rows) if d["broadcast_id"] == "tb-0101"]
-
-    assert wait_for(lambda: [d["state"] for d in collected()] == ["scheduled", "started", "finished"], TIMEOUT)
-    finished = collected()[-1]
-    assert finished["sha256"] == source["sha256"] and finished["level_dbfs"] == pytest.approx(-12.0, abs=1.0)
-    assert finished["cmd_id"] == ack["cmd_id"]
+    # Exactly once: when the collector has acknowledged everything the device holds, it stores each
+    # item's one finished event (by its id: a repeat on the wire is the same row), and nothing more.
+    assert wait_for(lambda: rig.dev.status().get("queue", {}).get("depth") == 0, TIMEOUT), rig.dev.status()
+    on_device = {
+        e["data"]["broadcast_id"]: e["id"] for e in rig.dev.events("broadcast") if e["data"]["state"] == "finished"
+    }
+    rows = collector_rows(
+        collector.db, "SELECT id, data FROM events WHERE type = 'broadcast' AND device = ? ORDER BY seq", (LOUDSPEAKER,)
+    )
+    collected = [(row_id, json.loads(data)) for row_id, data in rows]
+    for bid, source in sources.items():
+        mine = [(row_id, d) for row_id, d in collected if d["broadcast_id"] == bid]
+        assert [d["state"] for _, d in mine] == ["scheduled", "started", "finished"], (bid, mine)
+        finished_id, finished = mine[-1]
+        assert finished_id == on_device[bid]
+        assert finished["sha256"] == source["sha256"] and finished["level_dbfs"] == pytest.approx(-12.0, abs=1.0)
+        assert finished["duration_s"] == pytest.approx(2.0, abs=0.2)
+        assert finished["cmd_id"] == acks[bid]["cmd_id"]
 
 
 def test_a_forged_or_unsigned_play_makes_no_sound(rig: Rig) -> None:
@@ -139,19 +195,32 @@ def test_a_forged_or_unsigned_play_makes_no_sound(rig: Rig) -> None:
 
     assert wait_for(lambda: len(rig.dev.events("security")) >= 2, TIMEOUT), rig.dev.log()
     time.sleep(2.0)  # what a hijacked loudspeaker would have started by now
-    assert rig.card.items == []
+    # Listen to what the card recorded: not one sample, let alone a sound.
+    heard = measure_wav(rig.card.wav)
+    assert heard.frames == 0 and heard.sound_s == 0.0 and rig.card.items == []
     assert rig.dev.events("broadcast") == []
     assert all(not on for _, on in rig.board.switch_log) and rig.closed() == []
-    reasons = {e["data"]["reason"] for e in rig.dev.events("security")}
-    assert reasons & {"bad_signature", "malformed"}, reasons
+    reasons = sorted(e["data"]["reason"] for e in rig.dev.events("security"))
+    assert reasons == ["bad_signature", "malformed"], reasons
 
 
-def test_killed_while_playing_it_opens_every_relay_first_then_reports_and_resumes(rig: Rig) -> None:
+@pytest.mark.parametrize("on_preempt", ["resume", "restart", "drop"])
+def test_killed_while_playing_it_opens_every_relay_first_then_reports_and_plays_again_as_asked(
+    rig: Rig, on_preempt: str
+) -> None:
     from tests.broadcast_fixtures import dominant_hz, stepped_tone
 
     long = rig.serve(stepped_tone(rig.tmp / "ban-tin.wav", STEPS, 1.0))
     later = rig.serve(write_tone(rig.tmp / "chieu.wav", seconds=0.5))
-    rig.play({"broadcast_id": "ban-tin", "priority": "priority", "zones": ["zone-1", "zone-3"], "source": long})
+    rig.play(
+        {
+            "broadcast_id": "ban-tin",
+            "priority": "priority",
+            "zones": ["zone-1", "zone-3"],
+            "source": long,
+            "on_preempt": on_preempt,
+        }
+    )
     in_an_hour = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(time.time() + 3600))
     rig.play({"broadcast_id": "chieu", "priority": "normal", "zones": ["all"], "source": later, "start_at": in_an_hour})
     assert wait_for(lambda: bool(rig.card.items) and rig.card.items[0].seconds > 3.2, TIMEOUT), rig.dev.log()
@@ -165,24 +234,37 @@ def test_killed_while_playing_it_opens_every_relay_first_then_reports_and_resume
 
     rig.dev.start()
 
-    assert wait_for(lambda: "finished" in rig.states("ban-tin"), TIMEOUT), rig.dev.log()
+    assert wait_for(lambda: "failed" in rig.states("ban-tin"), TIMEOUT), rig.dev.log()
+    if on_preempt != "drop":
+        assert wait_for(lambda: "finished" in rig.states("ban-tin"), TIMEOUT), rig.dev.log()
     after = rig.board.switch_log[before:]
-    first_close = next(i for i, (_, on) in enumerate(after) if on)
-    assert {n for n, on in after[:first_close]} >= {1, 2, 4}, "relays closed before every relay was opened"
+    closes = [i for i, (_, on) in enumerate(after) if on]
+    opened_first = {n for n, _ in after[: closes[0] if closes else len(after)]}
+    assert opened_first == {1, 2, 3, 4}, f"not every relay was opened before the first close: {after}"
     log = rig.dev.log()  # both runs: the second one opened every relay before the daemon started
     second_start = log.rfind("every relay off")
     assert second_start != -1 and log.find(" started (boot", second_start) > second_start
-    # The proof of play: the interrupted play failed, then resumed near where it was cut.
+    # The proof of play: the interrupted play failed, then played again or not as its on_preempt says.
+    failed = rig.broadcasts("ban-tin")[2]
+    assert failed["state"] == "failed" and failed["reason"] == "interrupted"
     states = rig.states("ban-tin")
-    assert states == ["scheduled", "started", "failed", "resumed", "finished"], states
-    failed, resumed = rig.broadcasts("ban-tin")[2:4]
-    assert failed["reason"] == "interrupted"
-    assert 0 < resumed["position_s"] <= cut_s + 0.1  # from the last checkpoint before the kill
-    again = rig.card.items[1]
-    assert again.seconds == pytest.approx(len(STEPS) - resumed["position_s"], abs=0.3)
-    samples = rig.card.samples(again)
-    first_hz = dominant_hz(samples[: rig.card.rate // 10], rig.card.rate)
-    assert abs(first_hz - STEPS[int(resumed["position_s"])]) < 60, (first_hz, resumed["position_s"])
+    if on_preempt == "drop":
+        assert states == ["scheduled", "started", "failed"], states
+        assert not closes and len(rig.card.items) == 1 and rig.closed() == []
+    elif on_preempt == "restart":
+        assert states == ["scheduled", "started", "failed", "started", "finished"], states
+        again = rig.card.items[1]
+        assert again.seconds == pytest.approx(len(STEPS), abs=0.3)  # the whole of it, from the start
+        first_hz = dominant_hz(rig.card.samples(again)[: rig.card.rate // 10], rig.card.rate)
+        assert abs(first_hz - STEPS[0]) < 60, first_hz
+    else:
+        assert states == ["scheduled", "started", "failed", "resumed", "finished"], states
+        resumed = rig.broadcasts("ban-tin")[3]
+        assert 0 < resumed["position_s"] <= cut_s + 0.1  # from the last checkpoint before the kill
+        again = rig.card.items[1]
+        assert again.seconds == pytest.approx(len(STEPS) - resumed["position_s"], abs=0.3)
+        first_hz = dominant_hz(rig.card.samples(again)[: rig.card.rate // 10], rig.card.rate)
+        assert abs(first_hz - STEPS[int(resumed["position_s"])]) < 60, (first_hz, resumed["position_s"])
     # The schedule is intact: the afternoon item still waits for its time.
     rows = collector_rows(rig.dev.device.db, "SELECT broadcast_id, state FROM broadcast_schedule")
     assert rows == [("chieu", "scheduled")]
@@ -198,16 +280,41 @@ def test_a_relay_board_that_goes_away_fails_the_item_and_recovers(rig: Rig) -> N
     assert rig.broadcasts("mat-ket-noi")[-1]["reason"] == "relay_fault"
     assert rig.card.items == []
 
-    def hardware() -> dict[str, Any]:
-        # What a technician sees: `edge status` names the relay problem while the daemon runs.
-        status = run_edge(["status", "--json"], env=rig.dev.device.env, check=False)
-        found: dict[str, Any] = json.loads(status.stdout)["hardware"] if status.returncode == 0 else {}
-        return found
-
-    assert wait_for(lambda: "relays" in hardware(), TIMEOUT)
+    assert wait_for(lambda: "relays" in rig.hardware(), TIMEOUT)
     rig.board.replug(new_path=False)
-    assert wait_for(lambda: "relays" not in hardware(), TIMEOUT), hardware()
+    assert wait_for(lambda: "relays" not in rig.hardware(), TIMEOUT), rig.hardware()
     rig.play({"broadcast_id": "co-lai", "priority": "normal", "zones": ["all"], "source": source})
     assert wait_for(lambda: "finished" in rig.states("co-lai"), TIMEOUT), rig.dev.log()
     status = run_edge(["status", "--json"], env=rig.dev.device.env, check=False)
     assert status.returncode == 0
+
+
+def test_a_modbus_board_that_stops_answering_fails_the_item_shows_in_edge_status_and_recovers(
+    modbus_rig: Rig,
+) -> None:
+    rig = modbus_rig
+    source = rig.serve(write_tone(rig.tmp / "a.wav", seconds=0.5))
+    assert rig.hardware() == {}
+    rig.board.silence()  # hung: the port is there, the board neither switches nor answers
+    switched = len(rig.board.switch_log)
+
+    rig.play({"broadcast_id": "treo-ban", "priority": "normal", "zones": ["all"], "source": source})
+
+    assert wait_for(lambda: "failed" in rig.states("treo-ban"), TIMEOUT), rig.dev.log()
+    failed = rig.broadcasts("treo-ban")[-1]
+    assert failed["reason"] == "relay_fault" and "not answering" in failed["detail"], failed
+    assert rig.states("treo-ban") == ["scheduled", "failed"]
+    assert wait_for(lambda: "not answering" in str(rig.hardware().get("relays")), TIMEOUT), rig.hardware()
+    assert rig.card.items == [] and len(rig.board.switch_log) == switched
+
+    rig.board.silence(False)
+
+    # Nobody has to send anything: the daemon opens every relay again once the board answers.
+    assert wait_for(lambda: "relays" not in rig.hardware(), TIMEOUT), rig.hardware()
+    assert rig.closed() == []
+    rig.play({"broadcast_id": "co-lai", "priority": "normal", "zones": ["zone-7"], "source": source})
+    assert wait_for(lambda: "finished" in rig.states("co-lai"), TIMEOUT), rig.dev.log()
+    (item,) = rig.card.items
+    assert item.seconds == pytest.approx(0.5, abs=0.2)
+    assert [(n, on) for n, on in rig.board.switch_log[switched:] if on] == [(0, True), (7, True)]
+    assert rig.hardware() == {}
