@@ -411,6 +411,48 @@ def test_the_byte_budget_deletes_the_oldest_files_first_and_refuses_one_too_big(
         assert refused.value.reason == "too_large" and rig.files() == [] and rig.events() == []
 
 
+def test_pictures_count_against_the_stores_byte_cap_and_yield_to_events(tmp_path: Path):
+    # A card of 256 KiB for events and pictures together: snapshots of ~30 kB fill what events.db
+    # leaves; when the events grow, the oldest pictures go (their events stay), and once the events
+    # leave no room for one more, it is refused, while the events themselves are never evicted for it.
+    cap = 256 * 1024
+    store = Outbox(tmp_path / "state" / "events.db", max_bytes=cap)
+
+    def on_disk(rig: CameraRig) -> int:
+        return store.used_bytes() + rig.recorder.media_bytes()
+
+    with store, camera_rig(tmp_path, SCENE, outbox=store) as rig:
+        assert rig.feeder.wait_frames(5)
+        written = []
+        while rig.recorder.stats.pruned_space < 1:
+            written.append(rig.recorder.record("command", kind="snapshot").result(WAIT))
+            assert on_disk(rig) <= cap
+            assert len(written) < 20, "snapshots of ~30 kB never filled 256 KiB"
+        assert len(rig.files()) >= 2
+        assert rig.recorder.status()["media_budget"] < 256 * 1024 * 1024  # the cap, not media_max_bytes
+
+        # The events grow (a long outage): the next pruning round deletes the oldest pictures.
+        files_before, deleted = rig.files(), rig.recorder.stats.pruned_space
+        target = cap - rig.recorder.media_bytes() + 4096  # events and pictures together over the cap
+        while store.used_bytes() < target:
+            store.append("note", {"pad": "x" * 4000}, "normal")
+        rig.recorder.prune()  # or the pruner's own round got there first
+        assert rig.recorder.stats.pruned_space > deleted and on_disk(rig) <= cap
+        kept = rig.files()
+        assert kept == files_before[len(files_before) - len(kept) :]  # the newest stay
+        assert len(rig.events()) == len(written)  # every evidence event stays
+
+        # No room left for a picture: it is refused and nothing is written; no event was evicted for it.
+        while rig.recorder.budget() >= 20_000:
+            store.append("note", {"pad": "x" * 4000}, "normal")
+        notes = store.stats().depth_by_priority["normal"]
+        with pytest.raises(EvidenceRefused) as refused:
+            rig.recorder.record("command", kind="snapshot").result(WAIT)
+        assert refused.value.reason == "no_room" and "store's byte cap" in refused.value.detail
+        assert len(rig.events()) == len(written) and store.stats().depth_by_priority["normal"] == notes
+        assert on_disk(rig) <= cap
+
+
 # -- the ring buffer --------------------------------------------------------------------------------
 
 

@@ -25,8 +25,9 @@ class StoreConfig(EdgeModel):
     max_bytes: int = Field(
         default=512 * 1024 * 1024,
         ge=256 * 1024,
-        description="Byte cap on events.db plus its WAL. Past it, bulk then normal events are evicted; "
-        "critical events never are.",
+        description="Byte cap on events.db plus its WAL, and the cameras' clips and snapshots with them. "
+        "Past it, bulk then normal events are evicted; critical events never are. Pictures take only what "
+        "the events leave: the oldest are deleted when the events grow.",
     )
     keep_acked_s: int = Field(
         default=86400,

@@ -50,8 +50,9 @@ class EvidenceConfig(EdgeModel):
     media_max_bytes: int = Field(
         default=256 * 1024 * 1024,
         ge=100_000,
-        description="Bytes of this camera's clips and snapshots kept under state_dir/media/<camera>/; to "
-        "make room for a new one the oldest are deleted first. A file larger than this is not written.",
+        description="Bytes of this camera's clips and snapshots kept under state_dir/media/<camera>/, "
+        "within what store.max_bytes leaves after events.db and the other cameras; to make room for a new "
+        "one the oldest are deleted first. A file larger than this is not written.",
     )
     face_model: Path | None = Field(
         default=None,

@@ -1590,20 +1590,24 @@ class Outbox:
             by_prio[PRIORITIES[prio]] = int(n)
         oldest = self._read("SELECT ts FROM events WHERE acked_at IS NULL ORDER BY seq LIMIT 1")
         counters = self.counters()
-        page = self._read("PRAGMA page_size")[0][0] * (
-            self._read("PRAGMA page_count")[0][0] - self._read("PRAGMA freelist_count")[0][0]
-        )
         return StoreStats(
             epoch=self.epoch,
             depth=sum(by_prio.values()),
             depth_by_priority=by_prio,
             oldest_pending_ts=oldest[0][0] if oldest else None,
             last_seq=self.last_seq(),
-            db_bytes=int(page) + self._wal_bytes(),
+            db_bytes=self.used_bytes(),
             max_bytes=self.max_bytes,
             evictions={"bulk": counters.get("evicted_bulk", 0), "normal": counters.get("evicted_normal", 0)},
             counters=counters,
         )
+
+    def used_bytes(self) -> int:
+        """The bytes counted against ``max_bytes``: the database's pages in use and its WAL."""
+        page = self._read("PRAGMA page_size")[0][0] * (
+            self._read("PRAGMA page_count")[0][0] - self._read("PRAGMA freelist_count")[0][0]
+        )
+        return int(page) + self._wal_bytes()
 
     def integrity_check(self) -> str:
         """``PRAGMA integrity_check``: "ok" or the first problem."""

@@ -32,10 +32,15 @@ of a person as personal data):
 - Retention: :meth:`EvidenceRecorder.prune` deletes the files written more than ``retention_days``
   ago (by their modification time, set when written) and stale temporary files; it runs at start, after
   every file written and every ``PRUNE_EVERY_S`` once started. The ``evidence`` events stay.
-- Byte budget: a camera's files are kept under ``media_max_bytes``; to make room for a new file the
-  oldest are deleted first, and a file larger than the whole budget is not written. The state directory
-  thus holds at most ``store.max_bytes`` (events.db) plus each camera's ``media_max_bytes``. What is
-  deleted, refused or failed is counted in the store's counters (``edge status``) and logged.
+- Byte budget: the pictures count against the store's byte cap. A camera's files take at most its
+  ``media_max_bytes``, and no more than what ``store.max_bytes`` leaves after the event store (the
+  bytes it counts against its cap: pages in use and WAL) and the other cameras' files, so events.db and
+  media together stay within ``store.max_bytes``. Events come first: the store never evicts an event to
+  make room for a picture; when it grows, the oldest pictures are deleted (after the next file or within
+  ``PRUNE_EVERY_S``), their ``evidence`` events staying. To make room for a new file the oldest are
+  deleted first; a file larger than ``media_max_bytes`` is refused (``too_large``), one larger than all
+  the room the cap leaves is refused (``no_room``). What is deleted, refused or failed is counted in the
+  store's counters (``edge status``) and logged.
 """
 
 from __future__ import annotations
@@ -133,7 +138,7 @@ _FILE_MODE = 0o600
 
 class EvidenceRefused(EdgeError, RuntimeError):
     """A clip or snapshot that was not (or will not be) written. ``reason``: ``no_face_model``,
-    ``busy``, ``closed``, ``no_frames``, ``too_large``, ``detection_failed``, ``encode_failed``,
+    ``busy``, ``closed``, ``no_frames``, ``too_large``, ``no_room``, ``detection_failed``, ``encode_failed``,
     ``write_failed``."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
@@ -753,7 +758,15 @@ class EvidenceRecorder:
         if size > self.settings.media_max_bytes:
             budget = self.settings.media_max_bytes
             raise EvidenceRefused("too_large", f"{size} bytes, over camera {self.camera}'s media_max_bytes ({budget})")
-        self._make_room(size)
+        budget = self.budget()
+        if size > budget:
+            self._make_room(0, budget)  # the events have grown past what older pictures may take
+            raise EvidenceRefused(
+                "no_room",
+                f"{size} bytes; the store's byte cap ({self.outbox.max_bytes}) leaves {budget} for camera "
+                f"{self.camera}'s files after events.db ({self.outbox.used_bytes()}) and the other cameras' files",
+            )
+        self._make_room(size, budget)
         os.replace(part, final)
         _fsync_dir(self.dir)
         written = time.time()
@@ -810,8 +823,28 @@ class EvidenceRecorder:
         """Bytes of this camera's finished files."""
         return sum(st.st_size for _path, st in self._files())
 
-    def _make_room(self, incoming: int) -> None:
-        budget = self.settings.media_max_bytes
+    def _other_cameras_bytes(self) -> int:
+        """Bytes of the finished files of the other cameras under ``media_dir``."""
+        total = 0
+        with contextlib.suppress(FileNotFoundError):
+            for camera in os.scandir(self.media_dir):
+                if camera.name == self.camera or not camera.is_dir(follow_symlinks=False):
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    for entry in os.scandir(camera.path):
+                        if not entry.name.startswith(".") and entry.is_file(follow_symlinks=False):
+                            with contextlib.suppress(FileNotFoundError):
+                                total += entry.stat(follow_symlinks=False).st_size
+        return total
+
+    def budget(self) -> int:
+        """Bytes this camera's files may take: its ``media_max_bytes``, and no more than what the store's
+        byte cap leaves after the event store and the other cameras' files."""
+        left = self.outbox.max_bytes - self.outbox.used_bytes() - self._other_cameras_bytes()
+        return max(0, min(self.settings.media_max_bytes, left))
+
+    def _make_room(self, incoming: int, budget: int) -> None:
+        """Delete this camera's oldest files until ``incoming`` more bytes fit in ``budget``."""
         files = list(self._files())
         used = sum(st.st_size for _path, st in files)
         for path, st in files:
@@ -821,15 +854,23 @@ class EvidenceRecorder:
                 path.unlink()
                 self.stats.pruned_space += 1
                 self._count("evidence_pruned_space")
-                log.warning("camera %s: %s deleted to stay within media_max_bytes (%d)", self.camera, path.name, budget)
+                log.warning(
+                    "camera %s: %s deleted to stay within the byte budget (%d: media_max_bytes %d, store.max_bytes %d)",
+                    self.camera,
+                    path.name,
+                    budget,
+                    self.settings.media_max_bytes,
+                    self.outbox.max_bytes,
+                )
             used -= st.st_size
 
     def prune(self, now: float | None = None) -> dict[str, int]:
-        """Delete files written more than ``retention_days`` ago and stale temporary files, and narrow
-        any file's mode to 0600. Returns what was done."""
+        """Delete files written more than ``retention_days`` ago and stale temporary files, narrow any
+        file's mode to 0600, and delete the oldest files while this camera's are over its byte budget
+        (the event store may have grown). Returns what was done."""
         now = time.time() if now is None else now
         cutoff = now - self.settings.retention_days * 86400
-        done = {"expired": 0, "stale": 0, "narrowed": 0}
+        done = {"expired": 0, "stale": 0, "narrowed": 0, "space": 0}
         try:
             entries = list(os.scandir(self.dir))
         except FileNotFoundError:
@@ -858,6 +899,9 @@ class EvidenceRecorder:
             self.stats.pruned_retention += done["expired"]
             self._count("evidence_pruned_retention", done["expired"])
             log.info("camera %s: %d pictures past their retention deleted", self.camera, done["expired"])
+        before = self.stats.pruned_space
+        self._make_room(0, self.budget())
+        done["space"] = self.stats.pruned_space - before
         return done
 
     def _prune_loop(self) -> None:
@@ -879,6 +923,7 @@ class EvidenceRecorder:
             "ring": {"frames": len(self.ring), "bytes": self.ring.bytes},
             "pending": pending,
             "media_bytes": self.media_bytes(),
+            "media_budget": self.budget(),
             **vars(self.stats),
         }
 
