@@ -132,6 +132,8 @@ def test_arguments_this_loudspeaker_cannot_take_are_invalid_args(make_loudspeake
         "volume above 0 dB": ({"volume_db": 3}, "args.volume_db", "less than or equal to 0"),
         "absurd volume": ({"volume_db": -200}, "args.volume_db", "greater than or equal to -60"),
         "volume not a number": ({"volume_db": float("nan")}, "args.volume_db", ""),
+        "volume as a boolean": ({"volume_db": False}, "args.volume_db", "valid number"),
+        "volume as a string": ({"volume_db": "-6"}, "args.volume_db", "valid number"),
         "host not allowed": (
             {"source": {"url": "https://evil.example/a.mp3", "sha256": "0" * 64, "bytes": 10}},
             "args.source",

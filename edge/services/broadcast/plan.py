@@ -26,6 +26,7 @@ from pydantic import (
     AwareDatetime,
     Discriminator,
     Field,
+    StrictFloat,
     StrictInt,
     Tag,
     field_validator,
@@ -96,7 +97,7 @@ class StreamSource(EdgeModel):
 
     stream: str = Field(min_length=1, max_length=2048, description="http(s):// URL of the live stream.")
     fallback: Fallback = Field(description="Played while the stream is stalled: a file (url) or a text.")
-    stall_s: float = Field(
+    stall_s: StrictFloat = Field(
         default=5.0, ge=0.5, le=120, description="Seconds without audio from the stream before the fallback plays."
     )
 
@@ -150,8 +151,8 @@ class PlayArgs(EdgeModel):
     )
     until: date | None = Field(default=None, description="Programme: last day it plays (inclusive); empty: no end.")
     repeat: StrictInt = Field(default=1, ge=1, le=20, description="How many times each occurrence plays.")
-    gap_s: float = Field(default=0.0, ge=0, le=3600, description="Seconds of silence between the repeats.")
-    volume_db: float = Field(
+    gap_s: StrictFloat = Field(default=0.0, ge=0, le=3600, description="Seconds of silence between the repeats.")
+    volume_db: StrictFloat = Field(
         default=0.0, ge=-60.0, le=0.0, description="Playback gain in dB (<= 0), capped by [broadcast]."
     )
     on_preempt: OnPreempt = Field(
@@ -271,7 +272,7 @@ class RelayTestArgs(EdgeModel):
     zones: list[str] | None = Field(
         default=None, min_length=1, max_length=64, description="Zones to test, in this order; empty: every zone."
     )
-    seconds: float | None = Field(
+    seconds: StrictFloat | None = Field(
         default=None, gt=0, le=30, description="Seconds of test tone per zone; empty: [broadcast] relay_test_s."
     )
 
