@@ -22,13 +22,18 @@ ensure_packages() {
         missing+=("$pkg")
     done
     [[ ${#missing[@]} -eq 0 ]] && return 0
+    install_packages "${missing[@]}"
+}
+
+# install_packages PACKAGE ... installs them as root, or says how to and stops.
+install_packages() {
     if [[ "$(id -u)" -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
-        say "installing Debian packages: ${missing[*]}"
+        say "installing Debian packages: $*"
         DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
     else
-        say "missing Debian packages: ${missing[*]}"
-        say "install them with:  sudo apt-get install -y ${missing[*]}   then run this command again"
+        say "missing Debian packages: $*"
+        say "install them with:  sudo apt-get install -y $*   then run this command again"
         exit 1
     fi
 }
@@ -77,9 +82,25 @@ ensure_base() {
     ensure_face_model
 }
 
+# The simulated camera's RTSP server (sim/rtsp_server.py): GStreamer's gst-rtsp-server through PyGObject,
+# run under Debian's python3 (the venv's Python cannot load Debian's PyGObject). Its --check loads the
+# bindings and the elements it links, and names what is missing; the packages are its PACKAGES.
+ensure_rtsp_server() {
+    local check=(/usr/bin/python3 "$ROOT/sim/rtsp_server.py" --check)
+    [[ -x /usr/bin/python3 ]] && "${check[@]}" 2>/dev/null && return 0
+    install_packages python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base \
+        gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly
+    if ! "${check[@]}"; then
+        say "the simulated camera's RTSP server still cannot run (above: what it lacks)"
+        exit 1
+    fi
+}
+
 ensure_test_tools() {
     # chromium: the monthly report is checked as rendered; debootstrap: install-pi is tried in a
     # fresh Debian root; systemd-analyze (package systemd): the unit is verified; ejabberd: the
     # second MQTT 5 broker (mod_mqtt) the device and the collector are tested against.
     ensure_packages chromium:chromium debootstrap:debootstrap systemd-analyze:systemd ejabberdctl:ejabberd
+    # The counter camera is tested on RTSP, as IP cameras serve it.
+    ensure_rtsp_server
 }

@@ -27,9 +27,10 @@ A scene is scripted by a timeline of ``(t, action)`` or ``(t, action, {params})`
                from ``left`` to ``right``, over ``ramp_s`` seconds
 =============  ==========================================================================================
 
-:class:`SceneServer` serves a written scene as an HTTP stream with ffmpeg (Debian's) on loopback, as an
-IP camera does (MJPEG over HTTP, or H.264 in MPEG-TS), and can stop the stream (the connection is cut),
-stall it (the connection stays, no bytes come) and start it again, also on a timeline.
+:class:`SceneServer` serves a written scene as a stream on loopback, as an IP camera does: over HTTP
+with ffmpeg (Debian's: MJPEG, or H.264 in MPEG-TS), or over RTSP with GStreamer (H.264 over RTP,
+:mod:`sim.rtsp_server`), and can stop the stream (the server is killed, the connection cut), stall it
+(the connection stays, no bytes come) and start it again, also on a timeline.
 
 Run it by hand for a demo::
 
@@ -624,14 +625,19 @@ def find_ffmpeg() -> str | None:
     return which("ffmpeg")
 
 
+#: How a :class:`SceneServer` serves: by ffmpeg over HTTP (``mjpeg``, ``mpegts``) or by GStreamer over RTSP.
+SCENE_FORMATS = ("mjpeg", "mpegts", "rtsp")
+
+
 @dataclass
 class SceneServer:
-    """Serve a video file as a live HTTP stream with ffmpeg on loopback, looping, in real time.
+    """Serve a video file as a live stream on loopback, looping, in real time.
 
     ``fmt`` is ``"mjpeg"`` (multipart JPEG over HTTP, as many IP cameras serve, copied from an MJPEG
-    file) or ``"mpegts"`` (H.264 in MPEG-TS, encoded on the fly). ffmpeg's HTTP server takes one client
-    at a time and ends when it leaves, so it is started again for the next client for as long as the
-    server runs.
+    file), ``"mpegts"`` (H.264 in MPEG-TS over HTTP, encoded on the fly) or ``"rtsp"`` (H.264 over RTP,
+    what most IP cameras serve: ffmpeg decodes the file in real time into :mod:`sim.rtsp_server`).
+    ffmpeg's HTTP server takes one client at a time and ends when it leaves, so it is started again
+    for the next client for as long as the server runs; the RTSP server serves every client.
     """
 
     video: Path
@@ -639,6 +645,7 @@ class SceneServer:
     fmt: str = "mjpeg"
     log_path: Path | None = None
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+    _feeder: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _running: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
     _thread: threading.Thread | None = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
@@ -649,11 +656,15 @@ class SceneServer:
             from sim.broker import free_port
 
             self.port = free_port()
-        if self.fmt not in ("mjpeg", "mpegts"):
-            raise ValueError("fmt is 'mjpeg' or 'mpegts'")
+        if self.fmt not in SCENE_FORMATS:
+            raise ValueError(f"fmt is one of {', '.join(SCENE_FORMATS)}, not {self.fmt!r}")
 
     @property
     def url(self) -> str:
+        if self.fmt == "rtsp":
+            from sim import rtsp_server
+
+            return f"rtsp://127.0.0.1:{self.port}{rtsp_server.PATH}"
         name = "camera.mjpg" if self.fmt == "mjpeg" else "camera.ts"
         return f"http://127.0.0.1:{self.port}/{name}"
 
@@ -663,6 +674,9 @@ class SceneServer:
             raise RuntimeError("ffmpeg is not installed (Debian: apt-get install ffmpeg)")
         head = [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-re", "-stream_loop", "-1"]
         head += ["-i", str(self.video)]
+        if self.fmt == "rtsp":
+            # Decoded in real time into the RTSP server's standard input, which encodes it (see _spawn).
+            return [*head, "-f", "rawvideo", "-pix_fmt", "bgr24", "pipe:1"]
         if self.fmt == "mjpeg":
             codec = ["-c:v", "copy"] if _is_mjpeg(self.video) else ["-c:v", "mjpeg", "-q:v", "3"]
             return [*head, *codec, "-f", "mpjpeg", "-listen", "1", self.url]
@@ -672,13 +686,21 @@ class SceneServer:
         return [*head, *codec, *flush, "-f", "mpegts", "-listen", "1", self.url]
 
     def start(self) -> SceneServer:
-        """Start serving (again, after ``stop()``); returns once ffmpeg listens."""
+        """Start serving (again, after ``stop()``); returns once the server listens."""
         if self._running.is_set():
             return self
+        timeout = 10.0
+        if self.fmt == "rtsp":
+            from sim import rtsp_server
+
+            why = rtsp_server.unavailable()
+            if why is not None:
+                raise RuntimeError(f"the RTSP server cannot run: {why}")
+            timeout = rtsp_server.START_S
         self._running.set()
         self._thread = threading.Thread(target=self._serve, name="scene-server", daemon=True)
         self._thread.start()
-        self._wait_listening(10.0)
+        self._wait_listening(timeout)
         return self
 
     def _serve(self) -> None:
@@ -688,14 +710,38 @@ class SceneServer:
                 with self._lock:
                     if not self._running.is_set():
                         break
-                    self._proc = subprocess.Popen(self._command(), stdout=subprocess.DEVNULL, stderr=logfile)
+                    self._proc = self._spawn(logfile)
                     self.sessions += 1
                 self._proc.wait()
+                with self._lock:
+                    self._end_feeder()
                 if self._running.is_set():
                     time.sleep(0.05)
         finally:
             if logfile is not subprocess.DEVNULL:
                 logfile.close()  # type: ignore[union-attr]
+
+    def _spawn(self, logfile: Any) -> subprocess.Popen[bytes]:
+        """Start the server: ffmpeg alone for HTTP; for RTSP, ffmpeg decoding into the RTSP server."""
+        if self.fmt != "rtsp":
+            return subprocess.Popen(self._command(), stdout=subprocess.DEVNULL, stderr=logfile)
+        from sim import rtsp_server
+
+        width, height, fps = _video_format(self.video)
+        feeder = subprocess.Popen(self._command(), stdout=subprocess.PIPE, stderr=logfile)
+        self._feeder = feeder
+        assert feeder.stdout is not None
+        try:
+            command = rtsp_server.server_command(self.port, width, height, fps)
+            return subprocess.Popen(command, stdin=feeder.stdout, stdout=subprocess.DEVNULL, stderr=logfile)
+        finally:
+            feeder.stdout.close()  # the server's now: ffmpeg ends on a broken pipe when the server goes
+
+    def _end_feeder(self) -> None:
+        feeder, self._feeder = self._feeder, None
+        if feeder is not None and feeder.poll() is None:
+            feeder.kill()
+            feeder.wait()
 
     def _wait_listening(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -703,10 +749,12 @@ class SceneServer:
             if _listening(self.port):
                 return
             time.sleep(0.05)
-        raise RuntimeError(f"ffmpeg did not listen on port {self.port} within {timeout:g} s")
+        server = "the RTSP server" if self.fmt == "rtsp" else "ffmpeg"
+        raise RuntimeError(f"{server} did not listen on port {self.port} within {timeout:g} s")
 
     def stop(self) -> None:
-        """Stop serving: the client's connection is cut (a camera switched off). Idempotent."""
+        """Stop serving: the server is killed and the client's connection cut (a camera switched off).
+        Idempotent."""
         self._running.clear()
         with self._lock:
             proc = self._proc
@@ -714,12 +762,13 @@ class SceneServer:
                 proc.send_signal(signal.SIGCONT)
                 proc.kill()
                 proc.wait()
+            self._end_feeder()
         if self._thread is not None:
             self._thread.join(5)
             self._thread = None
 
     def stall(self) -> None:
-        """The stream goes quiet with the connection left open (a hung camera): ffmpeg is paused."""
+        """The stream goes quiet with the connection left open (a hung camera): the server is paused."""
         with self._lock:
             if self._proc is not None and self._proc.poll() is None:
                 os.kill(self._proc.pid, signal.SIGSTOP)
@@ -766,6 +815,20 @@ def _listening(port: int) -> bool:
     return any(r.split()[1] == want and r.split()[3] == "0A" for r in rows)
 
 
+def _video_format(video: Path) -> tuple[int, int, float]:
+    """A recording's width, height and frame rate (5 fps when it does not say a believable one)."""
+    cv2 = _cv2()
+    cap = cv2.VideoCapture(str(video), cv2.CAP_FFMPEG)
+    try:
+        if not cap.isOpened():
+            raise RuntimeError(f"{video}: not a video file OpenCV can read")
+        width, height = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+    finally:
+        cap.release()
+    return width, height, fps if 0.5 <= fps <= 120 else 5.0
+
+
 def _is_mjpeg(video: Path) -> bool:
     cv2 = _cv2()
     cap = cv2.VideoCapture(str(video), cv2.CAP_FFMPEG)
@@ -783,9 +846,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeline", default="[]", help="JSON list of [t, action] or [t, action, {params}]")
     parser.add_argument("--walkers-every", type=float, default=15.0, help="seconds between passers-by (0: none)")
     parser.add_argument("--write", type=Path, required=True, help="the video file to write (.avi)")
-    parser.add_argument("--serve", action="store_true", help="then serve it over HTTP on loopback until Ctrl-C")
+    parser.add_argument("--serve", action="store_true", help="then serve it on loopback until Ctrl-C")
     parser.add_argument("--port", type=int, default=0, help="port to serve on (default: a free one)")
-    parser.add_argument("--fmt", choices=("mjpeg", "mpegts"), default="mjpeg")
+    parser.add_argument("--fmt", choices=SCENE_FORMATS, default="mjpeg", help="HTTP (mjpeg, mpegts) or RTSP")
     args = parser.parse_args(argv)
     scene = CounterScene(
         json.loads(args.timeline), duration_s=args.seconds, fps=args.fps, walkers_every_s=args.walkers_every or None

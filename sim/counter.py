@@ -10,8 +10,9 @@ into ALSA's ``file`` plugin, so what was said is a WAV file that can be measured
 
 Cameras: every ``[[camera]]`` of the configuration (and one more with ``camera=True``, ``edge sim
 --camera``) watches a simulated counter scene drawn with the camera's own profile
-(:class:`~sim.counter_camera.SimCamera`), served over HTTP by ffmpeg on loopback; its ``source`` is
-set to that stream. The real camera service reads it, and a low rating pressed on the simulated panel
+(:class:`~sim.counter_camera.SimCamera`), served on loopback over HTTP by ffmpeg or, with ``scene="rtsp"``
+(``edge sim --scene rtsp``), over RTSP by GStreamer, as IP cameras serve it; its ``source`` is set to
+that stream. The real camera service reads it, and a low rating pressed on the simulated panel
 records a blurred clip linked to it, as on a real counter.
 
 A person or a test drives it with one vocabulary of JSON requests, from a scenario file or over a
@@ -53,7 +54,7 @@ from edge.config import EdgeConfig, parse_config
 from edge.exceptions import CommandRejected
 from sim.broker import free_port
 from sim.control import Printer, SimControl, SimError
-from sim.counter_camera import SCENE_ACTIONS, STREAM_FORMATS, SimCamera, stream_url
+from sim.counter_camera import FORMAT_NAMES, SCENE_ACTIONS, STREAM_FORMATS, SimCamera, stream_url
 from sim.gpio_panel import SimGpioPanel
 from sim.serial_mcu import SerialMcu
 
@@ -201,9 +202,9 @@ class SimCounter(SimControl):
             # Before the daemon: the camera finds its stream at once, as a powered IP camera's.
             try:
                 sim_camera.start()
-            except RuntimeError as exc:  # no ffmpeg, or it would not listen
+            except RuntimeError as exc:  # no ffmpeg (or RTSP server), or it would not listen
                 raise SimError(f"camera {name}: the simulated scene cannot be served: {exc}") from None
-            how = "MJPEG" if sim_camera.fmt == "mjpeg" else "H.264 in MPEG-TS"
+            how = FORMAT_NAMES[sim_camera.fmt]
             self._emit("camera", {"camera": name, "url": sim_camera.url, "format": how, "fps": sim_camera.fps})
         self.daemon = Daemon(self.config)
         stored: set[str] = set()
@@ -555,6 +556,6 @@ CAMERA_FORMATS: dict[str, Callable[[dict[str, Any]], str]] = {
     "evidence": format_evidence,
     "scene": _format_scene,
     "stream": lambda r: f"{r['camera']}: stream {r['state']}",
-    "camera": lambda r: f"{r['camera']}: simulated counter scene, {r['format']} over HTTP at {r['url']}",
+    "camera": lambda r: f"{r['camera']}: simulated counter scene, {r['format']} at {r['url']}",
     "reference": lambda r: f"{r['camera']}: empty-seat reference {r['how']} at {_clock(r['taken'])}",
 }

@@ -1,21 +1,22 @@
-"""The simulated camera of ``edge sim``: the counter scene drawn live and served over HTTP by ffmpeg.
+"""The simulated camera of ``edge sim``: the counter scene drawn live and served on loopback.
 
 :mod:`sim.camera_scene` draws a counter from a timeline written in advance. Here the timeline is
 written as things happen: each action a person or a scenario asks for (``seat``, ``cover``, ...) is
 added to the scene's timeline at the present moment, frames are drawn in real time at the profile's
-frame rate, and ffmpeg (Debian's) takes them raw on its standard input, encodes them (MJPEG, or H.264 in
-MPEG-TS) and serves them over HTTP on loopback, as an IP camera serves its stream. The camera service
-reads that URL through the real OpenCV driver, so what it sees went through a real encoder, a real
-socket and a real decoder.
+frame rate, and a server takes them raw on its standard input, encodes them and serves them on
+loopback, as an IP camera serves its stream: ffmpeg (Debian's) over HTTP (MJPEG, or H.264 in MPEG-TS),
+or GStreamer's RTSP server (:mod:`sim.rtsp_server`: H.264 over RTP, as most IP cameras). The camera
+service reads that URL through the real OpenCV driver, so what it sees went through a real encoder, a
+real socket and a real decoder.
 
-``stop_stream`` ends ffmpeg and closes the port (a camera switched off, its cable pulled);
+``stop_stream`` kills the server and closes the port (a camera switched off, its cable pulled);
 ``start_stream`` serves again. Nothing in the scene pauses meanwhile: the officer who sat down while
 the stream was off is seated when it comes back.
 
 ::
 
     camera = SimCamera("sim-counter-640x480", work_dir=Path("/tmp/cam")).start()
-    camera.url                      # http://127.0.0.1:PORT/camera.mjpg
+    camera.url                      # http://127.0.0.1:PORT/camera.mjpg (fmt="rtsp": rtsp://127.0.0.1:PORT/camera)
     camera.act("seat")              # the officer walks in now
     camera.stop_stream(); camera.start_stream()
     camera.close()
@@ -34,6 +35,7 @@ from typing import IO, Any
 import numpy as np
 
 from drivers.camera.profile import load_camera_profile
+from sim import rtsp_server
 from sim.broker import free_port
 from sim.camera_scene import SCENE_PROFILE, CounterScene, _listening, find_ffmpeg
 
@@ -56,25 +58,30 @@ SCENE_ACTIONS: dict[str, frozenset[str]] = {
     "unfreeze": frozenset(),
     "light": frozenset({"factor", "left", "right", "ramp_s"}),
 }
-#: How the stream is served: MJPEG over HTTP (what most IP cameras offer) or H.264 in MPEG-TS.
-STREAM_FORMATS = ("mjpeg", "mpegts")
+#: How the stream is served, by its name in ``fmt``: by ffmpeg over HTTP, or by GStreamer over RTSP.
+FORMAT_NAMES = {"mjpeg": "MJPEG over HTTP", "mpegts": "H.264 in MPEG-TS over HTTP", "rtsp": "H.264 over RTSP"}
+STREAM_FORMATS = tuple(FORMAT_NAMES)
 #: The scene's passers-by are scheduled ahead for this long (a day at the counter).
 SCENE_HOURS = 24.0
 #: Seconds between passers-by, on average (the scene draws each gap between 0.6 and 1.4 times it).
 WALKERS_EVERY_S = 15.0
-#: How long ffmpeg may take to listen after it was started. Its first start on a fresh machine loads
-#: its libraries from a cold disk cache, which took more than 15 s once on a loaded 2-core machine.
+#: How long the server may take to listen after it was started. ffmpeg's first start on a fresh
+#: machine loads its libraries from a cold disk cache, which took more than 15 s once on a loaded
+#: 2-core machine (GStreamer's first start also builds its plugin registry).
 LISTEN_TIMEOUT_S = 45.0
 
 
 def stream_url(port: int, fmt: str) -> str:
     """Where a simulated camera on ``port`` serves its stream in format ``fmt``."""
+    if fmt == "rtsp":
+        return f"rtsp://127.0.0.1:{port}{rtsp_server.PATH}"
     name = "camera.mjpg" if fmt == "mjpeg" else "camera.ts"
     return f"http://127.0.0.1:{port}/{name}"
 
 
 class SimCamera:
-    """A live counter scene for one camera, served as an HTTP stream. ``start()``, then ``close()``.
+    """A live counter scene for one camera, served as a stream (see :data:`FORMAT_NAMES`). ``start()``,
+    then ``close()``.
 
     ``profile`` places the seat and the privacy mask (and sets the resolution and frame rate), as the
     camera's own profile does for a real camera. Thread-safe: actions arrive from the control socket
@@ -96,7 +103,7 @@ class SimCamera:
         self.name = name
         self.fmt = fmt
         self.port = port or free_port()
-        self.log_path = work_dir / f"scene-{name}-ffmpeg.log"
+        self.log_path = work_dir / f"scene-{name}-{'rtsp' if fmt == 'rtsp' else 'ffmpeg'}.log"
         loaded = load_camera_profile(profile)
         self.fps = float(loaded.fps)
         self.scene = CounterScene(
@@ -133,8 +140,12 @@ class SimCamera:
     # -- lifecycle ---------------------------------------------------------------------------------
 
     def start(self) -> SimCamera:
-        """Start drawing, and serving; returns once ffmpeg listens."""
-        if find_ffmpeg() is None:
+        """Start drawing, and serving; returns once the server listens."""
+        if self.fmt == "rtsp":
+            why = rtsp_server.unavailable()
+            if why is not None:
+                raise RuntimeError(f"the RTSP server cannot run: {why}")
+        elif find_ffmpeg() is None:
             raise RuntimeError("ffmpeg is not installed (Debian: apt-get install ffmpeg)")
         self._t0 = time.monotonic()
         self._drawer = threading.Thread(target=self._draw_loop, name=f"scene-draw-{self.name}", daemon=True)
@@ -211,7 +222,7 @@ class SimCamera:
     # -- serving -----------------------------------------------------------------------------------
 
     def start_stream(self) -> None:
-        """Serve the stream (again); returns once ffmpeg listens."""
+        """Serve the stream (again); returns once the server listens."""
         if self._closing.is_set() or self._serving.is_set():
             return
         self._serving.set()
@@ -220,7 +231,8 @@ class SimCamera:
         deadline = time.monotonic() + LISTEN_TIMEOUT_S
         while not _listening(self.port):
             if time.monotonic() > deadline:
-                raise RuntimeError(f"ffmpeg did not listen on port {self.port} within {LISTEN_TIMEOUT_S:g} s")
+                server = "the RTSP server" if self.fmt == "rtsp" else "ffmpeg"
+                raise RuntimeError(f"{server} did not listen on port {self.port} within {LISTEN_TIMEOUT_S:g} s")
             time.sleep(0.05)
 
     def stop_stream(self) -> None:
@@ -234,9 +246,11 @@ class SimCamera:
             self._server = None
 
     def _command(self) -> list[str]:
+        width, height = self.scene.width, self.scene.height
+        if self.fmt == "rtsp":
+            return rtsp_server.server_command(self.port, width, height, self.fps)
         ffmpeg = find_ffmpeg()
         assert ffmpeg is not None
-        width, height = self.scene.width, self.scene.height
         head = [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error"]
         head += ["-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{width}x{height}", "-framerate", f"{self.fps:g}"]
         head += ["-i", "pipe:0"]
@@ -249,6 +263,7 @@ class SimCamera:
 
     def _serve_loop(self) -> None:
         # ffmpeg's HTTP server takes one client and ends when it leaves: started again for the next.
+        # The RTSP server serves every client until it is killed (or dies: started again too).
         with open(self.log_path, "ab") as logfile:
             while self._serving.is_set() and not self._closing.is_set():
                 with self._proc_lock:
@@ -268,8 +283,9 @@ class SimCamera:
                     self._closing.wait(0.1)  # a client came and went: listen again, without spinning
 
     def _pump(self, stdin: IO[bytes]) -> None:
-        """Write each new frame to ffmpeg until it goes. While ffmpeg waits for a client the write
-        blocks; the frames drawn meanwhile are dropped, so the client gets the present, not a backlog."""
+        """Write each new frame to the server until it goes. While ffmpeg waits for a client the write
+        blocks; the frames drawn meanwhile are dropped, so the client gets the present, not a backlog
+        (the RTSP server reads every frame and drops those nobody watches)."""
         sent = -1
 
         def news() -> bool:

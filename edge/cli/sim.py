@@ -134,8 +134,8 @@ def register(sub: Any) -> None:
         description="Run the daemon of a device on simulated hardware chosen by the profile. A counter: a "
         "simulated rating panel (GPIO on gpiozero's MockFactory or a serial MCU on a pseudo-terminal), a "
         "speaker recorded to a WAV file, and for each [[camera]] (and with --camera) a simulated counter scene "
-        "served over HTTP by ffmpeg on loopback; it prints what the LEDs, buzzer and speaker did, and the "
-        "presence, tamper and evidence events as committed. A loudspeaker: "
+        "served on loopback (over HTTP by ffmpeg, or RTSP with --scene rtsp); it prints what the LEDs, buzzer "
+        "and speaker did, and the presence, tamper and evidence events as committed. A loudspeaker: "
         "simulated relays (MockFactory pins or a serial relay board on a pseudo-terminal) and a simulated "
         "sound card recorded to STATE_DIR/sim/speaker.wav; it prints the relays as they switch and each "
         "broadcast event as committed. Drive it from a scenario file or over the control socket.",
@@ -160,10 +160,10 @@ def register(sub: Any) -> None:
     )
     p.add_argument(
         "--scene",
-        choices=("mjpeg", "mpegts"),
+        choices=("mjpeg", "mpegts", "rtsp"),
         default="mjpeg",
-        help="how ffmpeg serves the simulated scene to the cameras: MJPEG over HTTP (default, as most IP "
-        "cameras) or H.264 in MPEG-TS over HTTP",
+        help="how the simulated scene is served to the cameras: MJPEG over HTTP by ffmpeg (default), H.264 in "
+        "MPEG-TS over HTTP by ffmpeg, or H.264 over RTSP by GStreamer's RTSP server, as most IP cameras",
     )
     p.add_argument("--scenario", metavar="FILE", help="YAML list of requests to run, e.g. - {cmd: press, button: 1}")
     p.add_argument("--exit-after-scenario", action="store_true", help="stop once the scenario has run")
