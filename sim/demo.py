@@ -97,10 +97,12 @@ def write_siren(path: Path, seconds: float = 3.0) -> Path:
     return path
 
 
-def counter_story(sock: Path, say: Say) -> dict[str, Any]:
+def counter_story(sock: Path, say: Say, scene_record: Path) -> dict[str, Any]:
     """At the counter, over its simulator's control socket: the officer sits down and opens a rating
     window, a citizen presses the lowest button, a hand covers the camera for a moment. Returns the
-    rating once both clips (the low rating's and the covered lens's) are written."""
+    rating once both clips (the low rating's and the covered lens's) are written. What the simulated
+    scene did, at its own times, is written to ``scene_record`` (JSON: ``timeline``, ``duration_s``), so
+    that the scene can be drawn again and the clips compared with it."""
 
     def ask(request: dict[str, Any]) -> dict[str, Any]:
         reply = send_request(sock, request, timeout=WAIT_S + 10)
@@ -119,8 +121,13 @@ def counter_story(sock: Path, say: Say) -> dict[str, Any]:
         if not wait_for(lambda: seen(what, text), WAIT_S):
             raise RuntimeError(f"the counter's camera did not report {what} {text}")
 
+    timeline: list[tuple[float, str, dict[str, Any]]] = []
+
+    def act(action: str) -> None:
+        timeline.append((ask({"cmd": action})["t"], action, {}))
+
     ask({"cmd": "assign", "officer": OFFICER})
-    ask({"cmd": "seat"})
+    act("seat")
     say(f"counter     officer {OFFICER} sits down at counter {COUNTER_NAME}, under camera {CAMERA}")
     wait_seen("presence", "present")
     ask({"cmd": "done"})  # the officer's button opens a rating window
@@ -131,10 +138,10 @@ def counter_story(sock: Path, say: Say) -> dict[str, Any]:
         f"rating seq {rating['seq']}, id {rating['id']}"
     )
     time.sleep(CLIP_POST_S + 0.5)  # the clip's seconds after the press, before the lens is covered
-    ask({"cmd": "cover"})
+    act("cover")
     say(f"counter     a hand covers camera {CAMERA}")
     wait_seen("tamper", "covered start")
-    ask({"cmd": "uncover"})
+    act("uncover")
     say(f"counter     the hand is gone from camera {CAMERA}")
     wait_seen("tamper", "covered end")
 
@@ -143,6 +150,8 @@ def counter_story(sock: Path, say: Say) -> dict[str, Any]:
 
     if not wait_for(lambda: {"low_rating", "tamper"} <= written(), WAIT_S):
         raise RuntimeError(f"the counter wrote no clip for {sorted({'low_rating', 'tamper'} - written())}")
+    scene_s = ask({"cmd": "status"})["cameras"][CAMERA]["scene"]["t"]
+    scene_record.write_text(json.dumps({"timeline": timeline, "duration_s": scene_s + 1}))
     return rating
 
 
@@ -186,7 +195,7 @@ def print_camera(db: Path, state_dir: Path, rating: dict[str, Any] | None) -> bo
     print(f"    sha256 {digest or '(no file)'}" + (" (as in its evidence event)" if digest == clip["sha256"] else ""))
     print(
         f"    {clip['frames']} frames {clip['width']}x{clip['height']} {clip['codec']}, {clip['from'][11:23]} to "
-        f"{clip['to'][11:23]}, blurred_faces {clip['blurred_faces']}, privacy mask black: {clip['masked']}"
+        f"{clip['to'][11:23]}, blurred_faces {clip['blurred_faces']}, privacy mask applied: {clip['masked']}"
     )
     return ok and digest == clip["sha256"]
 
@@ -261,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if not wait_for(lambda: counter_sock.exists() or not counter.running, WAIT_S) or not counter.running:
                 raise RuntimeError(f"the counter simulator did not start; see {work / 'device.log'}")
-            counter_done["rating"] = counter_story(counter_sock, say)
+            counter_done["rating"] = counter_story(counter_sock, say, work / "counter-scene.json")
         except (RuntimeError, OSError) as exc:
             counter_done["error"] = str(exc)
 

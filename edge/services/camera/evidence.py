@@ -601,8 +601,14 @@ class EvidenceRecorder:
 
     def _picture(self, blurrer: FaceBlurrer, image: np.ndarray, faces: list[Face]) -> np.ndarray:
         """What is written of ``image``: the mask black first, then the faces blurred (and the mask
-        black again over any blur that crossed its edge)."""
-        return mask_then_blur(image, faces, self._hidden(image), blurrer.padding)
+        black again over any blur that crossed its edge), then checked: what the detector still finds
+        is blurred again (:meth:`FaceBlurrer.checked`). Raises :class:`EvidenceRefused` when a face
+        is left."""
+        hidden = self._hidden(image)
+        try:
+            return blurrer.checked(mask_then_blur(image, faces, hidden, blurrer.padding), hidden)
+        except Exception as exc:
+            raise EvidenceRefused("detection_failed", str(exc)) from exc
 
     def _clip(self, job: _Job) -> Evidence:
         s = self.settings
