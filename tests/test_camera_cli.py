@@ -27,6 +27,8 @@ pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs De
 def test_the_simulated_camera_gives_its_rate_and_one_blurred_snapshot(tmp_path: Path) -> None:
     face_model()
     snapshot = tmp_path / "snap.jpg"
+    snapshot.write_bytes(b"an older file of that name, readable by everyone")
+    snapshot.chmod(0o644)  # the snapshot replacing it is 0600 all the same (audit_file checks)
     done = run_edge(["test", "camera", "--sim", "--seconds", "3", "--out", str(snapshot), "--json"])
     report = json.loads(done.stdout)
     assert report["ok"] and report["size"] == "640x480" and 3.0 <= report["fps"] <= 7.0

@@ -383,6 +383,7 @@ def cmd_test_camera(args: argparse.Namespace) -> int:
         raise CliError("the snapshot could not be encoded")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # a picture of people: private
     with os.fdopen(fd, "wb") as f:
+        os.fchmod(f.fileno(), 0o600)  # also when an earlier file of that name was readable by others
         f.write(jpeg.tobytes())
     report.update(snapshot=str(path), blurred_faces=faces, ok=True)
     if args.json:
