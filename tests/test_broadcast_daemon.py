@@ -96,6 +96,7 @@ def loudspeaker_on(
             "EDGE_COMMANDS__TRUSTED_KEYS": json.dumps({kid: keys.public_key_b64(signing_key)}),
             "EDGE_RELAYS__PROFILE": str(profile),
             "EDGE_RELAYS__PORT": board.path,
+            "EDGE_RELAYS__PROBE_S": "1",  # a board with readback is read every second while idle
             "EDGE_BROADCAST__SOURCES__ALLOW_HTTP_HOSTS": '["127.0.0.1"]',
             "EDGE_BROADCAST__RESUME_REWIND_S": "0",
         }
@@ -287,6 +288,17 @@ def test_a_relay_board_that_goes_away_fails_the_item_and_recovers(rig: Rig) -> N
     assert wait_for(lambda: "finished" in rig.states("co-lai"), TIMEOUT), rig.dev.log()
     status = run_edge(["status", "--json"], env=rig.dev.device.env, check=False)
     assert status.returncode == 0
+
+
+def test_a_modbus_board_that_stops_answering_while_nothing_plays_shows_in_edge_status(modbus_rig: Rig) -> None:
+    # Read back while idle ([relays] probe_s): the technician sees the dead board before an emergency needs it.
+    rig = modbus_rig
+    assert wait_for(lambda: rig.hardware() == {}, TIMEOUT), rig.hardware()
+    rig.board.silence()
+    assert wait_for(lambda: "not answering" in str(rig.hardware().get("relays")), TIMEOUT), rig.hardware()
+    rig.board.silence(False)
+    assert wait_for(lambda: "relays" not in rig.hardware(), TIMEOUT), rig.hardware()
+    assert rig.dev.events("broadcast") == [] and rig.closed() == []
 
 
 def test_a_modbus_board_that_stops_answering_fails_the_item_shows_in_edge_status_and_recovers(

@@ -27,6 +27,13 @@ class RelaysConfig(EdgeModel):
         le=247,
         description="Modbus boards only: the board's unit id, if not the profile's (set on the board, often 1).",
     )
+    probe_s: float = Field(
+        default=30.0,
+        ge=1.0,
+        le=3600.0,
+        description="Boards that read back their state (readback: true) are read this often while nothing "
+        "plays, so that a board that stopped answering shows in edge status before an item needs it.",
+    )
 
     @field_validator("profile")
     @classmethod

@@ -524,14 +524,30 @@ class BroadcastService:
         return bank.problem if bank is not None else self._problems["relays"]
 
     def _monitor_loop(self) -> None:
+        probed = time.monotonic()
         while not self._stop.wait(RELAY_RETRY_S if self.bank is None else 2.0):
             try:
                 if self.bank is None:
                     self._open_relays()
-                else:
-                    self._set_problem("relays", self.bank.problem)
+                    continue
+                relays = self._config.relays
+                if relays is not None and time.monotonic() - probed >= relays.probe_s:
+                    probed = time.monotonic()
+                    self._probe(self.bank)
+                self._set_problem("relays", self.bank.problem)
             except Exception:
                 log.exception("checking the relay board failed")
+
+    def _probe(self, bank: RelayBank) -> None:
+        """Read a board with readback while nothing plays: a board that does not answer is then the
+        bank's problem, and one that answers again clears it. Between items only: a read that times
+        out holds the bank for its timeout."""
+        if not bank.profile.readback:
+            return
+        if self.scheduler.status()["phase"] != "idle":
+            return
+        with contextlib.suppress(RelayFault):
+            bank.states()
 
     def _set_problem(self, part: str, problem: str | None) -> None:
         if self._problems.get(part) == problem:
