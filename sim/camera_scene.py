@@ -451,8 +451,8 @@ class CounterScene:
     def face_boxes(self, t: float) -> list[Box]:
         """Where faces are in the frame at ``t``: ``(x, y, w, h)`` boxes of the face (skin, not hair) of
         the officer and of each passer-by facing the camera, as put there, after the camera's shift.
-        A face more than a third hidden (behind the officer or the chair) or outside the picture is left
-        out; a covered camera shows none."""
+        A face more than a third hidden (behind the officer or the chair) or more than two thirds outside
+        the picture (a passer-by coming in at its edge) is left out; a covered camera shows none."""
         s = self.state_at(t)
         if s.freeze_at is not None:
             t = math.floor(s.freeze_at * self.fps) / self.fps
@@ -485,7 +485,7 @@ class CounterScene:
         for x, y, w, h in boxes:
             x0, y0 = max(0, x + dx), max(0, y + dy)
             x1, y1 = min(self.width, x + dx + w), min(self.height, y + dy + h)
-            if (x1 - x0) * (y1 - y0) >= 2 / 3 * w * h:
+            if (x1 - x0) * (y1 - y0) >= 1 / 3 * w * h:
                 out.append((x0, y0, x1 - x0, y1 - y0))
         return out
 
