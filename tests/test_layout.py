@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 #: ``edge verify``, ``report``, ``browse``), which import it only inside their commands.
 SERVER_SIDE = {ROOT / "edge" / "server", ROOT / "edge" / "cli" / "collect.py", ROOT / "edge" / "cli" / "report.py"}
 SIM_DEVICES = ("audio", "camera_scene", "control", "counter", "counter_camera", "gpio_panel", "gpio_relays",
-               "loudspeaker", "pty_device", "serial_mcu", "serial_relay")  # fmt: skip
+               "loudspeaker", "pty_device", "rtsp_server", "serial_mcu", "serial_relay")  # fmt: skip
 
 
 def imported(path: Path) -> set[str]:
