@@ -123,7 +123,9 @@ def test_an_http_stream_from_ffmpeg_is_read(scene_video: Path, cameras: list[Cam
         cam = started(cameras, settings(server.url))
         assert wait_for(lambda: cam.stats.frames >= 15, WAIT)
         stats = cam.stats
-        assert stats.state == "streaming" and 3.0 <= stats.fps <= 7.0
+        # About 5 fps: the rate over the last 5 s also counts the frames a loaded machine's first reads
+        # found waiting together.
+        assert stats.state == "streaming" and 3.0 <= stats.fps <= 8.0
         assert (stats.width, stats.height) == (640, 480)
 
 
