@@ -7,6 +7,7 @@ and what the proof of play says.
 from __future__ import annotations
 
 import itertools
+import json
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -15,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from edge.services.broadcast import HARDWARE_META
+from edge.store import Outbox
 from sim.audio import measure, write_tone
 
 if TYPE_CHECKING:
@@ -200,3 +203,14 @@ def test_a_file_that_cannot_be_played_fails_with_its_reason_and_no_relay_closes(
 def _garbage(path: Path) -> Path:
     path.write_bytes(b"ID3\x03\x00\x00\x00\x00\x00\x00" + bytes(range(256)) * 40)
     return path
+
+
+def test_a_hardware_note_left_by_an_earlier_daemon_is_cleared_at_start(
+    make_loudspeaker: MakeLoudspeaker, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    state.mkdir(parents=True, exist_ok=True)
+    with Outbox(state / "events.db") as earlier:
+        earlier.set_meta(HARDWARE_META, json.dumps({"relays": "relay board not answering on /dev/ttyUSB0"}))
+    ls = make_loudspeaker(state_dir=state)
+    assert json.loads(ls.outbox.get_meta(HARDWARE_META) or "{}") == {}  # the board of this start is fine

@@ -149,6 +149,8 @@ class BroadcastService:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._problems: dict[str, str | None] = {"relays": None, "speaker": None, "capture": None}
+        with contextlib.suppress(EdgeError):  # a note left by an earlier daemon is not this one's
+            self._outbox.set_meta(STATUS_META, "{}")
         self._audio_tried: dict[str, float] = {}
 
         # Before anything else: every relay open (a previous process may have left them closed).
