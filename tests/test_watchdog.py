@@ -291,8 +291,9 @@ def test_a_panel_whose_pins_are_held_elsewhere_is_a_reported_fault_and_the_daemo
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the death is the test
 def test_a_speech_worker_that_dies_gets_the_daemon_restarted(tmp_path: Path, watch: Callable[..., Watched]) -> None:
-    """The spoken thank-you has a worker of its own; a bug as it lets go of the speaker for a new one
-    (a live change of ``rating.feedback.audio_device``) kills it, and with it every thank-you after."""
+    """The spoken thank-you has a worker of its own. Trouble letting go of the speaker for a new one (a
+    live change of ``rating.feedback.audio_device``) is a reported fault and the worker goes on; a bug
+    in the worker's own loop kills it, and with it every thank-you after."""
     with SerialMcu(buttons=4, model="ce-panel-4", link=tmp_path / "panel-tty") as mcu:
         config = serial_counter(tmp_path, mcu, speak=True)
         w = watch(config)
@@ -300,19 +301,39 @@ def test_a_speech_worker_that_dies_gets_the_daemon_restarted(tmp_path: Path, wat
         assert rating.speech.thread is not None
         w.healthy()
 
-        rating.speech._release_probed = injected(RuntimeError("the speaker's reservation was lost"))
-        rating.reconfigure(
-            config.model_copy(
-                update={
-                    "rating": config.rating.model_copy(
-                        update={"feedback": config.rating.feedback.model_copy(update={"audio_device": "USB Audio"})}
-                    )
-                }
-            )
-        )
+        def moved_to(device: str) -> EdgeConfig:
+            feedback = config.rating.feedback.model_copy(update={"audio_device": device})
+            return config.model_copy(update={"rating": config.rating.model_copy(update={"feedback": feedback})})
 
+        speech = rating.speech
+        speech._release_probed = injected(RuntimeError("the speaker's reservation was lost"))
+        rating.reconfigure(moved_to("USB Audio"))
+        outbox = w.daemon.outbox
+
+        def speaker_events() -> list[str]:
+            return [str(e.data.get("error")) for e in outbox.list_events(type="panel", limit=100)]
+
+        # Reported as the speaker's problem (a panel event), then the next request tries the new device.
+        assert wait_for(lambda: any("reservation was lost" in e for e in speaker_events()), WAIT), speaker_events()
+        assert wait_for(speech._requests.empty, WAIT)
+        assert speech.thread is not None and speech.thread.is_alive()
+        w.healthy()
+
+        class BrokenQueue:
+            """Passes requests on to the worker (which waits on the old queue), then breaks its next read."""
+
+            def __init__(self, old: Any) -> None:
+                self.old = old
+
+            def put(self, request: Any) -> None:
+                self.old.put(request)
+
+            get = staticmethod(injected(RuntimeError("the worker's queue broke")))
+
+        speech._requests = BrokenQueue(speech._requests)  # type: ignore[assignment]
+        rating.reconfigure(moved_to("Headphones"))
         reason = w.broken("rating-speech thread died")
-        assert reason == "rating-speech thread died: RuntimeError: the speaker's reservation was lost"
+        assert reason == "rating-speech thread died: RuntimeError: the worker's queue broke"
 
 
 def camera_config(tmp_path: Path, broker_url: str) -> EdgeConfig:

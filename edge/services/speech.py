@@ -159,13 +159,9 @@ class SpokenThanks:
             request = self._requests.get()
             if request is None:
                 return
-            if request == "reopen":
-                if self._player is not None:
-                    self._player.close()
-                    self._player = None
-                self._release_probed()
-                self._last_attempt = -RETRY_S
             try:
+                if request == "reopen":
+                    self._reopen()
                 self._serve(request == "say")
             except Exception as exc:  # a bug here must not end speech for good
                 log.exception("thank-you speech failed")
@@ -173,6 +169,16 @@ class SpokenThanks:
             finally:
                 if request == "say":
                     self._pending_or_playing.clear()
+
+    def _reopen(self) -> None:
+        """Let the speaker go (another device was configured): the next thank-you opens the new one."""
+        player, self._player = self._player, None
+        self._last_attempt = -RETRY_S
+        try:
+            if player is not None:
+                player.close()
+        finally:
+            self._release_probed()
 
     def _serve(self, speak: bool) -> None:
         if not self._settings.speak:
