@@ -242,9 +242,14 @@ def test_killed_while_playing_it_opens_every_relay_first_then_reports_and_plays_
     closes = [i for i, (_, on) in enumerate(after) if on]
     opened_first = {n for n, _ in after[: closes[0] if closes else len(after)]}
     assert opened_first == {1, 2, 3, 4}, f"not every relay was opened before the first close: {after}"
-    log = rig.dev.log()  # both runs: the second one opened every relay before the daemon started
-    second_start = log.rfind("every relay off")
-    assert second_start != -1 and log.find(" started (boot", second_start) > second_start
+
+    def relays_off_then_started() -> bool:
+        log = rig.dev.log()  # both runs: the second one opened every relay before the daemon started
+        second_start = log.rfind("every relay off")
+        return second_start != -1 and log.find(" started (boot", second_start) > second_start
+
+    # The start's own line comes once every service is up, which may be after the item's failed event.
+    assert wait_for(relays_off_then_started, TIMEOUT), rig.dev.log()
     # The proof of play: the interrupted play failed, then played again or not as its on_preempt says.
     failed = rig.broadcasts("ban-tin")[2]
     assert failed["state"] == "failed" and failed["reason"] == "interrupted"
