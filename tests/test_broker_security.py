@@ -23,7 +23,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge import broker_config, keys, pki
-from sim.broker import BrokerTls, MosquittoBroker, current_user, find_mosquitto
+from sim.broker import MosquittoBroker, find_mosquitto
+from tests.tls_fixtures import shipped_tls_broker
 
 COMMUNE = "gia-ray"
 PREFIX = f"vn/{COMMUNE}"
@@ -72,25 +73,8 @@ def tls_broker(
     if find_mosquitto() is None:
         pytest.fail("mosquitto is not installed; run ./scripts/test, which installs it")
     work = tmp_path_factory.mktemp(request.param)
-    acl = work / "acl"
-    acl.write_text(broker_config.render_acl(commune=COMMUNE, root="vn", servers=["collector"]))
-    tls = BrokerTls(certs.ca.cert_path, certs.broker.cert_path, key_of(certs.broker), acl_file=acl)
-    broker = MosquittoBroker(work / "broker", tls=tls)
-    if request.param == "shipped-template":
-        (work / "persist").mkdir()
-        broker.config = broker_config.render_mosquitto_conf(
-            commune=COMMUNE,
-            ca_file=certs.ca.cert_path,
-            cert_file=certs.broker.cert_path,
-            key_file=key_of(certs.broker),
-            acl_file=acl,
-            persistence_dir=work / "persist",
-            port=broker.port,
-            bind_address="127.0.0.1",
-            log_dest="stderr",
-            user=current_user(),
-        )
-    broker.start()
+    template = request.param == "shipped-template"
+    broker = shipped_tls_broker(work, certs.ca, commune=COMMUNE, broker_cert=certs.broker, template=template)
     try:
         yield broker
     finally:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -92,6 +92,26 @@ def counter_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return scene.write(tmp_path_factory.mktemp("camera") / "counter.avi")
 
 
+def lost_and_back(rig: Rig, stop: Callable[[], Any], start: Callable[[], Any], *, frames_after: int) -> None:
+    """The camera's stream dies (``stop``): one ``lost`` ``start`` with its reason; it comes back
+    (``start``) and nobody restarts anything on the device: the ``end`` of the same incident, then
+    ``frames_after`` more frames and a streaming camera with no tamper and no error."""
+    stop()
+    assert wait_for(lambda: rig.tamper() == [("lost", "start")], WAIT)
+    (began,) = rig.events("tamper")
+    assert "unreachable: connection refused" in began["error"] or "stream ended" in began["error"]
+    start()
+    assert wait_for(lambda: rig.tamper() == [("lost", "start"), ("lost", "end")], WAIT)
+    began, ended = rig.events("tamper")
+    assert began["incident"] == ended["incident"]
+    watch = rig.service.watches["q1-cam"]
+    assert watch.camera.stats.reconnects >= 1
+    frames = watch.camera.stats.frames
+    assert wait_for(lambda: watch.camera.stats.frames > frames + frames_after, WAIT)
+    status = rig.service.status()["q1-cam"]
+    assert status["state"] == "streaming" and status["tamper"] == [] and status["errors"] == 0
+
+
 def test_presence_and_a_lost_stream_become_events_and_capture_resumes(
     tmp_path: Path, rigs: list[Rig], counter_video: Path
 ) -> None:
@@ -102,20 +122,7 @@ def test_presence_and_a_lost_stream_become_events_and_capture_resumes(
         present = rig.events("presence")[1]
         assert (present["camera"], present["counter"]) == ("q1-cam", "q1")
         assert datetime.fromisoformat(present["since"]).tzinfo is not None  # ISO 8601 with the zone
-        server.stop()  # the camera's stream dies
-        assert wait_for(lambda: rig.tamper() == [("lost", "start")], WAIT)
-        (start,) = rig.events("tamper")
-        assert "unreachable: connection refused" in start["error"] or "stream ended" in start["error"]
-        server.start()  # and comes back: nobody restarts anything
-        assert wait_for(lambda: rig.tamper() == [("lost", "start"), ("lost", "end")], WAIT)
-        start, end = rig.events("tamper")
-        assert start["incident"] == end["incident"]
-        watch = rig.service.watches["q1-cam"]
-        assert watch.camera.stats.reconnects >= 1
-        frames = watch.camera.stats.frames
-        assert wait_for(lambda: watch.camera.stats.frames > frames + 10, WAIT)
-        status = rig.service.status()["q1-cam"]
-        assert status["state"] == "streaming" and status["tamper"] == [] and status["errors"] == 0
+        lost_and_back(rig, server.stop, server.start, frames_after=10)
     finally:
         server.stop()
 

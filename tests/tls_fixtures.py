@@ -11,16 +11,29 @@ from sim.broker import BrokerTls, MosquittoBroker, current_user
 from sim.harness import run_edge
 
 
-def shipped_tls_broker(workdir: Path, ca: pki.CommuneCA, *, commune: str) -> MosquittoBroker:
-    """A started Mosquitto on a free loopback port, configured by the shipped conf and ACL templates
-    with a broker certificate for localhost/127.0.0.1 from ``ca``; ``workdir`` holds its files."""
-    broker_cert = pki.issue_broker(ca, "localhost", ips=["127.0.0.1"])
+def shipped_tls_broker(
+    workdir: Path,
+    ca: pki.CommuneCA,
+    *,
+    commune: str,
+    broker_cert: pki.Issued | None = None,
+    template: bool = True,
+) -> MosquittoBroker:
+    """A started Mosquitto on a free loopback port, with TLS, client certificates and the shipped ACL,
+    configured by the shipped conf template (``template`` False: the test broker's own conf with the
+    same TLS and ACL). The broker's certificate is ``broker_cert``, or one for localhost/127.0.0.1 from
+    ``ca``; ``workdir`` holds the files."""
+    if broker_cert is None:
+        broker_cert = pki.issue_broker(ca, "localhost", ips=["127.0.0.1"])
     assert broker_cert.key_path is not None
     acl = workdir / "acl"
     acl.write_text(broker_config.render_acl(commune=commune, root="vn", servers=["collector"]))
     broker = MosquittoBroker(
         workdir / "broker", tls=BrokerTls(ca.cert_path, broker_cert.cert_path, broker_cert.key_path, acl_file=acl)
     )
+    if not template:
+        broker.start()
+        return broker
     (workdir / "persist").mkdir()
     broker.config = broker_config.render_mosquitto_conf(
         commune=commune,
