@@ -279,8 +279,11 @@ def test_a_panel_whose_pins_are_held_elsewhere_is_a_reported_fault_and_the_daemo
 
     pins.pin_class.busy = False  # the other process lets go
     assert wait_for(lambda: rating.panel is not None and rating.panel.connected, WAIT)
-    assert panel_events()[-1]["kind"] == "connected"
-    assert status_report(config, outbox)["hardware"] == {}
+    # The driver's ``connected`` reaches the service through the panel's event queue, a moment after
+    # the panel says it is connected: wait for it, then it is the last panel event, said once.
+    assert wait_for(lambda: panel_events()[-1]["kind"] == "connected", WAIT)
+    assert [e["kind"] for e in panel_events()] == ["disconnected", "connected"]
+    assert wait_for(lambda: status_report(config, outbox)["hardware"] == {}, WAIT)
     assert isinstance(rating.profile, GpioProfile)
     SimGpioPanel(rating.profile, pins).press(1)
     assert wait_for(lambda: outbox.list_events(type="rating", limit=10), WAIT)
