@@ -18,7 +18,7 @@ pytest_plugins = ["tests.commands_fixtures"]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The slow tests first (stable order otherwise): with ``-n 3 --dist worksteal`` the quick ones
+    """The slow tests first (stable order otherwise): with ``-n 4 --dist worksteal`` the quick ones
     then fill in around them, and the suite does not end with one worker running a long test alone."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
