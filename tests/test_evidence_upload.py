@@ -194,9 +194,13 @@ def test_command_delivers_a_clip_with_matching_sha256(rig: Rig) -> None:
     registration = rig.registry.get("evidence.upload")
     progress: list[dict[str, Any]] = []
 
+    started = time.monotonic()
     result = registration.handler(registration.parse_args({"clip_id": clip_id}), context(clip_id, progress))
+    took = time.monotonic() - started
 
     assert result is not None
+    # The cap is a ceiling: a busy machine can only make the upload slower, never faster than 1 Mbit/s.
+    assert path.stat().st_size * 8 / 1000 / took <= 1000, f"{path.stat().st_size} bytes in {took:.2f} s"
     assert result["state"] == "delivered" and result["sha256"] == sha256(path)
     assert result["chunks"] == 13 and result["sent"] == 13
     assert progress and all(p["state"] == "sending" for p in progress)
