@@ -43,6 +43,7 @@ from edge.store.journal import CommandJournal
 from edge.store.opening import open_when_room
 from edge.supervisor import Heartbeat, Supervisor
 from edge.sync import LinkSettings, MqttLink, Uplink, Will
+from edge.sync.replies import DRAIN_S as REPLY_DRAIN_S
 from edge.sync.replies import ReplySender
 from edge.sync.uplink import status_payload
 from edge.systemd import DaemonWatchdog
@@ -355,7 +356,7 @@ class Daemon:
                 service.stop()
             except Exception:
                 log.exception("stopping %s failed", type(service).__name__)
-        self.replies.stop()
+        self.replies.stop(drain_s=REPLY_DRAIN_S)  # an outcome written just now is not sent twice
         self.uplink.stop()
         self.link.stop()
         for t in self._threads:

@@ -603,6 +603,44 @@ def test_a_batch_the_acl_refuses_stays_pending_and_other_types_still_flow(
     assert collector.summary()["stored"] == 5
 
 
+def test_a_graceful_stop_waits_for_the_broker_to_acknowledge_the_last_replies(
+    broker: MosquittoBroker, stacks: list[Any]
+) -> None:
+    """SIGTERM right after a command's outcome: the ``succeeded`` ack is on its way, the broker slow to
+    answer. The stop gives it the moment it needs, so the server does not get the ack again after the
+    restart; a broker that never answers only delays the stop by the drain's bound."""
+    outbox = Outbox(broker.workdir.parent / "events.db")
+    stacks.append(outbox)
+    journal = CommandJournal(outbox)
+    link = start_link(broker, stacks)
+    assert link.wait_connected(30)
+    sender = ReplySender(journal, link, TOPICS)
+    stacks.append(sender)
+    sender.start()
+
+    broker.pause()  # the PUBACK cannot come while it hangs
+    journal.reply("ack", json.dumps({"state": "succeeded"}).encode())
+    sender.wake()
+    assert wait_for(lambda: bool(sender._inflight), timeout=10)  # published, not yet acknowledged
+    threading.Timer(0.3, broker.resume).start()
+    sender.stop(drain_s=10)
+    assert journal.pending_replies() == [], "the stop did not wait for the broker's acknowledgement"
+    assert sender.sent == 1
+
+    # A broker that hangs for good: the stop ends after the drain's bound, and the reply is kept.
+    second = ReplySender(journal, link, TOPICS)
+    stacks.append(second)
+    second.start()
+    broker.pause()
+    journal.reply("ack", json.dumps({"state": "failed"}).encode())
+    second.wake()
+    try:
+        second.stop(drain_s=0.5)
+        assert [json.loads(r.payload)["state"] for r in journal.pending_replies()] == ["failed"]
+    finally:
+        broker.resume()
+
+
 def test_a_reply_the_broker_keeps_refusing_is_dropped_and_forgotten(
     tmp_path: Path, acl_broker: MosquittoBroker, stacks: list[Any]
 ) -> None:

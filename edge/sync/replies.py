@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 from collections import OrderedDict, deque
 from concurrent.futures import Future
 
@@ -31,6 +32,9 @@ MAX_REFUSALS = 3
 #: Replies whose refusals are being counted, at most (the oldest count is forgotten first: that reply
 #: then gets its few tries again, nothing worse).
 REFUSALS_TRACKED = 1000
+#: How long a graceful stop waits, at most, for the broker to acknowledge the replies still on their way
+#: (an outcome written just before SIGTERM), so they are not sent again after the restart.
+DRAIN_S = 2.0
 
 
 class ReplySender:
@@ -140,8 +144,34 @@ class ReplySender:
         self._thread.start()
         return self
 
-    def stop(self) -> None:
+    def stop(self, drain_s: float = 0.0) -> None:
+        """Stop the sending thread; with ``drain_s``, first give the replies still pending or in flight
+        that long to be acknowledged while the link is up. What is not acknowledged stays in the journal
+        and goes at the next start, as after a power cut."""
+        if drain_s > 0 and self.alive():
+            self._drain(drain_s)
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(5)
+
+    def _drain(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        self._wake.set()
+        while time.monotonic() < deadline and self.link.connected.is_set() and self.alive():
+            if not self._busy():
+                return
+            time.sleep(0.02)
+        if self._busy():
+            log.info("stopping with replies not yet acknowledged by the broker; they go at the next start")
+
+    def _busy(self) -> bool:
+        with self._lock:
+            if self._inflight:
+                return True
+        if self._done:
+            return True
+        try:
+            return bool(self.journal.pending_replies())
+        except StoreError:
+            return False
