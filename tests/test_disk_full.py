@@ -242,6 +242,13 @@ def press_while_full(mcu: SerialMcu, card: Card, buttons: Sequence[int]) -> int:
     return refused()
 
 
+def daemon_on_full_disk(card: Card) -> list[dict[str, Any]]:
+    """What ``edge doctor`` says of the running daemon on a full disk (its ``state.disk`` lines that
+    name the daemon)."""
+    doctor = json.loads(card.edge("doctor", "--quick", "--json").stdout)
+    return [c for c in doctor["checks"] if c["check"] == "state.disk" and c["detail"].startswith("the daemon (pid")]
+
+
 def test_a_full_card_keeps_every_acknowledged_rating_and_recovers(
     card: Card, broker: MosquittoBroker, collector: CollectorHandle
 ) -> None:
@@ -269,6 +276,9 @@ def test_a_full_card_keeps_every_acknowledged_rating_and_recovers(
         assert f"disk        FULL since {status['disk']['since']}" in text
         assert f"{refused} event(s) refused and not acknowledged" in text
         assert "            fix: free space on that disk" in text
+        [said] = daemon_on_full_disk(card)  # and edge doctor, which finds the daemon up and petting
+        assert said["status"] == "fail" and said["fix"].startswith("free space on that disk")
+        assert f"refuses new events since {status['disk']['since']}: the disk is full" in said["detail"]
         log = card.log.read_text()
         assert log.count(f"the disk holding {card.state_dir} is full") == 1  # once, not at every refusal
         # The panel says it once too, with the reason; the MCU's repeats are only counted.
@@ -304,6 +314,7 @@ def test_a_full_card_keeps_every_acknowledged_rating_and_recovers(
         assert status["disk"]["full"] is False
         assert status["disk"]["refused_total"] == refused == status["counters"]["refused_disk_full"]
         assert f"disk        {refused} event(s) refused while the disk was full" in card.edge("status").stdout
+        assert daemon_on_full_disk(card) == []
         log = card.log.read_text()
         assert "has room again" in log
         assert "presses are taken again; " in log and "were refused while the disk was full" in log
@@ -385,6 +396,11 @@ def test_a_daemon_started_on_a_full_card_waits_for_room_and_starts_by_itself(
         assert f"disk        FULL since {status['disk']['since']}" in text
         assert "the daemon waits for room to open the event store" in text
         assert "            fix: free space on that disk" in text
+        # The technician's edge doctor says the same: the daemon is up, and what it waits for.
+        said = daemon_on_full_disk(card)
+        assert [c["status"] for c in said] == ["fail"] and f"(pid {pid})" in said[0]["detail"]
+        assert f"has waited since {status['disk']['since']} for room to open its event store" in said[0]["detail"]
+        assert "disk full" in said[0]["detail"] and said[0]["fix"].startswith("free space on that disk")
 
         # To systemd it is up (READY=1), with a STATUS line saying what it waits for; the
         # watchdog is petted while it waits, over several of its periods.

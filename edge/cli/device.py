@@ -27,7 +27,7 @@ from edge.health import chain_head, cpu_temp_c, mem_available_bytes, read_thrott
 from edge.services import RATING_HARDWARE_META
 from edge.services.broadcast import HARDWARE_META as BROADCAST_HARDWARE_META
 from edge.store import PRIORITIES, Outbox
-from edge.store.host import read_lock_note
+from edge.store.host import pid_alive, read_lock_note
 from edge.store.outbox import META_DISK_FULL
 from edge.sync.undeliverable import undeliverable, undeliverable_count
 
@@ -40,16 +40,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     # The file this daemon runs with, for the versions it installs and checks (device.update) to read too.
     os.environ["EDGE_CONFIG"] = str(config_path(args.config).absolute())
     return serve(config, base)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @dataclass(frozen=True)
@@ -72,10 +62,10 @@ def find_daemon(state_dir: Path, meta_daemon: str | None) -> DaemonSeen:
     so even a daemon waiting for room to open it is found) if it runs, else the one the store's
     ``daemon`` meta names."""
     lock_pid, note = read_lock_note(state_dir)
-    if lock_pid is not None and _pid_alive(lock_pid):
+    if lock_pid is not None and pid_alive(lock_pid):
         return DaemonSeen(lock_pid, note, {})
     meta = (meta_daemon or "").split()
-    pid = int(meta[0]) if meta and meta[0].isdigit() and _pid_alive(int(meta[0])) else None
+    pid = int(meta[0]) if meta and meta[0].isdigit() and pid_alive(int(meta[0])) else None
     return DaemonSeen(pid, {}, note)
 
 

@@ -20,6 +20,7 @@ from typing import Any
 from edge.config import EdgeConfig, config_path, load_config_data, parse_config
 from edge.doctor.report import Finding
 from edge.exceptions import ConfigError, EdgeError, StoreCorrupt, StoreError
+from edge.store.host import pid_alive, read_lock_note
 
 log = logging.getLogger(__name__)
 
@@ -239,9 +240,34 @@ def check_state_dir(ctx: Context) -> list[Finding]:
         )
     else:
         found.append(Finding("state.disk", "ok", space))
+    if (word := _daemon_on_a_full_disk(d)) is not None:
+        found.append(word)
     if not found or all(f.check != "state" for f in found):
         found.insert(0, Finding("state", "ok", f"{d}: owner {owner}, mode {stat.S_IMODE(st.st_mode):04o}"))
     return found
+
+
+def _daemon_on_a_full_disk(d: Path) -> Finding | None:
+    """What a running daemon says of a full disk in its lock note (kept where a full disk does not stop
+    it): that it refuses new events, or that it has not even opened its store and waits for room.
+    Either way the daemon is up and petting systemd, so only this line tells the technician."""
+    from edge.cli.device import DISK_FULL_FIX as fix
+
+    pid, note = read_lock_note(d)
+    full = note.get("disk_full")
+    if pid is None or not isinstance(full, dict) or not pid_alive(pid):
+        return None
+    since = full.get("since") or "?"
+    if full.get("waiting"):
+        return Finding(
+            "state.disk",
+            "fail",
+            f"the daemon (pid {pid}) has waited since {since} for room to open its event store: {full['waiting']}",
+            fix,
+        )
+    refused = int(full.get("refused") or 0)
+    said = f"the daemon (pid {pid}) refuses new events since {since}: the disk is full ({refused} refused)"
+    return Finding("state.disk", "fail", said, fix)
 
 
 def _user_name(uid: int) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
-import os
 import socket
 import ssl
 import threading
@@ -23,6 +22,7 @@ from typing import Any
 
 from edge.doctor.local import CLOCK_FAR_S, Context, _duration
 from edge.doctor.report import Finding
+from edge.store.host import pid_alive
 
 #: The ports an MQTT broker usually listens on, tried when the configured one does not answer.
 USUAL_PORTS = (1883, 8883)
@@ -33,13 +33,7 @@ def _daemon_pid(ctx: Context) -> int | None:
     if not words or not words[0].isdigit():
         return None
     pid = int(words[0])
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        return pid
-    return pid
+    return pid if pid_alive(pid) else None
 
 
 def check_broker(ctx: Context) -> list[Finding]:

@@ -267,3 +267,14 @@ def read_lock_note(state_dir: Path) -> tuple[int | None, dict[str, Any]]:
             return _parse_lock(f.read(LOCK_FILE_BYTES))
     except OSError:
         return None, {}
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid runs (one of another user counts: it is there)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
