@@ -511,16 +511,23 @@ def test_after_a_reconnect_paho_sends_no_copy_of_its_own_and_no_old_acknowledgem
     fut.result(30)  # and then its own acknowledgement does resolve it
 
 
-def test_reply_outcomes_are_recorded_on_the_senders_thread_not_the_network_thread(
-    tmp_path: Path, broker: MosquittoBroker, stacks: list[Any]
-) -> None:
-    outbox = Outbox(tmp_path / "events.db")
+def reply_stack(db: Path, broker: MosquittoBroker, stacks: list[Any]) -> tuple[Outbox, CommandJournal, ReplySender]:
+    """A store with its command journal, a link to ``broker`` and a started reply sender, as the daemon
+    builds them."""
+    outbox = Outbox(db)
     stacks.append(outbox)
     journal = CommandJournal(outbox)
     link = start_link(broker, stacks)
     sender = ReplySender(journal, link, TOPICS)
     stacks.append(sender)
     sender.start()
+    return outbox, journal, sender
+
+
+def test_reply_outcomes_are_recorded_on_the_senders_thread_not_the_network_thread(
+    tmp_path: Path, broker: MosquittoBroker, stacks: list[Any]
+) -> None:
+    _, journal, sender = reply_stack(tmp_path / "events.db", broker, stacks)
     recorded_on: list[str] = []
     reply_sent = journal.reply_sent
 
@@ -609,14 +616,9 @@ def test_a_graceful_stop_waits_for_the_broker_to_acknowledge_the_last_replies(
     """SIGTERM right after a command's outcome: the ``succeeded`` ack is on its way, the broker slow to
     answer. The stop gives it the moment it needs, so the server does not get the ack again after the
     restart; a broker that never answers only delays the stop by the drain's bound."""
-    outbox = Outbox(broker.workdir.parent / "events.db")
-    stacks.append(outbox)
-    journal = CommandJournal(outbox)
-    link = start_link(broker, stacks)
+    _, journal, sender = reply_stack(broker.workdir.parent / "events.db", broker, stacks)
+    link = sender.link
     assert link.wait_connected(30)
-    sender = ReplySender(journal, link, TOPICS)
-    stacks.append(sender)
-    sender.start()
 
     broker.pause()  # the PUBACK cannot come while it hangs
     journal.reply("ack", json.dumps({"state": "succeeded"}).encode())
@@ -644,13 +646,7 @@ def test_a_graceful_stop_waits_for_the_broker_to_acknowledge_the_last_replies(
 def test_a_reply_the_broker_keeps_refusing_is_dropped_and_forgotten(
     tmp_path: Path, acl_broker: MosquittoBroker, stacks: list[Any]
 ) -> None:
-    outbox = Outbox(tmp_path / "events.db")
-    stacks.append(outbox)
-    journal = CommandJournal(outbox)
-    link = start_link(acl_broker, stacks)
-    sender = ReplySender(journal, link, TOPICS)
-    stacks.append(sender)
-    sender.start()
+    outbox, journal, sender = reply_stack(tmp_path / "events.db", acl_broker, stacks)
     for i in range(5):
         journal.reply("ack", json.dumps({"n": i}).encode())
     sender.wake()
