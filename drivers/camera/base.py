@@ -11,9 +11,9 @@ replaced before anyone took it is counted as a drop (Frigate's capture loop does
 than fall behind). Every decoded frame is also handed to the subscribers, on the reader thread.
 
 When the source fails (a read times out, the stream ends, the device vanishes), the thread closes it
-and opens it again with a backoff doubling from ``retry_min_s`` to ``retry_max_s``; the state is
-``lost`` from the failure (or from ``lost_after_s`` without a frame, while a read is still waiting)
-until frames flow again.
+and opens it again with a backoff doubling from ``retry_min_s`` to ``retry_max_s``, with jitter
+(:class:`edge.retry.Backoff`); the state is ``lost`` from the failure (or from ``lost_after_s``
+without a frame, while a read is still waiting) until frames flow again.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import numpy as np
 
 from drivers.resources import Resources
 from edge.exceptions import HardwareError
+from edge.retry import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -243,21 +244,19 @@ class Camera:
     # -- the reader thread -------------------------------------------------------------------------
 
     def _run(self) -> None:
-        delay = self.retry_min_s
+        backoff = Backoff(self.retry_min_s, self.retry_max_s)
         ever_streamed = False
         while not self._stop.is_set():
             try:
                 self.backend.open()
             except CameraUnavailable as exc:
                 self._failed(str(exc), ever_streamed)
-                self._stop.wait(delay)
-                delay = min(delay * 2, self.retry_max_s)
+                self._stop.wait(backoff.next())
                 continue
             except Exception as exc:  # an OpenCV error must not end the thread: the camera may come back
                 log.exception("camera %s: opening %s failed", self.name, self.backend.description)
                 self._failed(f"cannot open {self.backend.description}: {exc}", ever_streamed)
-                self._stop.wait(delay)
-                delay = min(delay * 2, self.retry_max_s)
+                self._stop.wait(backoff.next())
                 continue
             reason = f"{self.backend.description}: the stream stopped"
             got = 0
@@ -278,14 +277,13 @@ class Camera:
                     log.info("camera %s: streaming from %s", self.name, self.backend.description)
                 got += 1
                 ever_streamed = True
-                delay = self.retry_min_s
+                backoff.reset()
                 self._publish(image)
             self.backend.close()
             if self._stop.is_set():
                 break
             self._failed(reason, ever_streamed)
-            self._stop.wait(delay)
-            delay = min(delay * 2, self.retry_max_s)
+            self._stop.wait(backoff.next())
 
     def _failed(self, reason: str, ever_streamed: bool) -> None:
         with self._lock:

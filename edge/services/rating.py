@@ -44,6 +44,7 @@ from edge.commands.registry import CommandContext, CommandFailed, CommandRegistr
 from edge.config import EdgeConfig, PanelConfig, RatingConfig
 from edge.exceptions import ConfigError, EdgeError, HardwareError, ResourceBusy
 from edge.model import EdgeModel, Slug
+from edge.retry import Backoff
 from edge.services import RATING_HARDWARE_META
 from edge.services.rating_rules import RatingRules, RatingWindow, Verdict, officer_on_shift
 from edge.services.speech import PlayerFactory, SpokenThanks, _default_player
@@ -231,7 +232,7 @@ class RatingService:
             }
 
     def _open_panel_loop(self) -> None:
-        failures = 0
+        backoff = Backoff(PANEL_RETRY_MIN_S, PANEL_RETRY_MAX_S)
         while not self._stop.is_set():
             problem = self._try_open_panel()
             if problem is None:
@@ -240,8 +241,7 @@ class RatingService:
                 log.error("cannot open the rating panel (%s): %s", self.profile.model, problem)
                 self._set_panel_problem(problem)
                 self._record_panel("disconnected", {"reason": "open_failed", "error": problem})
-            self._stop.wait(min(PANEL_RETRY_MAX_S, PANEL_RETRY_MIN_S * 2**failures))
-            failures += 1
+            self._stop.wait(backoff.next())
 
     def _try_open_panel(self) -> str | None:
         """Open and start the panel; None once it runs, else why not (in a sentence)."""

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import random
 import socket
 import ssl
 import threading
@@ -39,6 +38,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from edge.config import BrokerAddress
 from edge.exceptions import DroppedAfterSend, LinkError, MessageRefused, PacketTooLarge
+from edge.retry import Backoff
 from edge.supervisor import Heartbeat, thread_alive, thread_failure
 
 log = logging.getLogger(__name__)
@@ -111,23 +111,6 @@ class LinkStats:
     too_large: int = 0
     last_error: str = ""
     subscriptions: list[tuple[str, int]] = field(default_factory=list)
-
-
-class Backoff:
-    """Capped exponential backoff with jitter: each delay is drawn from [d/2, d]."""
-
-    def __init__(self, minimum: float, maximum: float) -> None:
-        self.minimum = minimum
-        self.maximum = maximum
-        self._attempt = 0
-
-    def next(self) -> float:
-        delay = min(self.maximum, self.minimum * (2**self._attempt))
-        self._attempt = min(self._attempt + 1, 32)
-        return random.uniform(delay / 2, delay)
-
-    def reset(self) -> None:
-        self._attempt = 0
 
 
 def _no_delay(_client: mqtt.Client, _userdata: Any, sock: Any) -> None:
