@@ -70,9 +70,8 @@ def test_a_hung_rtsp_server_times_out_and_one_restarted_is_read_again(
         cam = started(cameras, settings(server.url, timeout_s=2.0, retry_max_s=1.0))
         assert wait_for(lambda: cam.state == "streaming", WAIT)
         server.stall()  # the server hangs: the TCP connection stays open, no packet comes
-        t0 = time.monotonic()
-        assert wait_for(lambda: cam.stats.error is not None, WAIT)
-        assert time.monotonic() - t0 < 2.0 + 5.0  # the read timeout ended it
+        # The read timeout ends the wait, and says so.
+        assert wait_for(lambda: cam.stats.error is not None, WAIT, interval=0.05)
         assert "no picture within 2 s" in str(cam.stats.error)
         assert cam.state == "lost"
         server.stop()  # killed, and started again on the same port
