@@ -9,6 +9,8 @@ audited for privacy when its bench closes (tests/test_camera_evidence_rig.py).
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 import threading
 import time
 import zipfile
@@ -49,6 +51,7 @@ from edge.store import Outbox
 from sim.broker import MosquittoBroker
 from sim.gpio_panel import SimGpioPanel
 from sim.harness import wait_for
+from tests.browser import chromium_run
 from tests.commands_fixtures import COMMUNE, DEVICE, build_channel
 from tests.test_camera_evidence_rig import (
     DEFAULT_SETTINGS,
@@ -350,6 +353,64 @@ def test_the_default_clip_is_h264_mp4_with_its_index_first(tmp_path: Path):
             stream = container.streams.video[0]
             assert stream.codec_context.name == "h264" and stream.codec_context.pix_fmt == "yuv420p"
             assert (stream.width, stream.height) == (480, 360)
+
+
+#: Plays the clip muted, and once half a second has played, draws the picture on a canvas and writes
+#: what the browser saw into the page, for --dump-dom.
+_PLAYER = """<!doctype html><html><body><video id="v" muted preload="auto" src="CLIP"></video><pre id="out"></pre>
+<script>
+const v = document.getElementById('v'), out = document.getElementById('out');
+v.addEventListener('error', () => { out.textContent = JSON.stringify({error: v.error && v.error.code}); });
+v.addEventListener('loadeddata', () => v.play().catch(e => { out.textContent = JSON.stringify({error: String(e)}); }));
+v.addEventListener('timeupdate', () => {
+  if (v.currentTime < 0.5 || out.textContent) return;
+  const c = document.createElement('canvas'); c.width = v.videoWidth; c.height = v.videoHeight;
+  const g = c.getContext('2d'); g.drawImage(v, 0, 0);
+  const d = g.getImageData(0, 0, c.width, c.height).data; let sum = 0;
+  for (let i = 0; i < d.length; i += 4) sum += (d[i] + d[i + 1] + d[i + 2]) / 3;
+  const mean = sum / (d.length / 4);
+  out.textContent = JSON.stringify({w: v.videoWidth, h: v.videoHeight, duration: v.duration, mean: mean});
+});
+</script></body></html>"""
+
+
+@pytest.mark.parametrize("codec", ["h264", "vp8"])
+def test_a_clip_plays_in_a_browser(tmp_path: Path, codec: str):
+    """DESIGN.md §9: a clip plays in VLC and in a browser. Headless Chromium plays what the recorder
+    wrote (H.264 in MP4 by default, VP8 in WebM where the encoder has no H.264): the size and the
+    length it reads agree with an independent decode, and the picture it draws is the clip's."""
+    import av
+
+    encoders = [e for e in VIDEO_ENCODERS if e.codec == codec]
+    with camera_rig(tmp_path, SCENE, encoders=encoders) as rig:
+        assert rig.feeder.wait_frames(25)
+        evidence = rig.recorder.record("command").result(WAIT)
+    with av.open(str(evidence.path)) as container:
+        stream = container.streams.video[0]
+        length = (
+            float(container.duration / av.time_base)
+            if container.duration
+            else float(stream.duration * stream.time_base)
+        )
+    pictures = decode_pictures(evidence.path)
+    page = tmp_path / "player.html"
+    page.write_text(_PLAYER.replace("CLIP", evidence.path.as_uri()))
+    dom = chromium_run(
+        tmp_path,
+        "--autoplay-policy=no-user-gesture-required",
+        "--allow-file-access-from-files",  # the canvas may read a picture from a file: URL
+        "--virtual-time-budget=20000",
+        "--dump-dom",
+        page.as_uri(),
+    ).stdout
+    said = re.search(r'<pre id="out">([^<]*)</pre>', dom)
+    assert said is not None and said.group(1), dom[-2000:]
+    seen = json.loads(said.group(1))
+    assert "error" not in seen, f"the browser cannot play the {codec} clip: {seen}"
+    assert (seen["w"], seen["h"]) == (evidence.data["width"], evidence.data["height"])
+    assert abs(seen["duration"] - length) < 0.25, (seen["duration"], length)
+    means = [float(p.mean()) for p in pictures]
+    assert min(means) - 3 <= seen["mean"] <= max(means) + 3, (seen["mean"], min(means), max(means))
 
 
 def test_clips_asked_for_at_once_are_all_written_up_to_the_limit(tmp_path: Path):

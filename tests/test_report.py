@@ -12,9 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import re
-import shutil
 import sqlite3
-import subprocess
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from datetime import date, datetime, timedelta
@@ -31,6 +29,7 @@ from edge.server.report_html import COLOURS
 from sim.broker import free_port
 from sim.harness import run_edge
 from sim.postgres import fresh_database
+from tests.browser import chromium_run
 from tests.pg_fixtures import postgres_server, postgres_url  # noqa: F401 (fixtures)
 from tests.report_fixtures import COMMUNE, MONTH, OTHER_COMMUNE, PREVIOUS, WEAK_OFFICER, Commune, make_commune
 
@@ -446,38 +445,6 @@ def test_csv_json_and_html_say_the_same(outputs: tuple[dict[str, Any], Path, Pat
     assert [hours[h] for h in range(24)] == report["totals"]["hours"]
 
 
-def _chromium() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found is None:
-        pytest.fail("Chromium is not installed: apt-get install -y chromium (./scripts/test installs it as root)")
-    return found
-
-
-def _chromium_run(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    profile = tmp / f"profile-{len(list(tmp.glob('profile-*')))}"
-    return subprocess.run(
-        [
-            _chromium(),
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            f"--user-data-dir={profile}",
-            "--force-device-scale-factor=1",
-            "--hide-scrollbars",
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=True,
-    )
-
-
 _MEASURE = """<script>
 (() => {
   const charts = [...document.querySelectorAll('svg[data-chart]')].map(s => {
@@ -501,12 +468,12 @@ def test_chromium_renders_the_charts(outputs: tuple[dict[str, Any], Path, Path],
     measured = tmp_path / "measured.html"
     measured.write_text(html.read_text(encoding="utf-8").replace("</body>", _MEASURE + "</body>"), encoding="utf-8")
     width = 1000
-    dom = _chromium_run(tmp_path, f"--window-size={width},1400", "--dump-dom", measured.as_uri()).stdout
+    dom = chromium_run(tmp_path, f"--window-size={width},1400", "--dump-dom", measured.as_uri()).stdout
     charts = json.loads(re.search(r'data-charts="([^"]*)"', dom).group(1).replace("&quot;", '"'))  # type: ignore[union-attr]
     height = int(re.search(r'data-height="(\d+)"', dom).group(1))  # type: ignore[union-attr]
     assert {c["chart"] for c in charts} == {"counter-share", "counter-labels", "officer-share", "hours", "loudspeakers"}
     shot = tmp_path / "report.png"
-    _chromium_run(tmp_path, f"--window-size={width},{height}", f"--screenshot={shot}", measured.as_uri())
+    chromium_run(tmp_path, f"--window-size={width},{height}", f"--screenshot={shot}", measured.as_uri())
     image = np.asarray(Image.open(shot).convert("RGB"))
     assert image.shape[:2] == (height, width)
     # Not a blank page: text and charts, on white.
@@ -536,7 +503,7 @@ def test_chromium_renders_the_charts(outputs: tuple[dict[str, Any], Path, Path],
 def test_the_page_prints_on_a4(outputs: tuple[dict[str, Any], Path, Path], tmp_path: Path) -> None:
     _report, html, _csv = outputs
     pdf = tmp_path / "report.pdf"
-    _chromium_run(tmp_path, f"--print-to-pdf={pdf}", "--no-pdf-header-footer", html.as_uri())
+    chromium_run(tmp_path, f"--print-to-pdf={pdf}", "--no-pdf-header-footer", html.as_uri())
     raw = pdf.read_bytes()
     boxes = re.findall(rb"/MediaBox\s*\[\s*0\s+0\s+([\d.]+)\s+([\d.]+)\s*\]", raw)
     assert len(boxes) >= 2, "a month's report takes more than one page"
